@@ -1,0 +1,3 @@
+from lvae.cli import main
+
+main()

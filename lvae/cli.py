@@ -1,0 +1,233 @@
+"""The `lvae` command: a LightningCLI over `VAE` and `MNISTDataModule` with the defaults users expect.
+
+Every run lives in one folder, ``<trainer.default_root_dir>/<run_id>/``: the resolved config, ``checkpoints/``,
+the W&B run (offline unless a W&B API key is configured) and ``latents/`` with every picture as PNG. Lightning's
+own defaults scatter these (a WandbLogger ignores default_root_dir), make ``--ckpt_path last`` silently start
+over, and refuse to run twice in one folder; this module is where those are put right.
+"""
+
+import netrc
+import os
+import secrets
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from typing_extensions import override
+
+from lvae.data import MNISTDataModule
+from lvae.errors import CheckpointError, ConfigError, LVAEError
+from lvae.model import VAE
+
+RUN_ID_ENV = "LVAE_RUN_ID"  # how DDP ranks started by Lightning learn the run id that rank zero chose
+WANDB_PROBE_SECONDS = 5.0
+ARCHITECTURE_KEYS = ("latent_dim", "architecture", "hidden_dim")
+
+
+class RunConfig(SaveConfigCallback):
+    """Stores the resolved config in the run folder, next to any earlier one (a resumed run adds config-2.yaml),
+    and in the loggers' hyperparameters (W&B's run config)."""
+
+    def __init__(self, parser: LightningArgumentParser, config: Namespace, run_dir: str, **kwargs: Any):
+        super().__init__(parser, config, save_to_log_dir=False, **kwargs)
+        self.run_dir = Path(run_dir)
+
+    @override
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path, n = self.run_dir / "config.yaml", 2
+        while path.exists():
+            path, n = self.run_dir / f"config-{n}.yaml", n + 1
+        self.parser.save(self.config, path, skip_none=False)
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": resolved})
+
+
+def new_run_id() -> str:
+    """Sortable by start time and unique: 20261124-224636-3fa9."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def find_last_checkpoint(root: Path, run_id: Optional[str]) -> tuple[Path, str]:
+    """`last.ckpt` of the given run, or of the most recently written run under `root`."""
+    if run_id:
+        path = root / run_id / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise CheckpointError(f"--ckpt_path last: run {run_id!r} has no {path}. Runs under {root} with a last "
+                                  f"checkpoint: {', '.join(sorted(p.parent.parent.name for p in root.glob('*/checkpoints/last.ckpt'))) or 'none'}")
+        return path, run_id
+    candidates = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(f"--ckpt_path last: no run under {root} has a checkpoints/last.ckpt to resume; start a "
+                              "new run without --ckpt_path, or set --trainer.default_root_dir to the folder of the runs")
+    return candidates[-1], candidates[-1].parent.parent.name
+
+
+def check_checkpoint(path: str, model: Namespace) -> None:
+    """Refuse a missing file, a non-checkpoint, or a checkpoint of another architecture, naming both values."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"--ckpt_path {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"--ckpt_path {path} is not a checkpoint (torch.load: {type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict)")
+    trained = checkpoint.get("hyper_parameters", {})
+    wrong = [f"model.{key}: checkpoint {trained[key]!r}, config {model[key]!r}"
+             for key in ARCHITECTURE_KEYS if key in trained and trained[key] != model[key]]
+    if wrong:
+        fix = " ".join(f"--model.{key} {trained[key]}" for key in ARCHITECTURE_KEYS if key in trained)
+        raise CheckpointError(f"--ckpt_path {path} was trained with another model ({'; '.join(wrong)}). Use the "
+                              f"checkpoint's values ({fix}) or the config saved beside it.")
+
+
+def wandb_reachable() -> tuple[bool, str]:
+    """Whether the W&B server answers HTTP within a few seconds (any status counts as an answer)."""
+    url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+    try:
+        urllib.request.urlopen(url, timeout=WANDB_PROBE_SECONDS)
+    except urllib.error.HTTPError:
+        return True, url
+    except Exception as err:  # refused, DNS failure, timeout: W&B cannot be reached from here
+        return False, f"{url}: {getattr(err, 'reason', err)}"
+    return True, url
+
+
+def wandb_has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_offline(requested: bool) -> tuple[bool, Optional[str]]:
+    """Offline unless online is asked for (WANDB_MODE=online, or a configured API key) and W&B answers.
+
+    Returns (offline, why) where `why` explains a fall-back to offline."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if requested or mode in ("offline", "dryrun"):
+        return True, None
+    if mode != "online" and not wandb_has_api_key():
+        return True, None
+    reachable, detail = wandb_reachable()
+    return (False, None) if reachable else (True, detail)
+
+
+class LVAECLI(LightningCLI):
+    """LightningCLI with one folder per run, offline W&B by default and clean errors for bad values."""
+
+    def __init__(self, args: Any = None, run: bool = True):
+        super().__init__(VAE, MNISTDataModule, save_config_callback=RunConfig, args=args, run=run,
+                         seed_everything_default=0, parser_kwargs={"prog": "lvae"})
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_id", type=Optional[str], default=None,
+                            help="Run folder name under trainer.default_root_dir and W&B run id; an existing id "
+                                 "continues that run (with --ckpt_path last).")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/loss",
+            "checkpoint.mode": "min",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-epoch{epoch:03d}",
+            "checkpoint.auto_insert_metric_name": False,
+            "trainer.default_root_dir": "runs",
+            "trainer.max_epochs": 10,
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.WandbLogger",
+                               "init_args": {"project": "lvae"}},
+        })
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        if self.subcommand == "fit" and config.trainer.max_epochs == 0:
+            raise ConfigError("trainer.max_epochs=0 trains nothing; give at least 1 (or -1 for no limit)")
+        root = Path(config.trainer.default_root_dir or "runs")
+        run_id = config.run_id or os.environ.get(RUN_ID_ENV)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path == "last":
+            path, last_run = find_last_checkpoint(root, run_id)
+            ckpt_path = config.ckpt_path = str(path)
+            run_id = run_id or (last_run if self.subcommand == "fit" else None)
+        elif ckpt_path and self.subcommand == "fit" and not run_id:
+            # Training on from a checkpoint of a run under root continues that run.
+            parent = Path(ckpt_path).resolve().parent
+            if parent.name == "checkpoints" and parent.parent.parent == root.resolve():
+                run_id = parent.parent.name
+        if ckpt_path:
+            check_checkpoint(ckpt_path, config.model)
+        run_id = run_id or new_run_id()
+        os.environ[RUN_ID_ENV] = run_id
+        config.run_id = run_id
+        run_dir = root / run_id
+        resumed = ckpt_path is not None and self.subcommand == "fit"
+        self._configure_loggers(config, run_dir, run_id, resumed)
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(run_dir / "checkpoints")
+        self.save_config_kwargs["run_dir"] = str(run_dir)
+        self.run_dir = run_dir
+
+    def _configure_loggers(self, config: Namespace, run_dir: Path, run_id: str, resumed: bool) -> None:
+        loggers = config.trainer.logger
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if not isinstance(logger, Namespace) or "class_path" not in logger:
+                continue
+            args = logger.init_args
+            name = logger.class_path.rsplit(".", 1)[-1]
+            if args.get("save_dir") in (None, ".", "") or name in ("CSVLogger", "TensorBoardLogger") and \
+                    args.get("save_dir") == "lightning_logs":
+                args.save_dir = str(run_dir)
+            if name in ("CSVLogger", "TensorBoardLogger"):
+                # Straight into the run folder instead of lightning_logs/version_N below it.
+                args.name, args.version = "", ""
+            if name == "WandbLogger":
+                args.id = args.get("id") or run_id
+                args.name = args.get("name") or run_id
+                offline, why = wandb_offline(bool(args.get("offline")))
+                args.offline = offline
+                sync = f"wandb sync {run_dir}/wandb/offline-run-*"
+                if why:
+                    rank_zero_warn(f"W&B is not reachable ({why}); logging offline instead. Upload later with: {sync}")
+                rank_zero_info(f"lvae: run {run_id} in {run_dir} ({'resumed, ' if resumed else ''}W&B "
+                               f"{'offline: ' + sync + ' uploads it' if offline else 'online'})")
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if config.get("enable_checkpointing") is False:
+            # Asked for no checkpoints: drop ours too, or Lightning refuses the combination.
+            extra = [cb for cb in extra if not isinstance(cb, ModelCheckpoint)]
+        return self._instantiate_trainer(config, extra)
+
+
+def main(args: Any = None) -> None:
+    """Entry point of the `lvae` console script and of `python -m lvae`."""
+    previous = os.environ.get(RUN_ID_ENV)
+    try:
+        LVAECLI(args=args)
+    except LVAEError as err:
+        print(f"lvae: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    finally:
+        # An in-process caller (a notebook, a test) starts its next run with a fresh id.
+        if previous is None:
+            os.environ.pop(RUN_ID_ENV, None)
+        else:
+            os.environ[RUN_ID_ENV] = previous

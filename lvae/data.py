@@ -1,0 +1,282 @@
+"""MNIST and its same-format siblings, held in memory and served as whole batches.
+
+A whole split of 28x28 uint8 images is under 50 MB, so it is read once through torchvision and kept as one
+tensor; a batch is then one index operation instead of decoding a PIL image per item (measured: the data path,
+not the model, decides the speed of this small VAE).
+"""
+
+import gzip
+import math
+import shutil
+from pathlib import Path
+from typing import Iterator, Literal, Optional
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision import datasets
+from typing_extensions import override
+
+from lvae.errors import ConfigError, DataFilesError
+
+DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX headers: 0x0803 (uint8, 3 dims), 0x0801 (uint8, 1 dim)
+Batch = tuple[Tensor, Tensor, Tensor]  # images (B, 28, 28) uint8 until transfer, labels (B,), dataset index (B,)
+
+
+def idx_files(split: str) -> tuple[str, str]:
+    """The uncompressed IDX file names torchvision reads for a split ("train" or "t10k")."""
+    return f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"
+
+
+def check_idx_pair(images: Path, labels: Path) -> int:
+    """Check an images/labels IDX pair by what can be checked (magic numbers, shapes, sizes, counts).
+
+    Returns the number of images; raises DataFilesError naming the file and what is wrong.
+    """
+
+    def header(path: Path, magic: int, dims: int) -> list[int]:
+        size = path.stat().st_size
+        head_len = 4 + 4 * dims
+        if size < head_len:
+            raise DataFilesError(f"{path} is truncated: {size} bytes, shorter than its {head_len}-byte IDX header")
+        with open(path, "rb") as f:
+            head = f.read(head_len)
+        found = int.from_bytes(head[:4], "big")
+        if found != magic:
+            raise DataFilesError(f"{path} is not an IDX {'image' if dims == 3 else 'label'} file: magic number "
+                                 f"{found}, expected {magic}. Replace it with the original file.")
+        shape = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+        expected = head_len + math.prod(shape)
+        if size != expected:
+            what = "truncated" if size < expected else "longer than its header says"
+            raise DataFilesError(f"{path} is {what}: {size} bytes, its header ({'x'.join(map(str, shape))}) needs "
+                                 f"{expected}. Download or copy the file again.")
+        return shape
+
+    n_images, rows, cols = header(images, IMAGES_MAGIC, 3)
+    if (rows, cols) != (28, 28):
+        raise DataFilesError(f"{images} holds {rows}x{cols} images; lvae reads 28x28 (MNIST, Fashion-MNIST, KMNIST)")
+    (n_labels,) = header(labels, LABELS_MAGIC, 1)
+    if n_images != n_labels:
+        raise DataFilesError(f"{images} holds {n_images} images but {labels} holds {n_labels} labels; the pair "
+                             "must come from the same split")
+    with open(labels, "rb") as f:
+        f.seek(8)
+        top = max(f.read(), default=0)
+    if top > 9:
+        raise DataFilesError(f"{labels} has label {top}; MNIST-format datasets have labels 0-9")
+    return n_images
+
+
+class EpochOrder:
+    """The order of one epoch: a fresh seeded permutation per epoch when shuffling, else 0..n-1.
+
+    Lightning calls `set_epoch` on a loader's `sampler` at the start of every epoch, as for DistributedSampler.
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int):
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        # Same seed on every rank, so ranks agree on the permutation and take disjoint shares of it.
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+
+
+class InMemoryBatches:
+    """Whole batches indexed out of in-memory tensors, split across DDP ranks without repeats.
+
+    Each step takes a global batch of `batch_size * world_size` inputs from the epoch's order and gives every
+    rank its own slice (sizes differ by at most one), so every input is seen exactly once per epoch and every
+    rank runs the same number of steps. A last global batch too small to give each rank an input is merged into
+    the one before it.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool, seed: int):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.sampler = EpochOrder(len(images), shuffle, seed)
+        self.batch_sampler = None  # Lightning inspects both attributes of anything with a sampler
+
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def _global_batches(self, world: int) -> list[int]:
+        n, step = len(self.images), self.batch_size * world
+        if n < world:
+            raise ConfigError(f"a split of {n} inputs cannot be shared by {world} processes; use fewer devices")
+        bounds = list(range(0, n, step)) + [n]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] < world:
+            del bounds[-2]
+        return bounds
+
+    def __len__(self) -> int:
+        return len(self._global_batches(self._rank_world()[1])) - 1
+
+    def __iter__(self) -> Iterator[Batch]:
+        rank, world = self._rank_world()
+        bounds = self._global_batches(world)
+        order = self.sampler.order().to(self.images.device)
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            index = torch.tensor_split(order[start:stop], world)[rank]  # (B,)
+            yield self.images[index], self.labels[index], index
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST, Fashion-MNIST or KMNIST (torchvision's readers and downloads), held in memory.
+
+    Args:
+        dataset: which dataset.
+        data_dir: the root torchvision reads, e.g. ``data`` holds ``data/MNIST/raw/``.
+        batch_size: inputs per step and per process.
+        val_fraction: share of the training set held out for validation (fixed by ``split_seed``).
+        split_seed: seed of the train/validation split and of the shuffling.
+        num_workers: 0 serves whole batches from memory (fast); above 0 uses the classic per-item
+            ``DataLoader`` with that many worker processes.
+        download: let torchvision download missing files (needs a network).
+        predict_split: which split ``lvae predict`` encodes.
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["mnist", "fashion_mnist", "kmnist"] = "mnist",
+        data_dir: str = "data",
+        batch_size: PositiveInt = 128,
+        val_fraction: OpenUnitInterval = 1 / 12,
+        split_seed: int = 0,
+        num_workers: NonNegativeInt = 0,
+        download: bool = True,
+        predict_split: Literal["train", "val", "test"] = "test",
+    ):
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ConfigError(f"data.dataset={dataset!r} is not one of {sorted(DATASETS)}")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be a positive integer")
+        if not 0 < val_fraction < 1:
+            raise ConfigError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be >= 0")
+        if predict_split not in ("train", "val", "test"):
+            raise ConfigError(f"data.predict_split={predict_split!r} is not one of ['test', 'train', 'val']")
+        self.save_hyperparameters()
+        self.dataset_class = DATASETS[dataset]
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def raw_folder(self) -> Path:
+        return Path(self.hparams.data_dir) / self.dataset_class.__name__ / "raw"
+
+    def _expected_files(self) -> list[str]:
+        return [*idx_files("train"), *idx_files("t10k")]
+
+    def _missing(self) -> list[str]:
+        return [name for name in self._expected_files() if not (self.raw_folder / name).is_file()]
+
+    @override
+    def prepare_data(self) -> None:
+        """Make the four IDX files present: unpack local .gz copies, else let torchvision download."""
+        for name in self._missing():
+            packed = self.raw_folder / f"{name}.gz"
+            if packed.is_file():
+                part = self.raw_folder / f"{name}.part"  # renamed when whole: a kill leaves no short file
+                with gzip.open(packed, "rb") as src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                part.rename(self.raw_folder / name)
+        if not self._missing():
+            return
+        reason = "download=false"
+        if self.hparams.download:
+            before = set(self.raw_folder.rglob("*")) if self.raw_folder.exists() else set()
+            # The outermost folder the download attempt will create, if any: removed again on failure.
+            created = next((p for p in reversed([self.raw_folder, *self.raw_folder.parents]) if not p.exists()), None)
+            try:
+                self.dataset_class(self.hparams.data_dir, train=True, download=True)
+                self.dataset_class(self.hparams.data_dir, train=False, download=True)
+                return
+            except Exception as err:  # torchvision raises RuntimeError or URLError; both mean "no files"
+                reason = f"download failed: {str(err).strip().splitlines()[-1]}"
+                # Leave nothing half-written behind: only what the failed attempt created goes.
+                for path in sorted(set(self.raw_folder.rglob("*")) - before, reverse=True):
+                    path.unlink() if path.is_file() else path.rmdir()
+                if created is not None:
+                    shutil.rmtree(created, ignore_errors=True)
+        files = "\n  ".join(self._expected_files())
+        raise DataFilesError(
+            f"{self.hparams.dataset} files not found in {self.raw_folder} ({reason}).\n"
+            f"Expected these four files there (or the same names ending in .gz):\n  {files}\n"
+            f"Copy them from a machine with a network (torchvision's {self.dataset_class.__name__}(root, "
+            f"download=True) writes them), or point --data.data_dir at the folder that holds "
+            f"{self.dataset_class.__name__}/raw/."
+        )
+
+    def _read(self, train: bool) -> tuple[Tensor, Tensor]:
+        images, labels = idx_files("train" if train else "t10k")
+        missing = [name for name in (images, labels) if not (self.raw_folder / name).is_file()]
+        if missing:
+            raise DataFilesError(f"{', '.join(missing)} missing from {self.raw_folder}; run prepare_data first "
+                                 "or copy the files there")
+        check_idx_pair(self.raw_folder / images, self.raw_folder / labels)
+        ds = self.dataset_class(self.hparams.data_dir, train=train, download=False)
+        return ds.data, ds.targets  # (N, 28, 28) uint8, (N,) int64
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self.splits:
+            return
+        images, labels = self._read(train=True)
+        n_val = round(len(images) * self.hparams.val_fraction)
+        if not 0 < n_val < len(images):
+            raise ConfigError(f"data.val_fraction={self.hparams.val_fraction} leaves {n_val} of {len(images)} "
+                              "training inputs for validation; choose a fraction that keeps both splits non-empty")
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+        val, train = order[:n_val].sort().values, order[n_val:].sort().values
+        self.splits = {"train": (images[train], labels[train]), "val": (images[val], labels[val]),
+                       "test": self._read(train=False)}
+        rank_zero_info(f"{self.hparams.dataset}: " + ", ".join(f"{k} {len(v[0])}" for k, v in self.splits.items()))
+
+    def _loader(self, split: str, shuffle: bool) -> "InMemoryBatches | DataLoader":
+        images, labels = self.splits[split]
+        if self.hparams.num_workers > 0:
+            index = torch.arange(len(images))
+            return DataLoader(TensorDataset(images, labels, index), batch_size=self.hparams.batch_size,
+                              shuffle=shuffle, num_workers=self.hparams.num_workers, persistent_workers=True)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if device.type == "cuda":
+            # ~50 MB for all of MNIST: move it once, then every batch is indexed on the device.
+            images, labels = images.to(device), labels.to(device)
+            self.splits[split] = (images, labels)
+        return InMemoryBatches(images, labels, self.hparams.batch_size, shuffle, self.hparams.split_seed)
+
+    @override
+    def train_dataloader(self) -> "InMemoryBatches | DataLoader":
+        return self._loader("train", shuffle=True)
+
+    @override
+    def val_dataloader(self) -> "InMemoryBatches | DataLoader":
+        return self._loader("val", shuffle=False)
+
+    @override
+    def test_dataloader(self) -> "InMemoryBatches | DataLoader":
+        return self._loader("test", shuffle=False)
+
+    @override
+    def predict_dataloader(self) -> "InMemoryBatches | DataLoader":
+        return self._loader(self.hparams.predict_split, shuffle=False)
+
+    @override
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        images, labels, index = batch
+        # uint8 travels (4x less to move); the model sees floats in [0, 1], (B, 1, 28, 28).
+        return images.unsqueeze(1).float().div_(255), labels, index

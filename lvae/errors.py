@@ -1,0 +1,31 @@
+"""Errors a user can act on. The CLI prints their message alone (no traceback) and exits with `exit_code`."""
+
+
+class LVAEError(Exception):
+    """A failure whose message names what is wrong and how to fix it."""
+
+    exit_code = 1
+
+
+class ConfigError(LVAEError, ValueError):
+    """A bad configuration value; refused before any work starts, like a parser error."""
+
+    exit_code = 2
+
+
+class DataFilesError(LVAEError):
+    """Dataset files that are missing, truncated or inconsistent."""
+
+    exit_code = 2
+
+
+class CheckpointError(LVAEError):
+    """A checkpoint that does not exist, is not a checkpoint, or does not fit the configured model."""
+
+    exit_code = 2
+
+
+class DivergenceError(LVAEError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+    exit_code = 1

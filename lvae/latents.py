@@ -1,0 +1,130 @@
+"""One collection of latent statistics per validation epoch, shared by every picture.
+
+The model adds each validation batch; the first callback that asks for the result triggers one gather across
+ranks, after which every other callback reads the same cached `Latents`. DistributedSampler-style padding can
+repeat inputs, so the gathered rows are de-duplicated and ordered by dataset index: N processes give exactly the
+set that one process gives.
+"""
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Latents:
+    """Per-input statistics of one validation epoch, on the CPU, sorted by dataset index."""
+
+    epoch: int
+    index: Tensor  # (N,) int64, position in the validation split
+    label: Tensor  # (N,) int64
+    mu: Tensor  # (N, Z) means of q(z|x)
+    logvar: Tensor  # (N, Z) log-variances of q(z|x)
+    recon: Tensor  # (N,) reconstruction NLL, nats
+    kl: Tensor  # (N,) KL(q(z|x) || N(0, I)), nats
+    neg_elbo: Tensor  # (N,) negative ELBO averaged over several z draws, nats
+    image: Tensor  # (N, 28, 28) uint8 inputs
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def select(self, rows: Tensor) -> "Latents":
+        """The same statistics for a subset of rows."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Latents(**{k: v if k == "epoch" else v[rows] for k, v in values.items()})
+
+
+def gather_by_index(strategy: Strategy, parts: dict[str, Tensor]) -> dict[str, Tensor]:
+    """All ranks' rows of `parts` (which holds an "index" entry), de-duplicated and sorted by index, on the CPU.
+
+    A collective: every rank must call it. Ranks may hold different numbers of rows.
+    """
+    if strategy.world_size > 1:
+        n = torch.tensor([len(parts["index"])], device=strategy.root_device)
+        sizes = strategy.all_gather(n).view(-1).tolist()  # (world,)
+        width = max(sizes)
+        gathered = {}
+        for key, value in parts.items():
+            padded = value.new_zeros((width, *value.shape[1:]))
+            padded[: len(value)] = value
+            stacked = strategy.all_gather(padded)  # (world, width, ...)
+            gathered[key] = torch.cat([stacked[r, :size] for r, size in enumerate(sizes)])
+        parts = gathered
+    parts = {k: v.cpu() for k, v in parts.items()}
+    order = torch.argsort(parts["index"], stable=True)
+    ordered = parts["index"][order]
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]  # padding repeats an index; keep its first copy
+    keep = order[first]
+    return {k: v[keep] for k, v in parts.items()}
+
+
+class LatentCollection:
+    """Accumulates validation batches and hands out the epoch's gathered `Latents`, once.
+
+    Args:
+        max_points: how many inputs to follow. When the validation set is larger, a subset of this size is
+            drawn once (seeded) and kept in the checkpoint, so the same inputs are followed epoch after epoch
+            and across a resume. 0 switches collection off.
+        seed: seed of that draw.
+    """
+
+    def __init__(self, max_points: int, seed: int = 0):
+        self.max_points = max_points
+        self.seed = seed
+        self.subset: Optional[Tensor] = None  # sorted dataset indices followed by every picture
+        self._batches: list[dict[str, Tensor]] = []
+        self._epoch = 0
+        self._result: Optional[Latents] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_points > 0
+
+    def reset(self, epoch: int) -> None:
+        self._batches, self._epoch, self._result = [], epoch, None
+
+    def add(self, **batch: Tensor) -> None:
+        self._batches.append({k: v.detach() for k, v in batch.items()})
+
+    def result(self, strategy: Strategy) -> Optional[Latents]:
+        """The gathered latents of the current epoch (None when nothing was collected). Collective, cached."""
+        if self._result is not None or not self.enabled:
+            return self._result
+        local = {k: torch.cat([b[k] for b in self._batches]) for k in self._batches[0]} if self._batches else None
+        # Ranks must agree on whether there is anything to gather, or the collective would hang.
+        if not strategy.reduce_boolean_decision(local is not None, all=True):
+            return None
+        if self.subset is not None:
+            keep = torch.isin(local["index"], self.subset.to(local["index"].device))
+            local = {k: v[keep] for k, v in local.items()}
+        gathered = gather_by_index(strategy, local)
+        latents = Latents(epoch=self._epoch, **gathered)
+        if self.subset is None:
+            self.subset = self._choose_subset(latents.index)
+            latents = latents.select(torch.isin(latents.index, self.subset))
+        elif len(latents) < len(self.subset):
+            rank_zero_warn(f"only {len(latents)} of the {len(self.subset)} followed validation inputs were seen this "
+                           "epoch (limit_val_batches?); the pictures show those")
+        self._result = latents
+        return latents
+
+    def _choose_subset(self, index: Tensor) -> Tensor:
+        if len(index) <= self.max_points:
+            return index.clone()
+        generator = torch.Generator().manual_seed(self.seed)
+        return index[torch.randperm(len(index), generator=generator)[: self.max_points]].sort().values
+
+    def state_dict(self) -> dict:
+        return {"subset": self.subset, "max_points": self.max_points, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["max_points"] != self.max_points or state["seed"] != self.seed:
+            rank_zero_warn(f"the checkpoint followed {state['max_points']} validation inputs (seed {state['seed']}) "
+                           f"and this run asks for {self.max_points} (seed {self.seed}): a new subset is drawn")
+            return
+        self.subset = state["subset"]

@@ -1,0 +1,59 @@
+"""Numbers about a latent space: posterior variance as uncertainty, active units, neighbourhoods, rank correlation."""
+
+import torch
+from torch import Tensor
+from torchmetrics.functional import spearman_corrcoef
+
+
+def uncertainty(logvar: Tensor) -> Tensor:
+    """u(x): the posterior variance averaged over latent dimensions, (N, Z) -> (N,)."""
+    return logvar.exp().mean(dim=1)
+
+
+def active_units(mu: Tensor, threshold: float = 0.01) -> int:
+    """Dimensions whose mean varies across inputs by more than `threshold` (Burda et al., 2016)."""
+    return int((mu.var(dim=0) > threshold).sum())
+
+
+def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(q(z_d|x) || N(0, 1)) averaged over inputs, per dimension: (N, Z) -> (Z,), nats."""
+    return (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(dim=0)
+
+
+def pixel_mass(images: Tensor) -> Tensor:
+    """How much ink each input has: the sum of its pixel intensities in [0, 1], (N, 28, 28) uint8 -> (N,)."""
+    return images.flatten(1).float().sum(dim=1) / 255.0
+
+
+def nearest_neighbours(points: Tensor, k: int, chunk: int = 1024) -> Tensor:
+    """Indices (N, k) of each point's k nearest other points (Euclidean)."""
+    if len(points) <= k:
+        raise ValueError(f"{len(points)} points have fewer than k={k} neighbours each")
+    points = points.float()
+    out = []
+    for start in range(0, len(points), chunk):  # chunks bound the (chunk, N) distance matrix
+        d = torch.cdist(points[start:start + chunk], points)  # (c, N)
+        d[torch.arange(len(d)), torch.arange(start, start + len(d))] = float("inf")  # not its own neighbour
+        out.append(d.topk(k, dim=1, largest=False).indices)
+    return torch.cat(out)
+
+
+def neighbour_disagreement(points: Tensor, labels: Tensor, k: int = 10) -> Tensor:
+    """Per point, the share of its k nearest neighbours whose label differs from its own, (N,) in [0, 1]."""
+    neighbours = nearest_neighbours(points, k)
+    return (labels[neighbours] != labels[:, None]).float().mean(dim=1)
+
+
+def knn_label_agreement(points: Tensor, labels: Tensor, k: int = 10) -> float:
+    """Share of points' k nearest neighbours that share their label: the quality figure of a 2-D map."""
+    return float(1.0 - neighbour_disagreement(points, labels, k).mean())
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two (N,) vectors."""
+    return float(spearman_corrcoef(a.double(), b.double()))
+
+
+def per_class_mean(values: Tensor, labels: Tensor) -> dict[int, float]:
+    """Mean of `values` for each label present."""
+    return {int(c): float(values[labels == c].mean()) for c in labels.unique()}

@@ -1,0 +1,289 @@
+"""The VAE: encoder/decoder pairs, the per-image loss in nats, and the importance-weighted test bound."""
+
+import math
+from typing import Literal, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Normal
+from torchmetrics import MeanMetric
+from typing_extensions import override
+
+from lvae.errors import ConfigError, DivergenceError
+from lvae.latents import LatentCollection, Latents
+
+PIXELS = 28 * 28
+STAGES = ("train", "val", "test")
+PARTS = ("loss", "recon", "kl")
+
+
+class MLPEncoder(nn.Module):
+    """784-hidden-(mu, logvar), as in the classic PyTorch VAE example."""
+
+    def __init__(self, latent_dim: int, hidden_dim: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(PIXELS, hidden_dim), nn.ReLU())
+        self.mu = nn.Linear(hidden_dim, latent_dim)
+        self.logvar = nn.Linear(hidden_dim, latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.body(x)  # (B, hidden)
+        return self.mu(h), self.logvar(h)  # (B, Z) each
+
+
+class MLPDecoder(nn.Module):
+    """latent-hidden-784 Bernoulli logits."""
+
+    def __init__(self, latent_dim: int, hidden_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, PIXELS))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)  # (B, 784) logits
+
+
+class ConvEncoder(nn.Module):
+    """Two stride-2 convolutions (28 -> 14 -> 7) then a hidden layer and the two heads."""
+
+    def __init__(self, latent_dim: int, hidden_dim: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),  # (B, 64, 7, 7)
+            nn.Flatten(), nn.Linear(64 * 7 * 7, hidden_dim), nn.ReLU(),
+        )
+        self.mu = nn.Linear(hidden_dim, latent_dim)
+        self.logvar = nn.Linear(hidden_dim, latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.body(x.view(-1, 1, 28, 28))
+        return self.mu(h), self.logvar(h)
+
+
+class ConvDecoder(nn.Module):
+    """The mirror of ConvEncoder with transposed convolutions (7 -> 14 -> 28)."""
+
+    def __init__(self, latent_dim: int, hidden_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, 64 * 7 * 7), nn.ReLU(),
+            nn.Unflatten(1, (64, 7, 7)),
+            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, 14, 14)
+            nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1),  # (B, 1, 28, 28)
+            nn.Flatten(),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)  # (B, 784) logits
+
+
+ARCHITECTURES = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder)}
+
+
+class VAE(L.LightningModule):
+    """A variational autoencoder on 28x28 grey images with a Bernoulli decoder and a N(0, I) prior.
+
+    Losses are per image, in nats: the Bernoulli negative log-likelihood of the pixels (summed over pixels)
+    plus ``beta`` times the analytic KL of q(z|x) to N(0, I).
+
+    Args:
+        latent_dim: Z, the size of the latent code.
+        architecture: ``"mlp"`` (784-hidden-Z, the classic example) or ``"conv"`` (a small convolutional pair).
+        hidden_dim: width of the hidden layer.
+        beta: weight of the KL term (1 is the ELBO).
+        lr: Adam learning rate.
+        iwae_samples: k, the importance samples per image for ``test/nll`` (the IWAE bound).
+        elbo_samples: z draws per input for the per-input negative ELBO that the uncertainty pictures use.
+        latent_points: how many validation inputs the latent pictures follow (a fixed subset chosen once per
+            run); 0 switches the collection off.
+        compile: run the loss computation through ``torch.compile`` (no gain on small CPUs; try it on GPUs).
+    """
+
+    def __init__(
+        self,
+        latent_dim: PositiveInt = 20,
+        architecture: Literal["mlp", "conv"] = "mlp",
+        hidden_dim: PositiveInt = 400,
+        beta: NonNegativeFloat = 1.0,
+        lr: PositiveFloat = 1e-3,
+        iwae_samples: PositiveInt = 100,
+        elbo_samples: PositiveInt = 4,
+        latent_points: NonNegativeInt = 5000,
+        compile: bool = False,
+    ):
+        super().__init__()
+        # The parser checks these for CLI users; Python users get the same refusal here.
+        for key, value in (("latent_dim", latent_dim), ("hidden_dim", hidden_dim), ("iwae_samples", iwae_samples),
+                           ("elbo_samples", elbo_samples)):
+            if int(value) < 1:
+                raise ConfigError(f"model.{key}={value} must be a positive integer")
+        if architecture not in ARCHITECTURES:
+            raise ConfigError(f"model.architecture={architecture!r} is not one of {sorted(ARCHITECTURES)}")
+        if beta < 0:
+            raise ConfigError(f"model.beta={beta} must be >= 0 (1 is the ELBO)")
+        if lr <= 0:
+            raise ConfigError(f"model.lr={lr} must be > 0")
+        if latent_points < 0:
+            raise ConfigError(f"model.latent_points={latent_points} must be >= 0 (0 switches collection off)")
+        self.save_hyperparameters()
+        encoder, decoder = ARCHITECTURES[architecture]
+        self.encoder = encoder(latent_dim, hidden_dim)
+        self.decoder = decoder(latent_dim, hidden_dim)
+        # Per-image means accumulated on the device and synced across ranks once per epoch by torchmetrics.
+        self.metrics = nn.ModuleDict({f"{s}_{p}": MeanMetric() for s in STAGES for p in PARTS})
+        self.test_nll = MeanMetric()
+        self.latents = LatentCollection(latent_points)
+        self._loss_parts = torch.compile(self._loss_parts_eager) if compile else self._loss_parts_eager
+        self._pending_check: Optional[tuple[Tensor, Tensor, Tensor, int, int]] = None
+
+    # ----- what a user reaches for -----
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance of q(z|x), each (B, Z), for images (B, 1, 28, 28) or (B, 784) in [0, 1]."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Pixel probabilities (B, 1, 28, 28) for latent codes (B, Z)."""
+        return torch.sigmoid(self.decoder(z)).view(-1, 1, 28, 28)
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Decode n draws z ~ N(0, I) from the prior: (n, 1, 28, 28)."""
+        z = torch.randn(n, self.hparams.latent_dim, generator=generator, device="cpu").to(self.device)
+        return self.decode(z)
+
+    @override
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Reconstruction probabilities (B, 1, 28, 28) from one posterior draw, with mu and logvar."""
+        mu, logvar = self.encoder(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decode(z), mu, logvar
+
+    # ----- the loss -----
+    def _loss_parts_eager(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """mu, logvar (B, Z) and the per-image reconstruction NLL and KL (B,), in nats."""
+        mu, logvar = self.encoder(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterised draw, (B, Z)
+        # From logits: log(sigmoid) would lose precision where the decoder is confident.
+        recon = F.binary_cross_entropy_with_logits(self.decoder(z), x.flatten(1), reduction="none").sum(1)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # KL(N(mu, var) || N(0, I)), (B,)
+        return mu, logvar, recon, kl
+
+    def _update_metrics(self, stage: str, recon: Tensor, kl: Tensor) -> Tensor:
+        loss = recon + self.hparams.beta * kl  # (B,)
+        for part, value in (("loss", loss), ("recon", recon), ("kl", kl)):
+            metric = self.metrics[f"{stage}_{part}"]
+            metric.update(value.detach())
+            self.log(f"{stage}/{part}", metric, on_step=False, on_epoch=True, prog_bar=part == "loss" and stage != "train")
+        return loss.mean()
+
+    @override
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, _, _ = batch
+        self._raise_if_diverged()
+        _, _, recon, kl = self._loss_parts(x)
+        loss = self._update_metrics("train", recon, kl)
+        # Read back one step later, so the check never waits for the device (no sync in the hot path).
+        self._pending_check = (loss.detach(), recon.detach().mean(), kl.detach().mean(), self.current_epoch,
+                               self.global_step)
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def _raise_if_diverged(self) -> None:
+        """Stop with a message naming the step and the loss parts when the last step's loss was NaN or inf."""
+        if self._pending_check is None:
+            return
+        loss, recon, kl, epoch, step = self._pending_check
+        self._pending_check = None
+        if bool(torch.isfinite(loss)):
+            return
+        bad = [f"{name}={value.item():.4g}" for name, value in (("recon", recon), ("kl", kl))
+               if not torch.isfinite(value)]
+        raise DivergenceError(
+            f"training diverged at epoch {epoch}, step {step}: loss={loss.item()} "
+            f"(non-finite parts: {', '.join(bad) or 'none; beta * kl overflowed'}). No checkpoint was written from "
+            f"non-finite weights; last.ckpt and the best checkpoint keep the last finite state. Lower the learning "
+            f"rate (now --model.lr {self.hparams.lr}) or clip gradients (--trainer.gradient_clip_val 1.0), then "
+            f"resume with --ckpt_path last."
+        )
+
+    @override
+    def on_validation_start(self) -> None:
+        self._raise_if_diverged()
+
+    @override
+    def on_train_end(self) -> None:
+        self._raise_if_diverged()
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Every checkpoint passes through here: never write one after a non-finite step.
+        self._raise_if_diverged()
+        checkpoint["latent_subset"] = self.latents.state_dict()
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "latent_subset" in checkpoint:
+            self.latents.load_state_dict(checkpoint["latent_subset"])
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self.latents.reset(self.current_epoch)
+
+    @override
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        x, y, index = batch
+        mu, logvar, recon, kl = self._loss_parts(x)
+        self._update_metrics("val", recon, kl)
+        if self.latents.enabled:
+            self.latents.add(index=index, label=y, mu=mu, logvar=logvar, recon=recon, kl=kl,
+                             neg_elbo=self.neg_elbo(x, mu, logvar), image=(x.view(-1, 28, 28) * 255).round().byte())
+
+    def neg_elbo(self, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+        """Per-input negative ELBO (B,) in nats, the reconstruction term averaged over `elbo_samples` draws."""
+        s = self.hparams.elbo_samples
+        z = mu + torch.randn(s, *mu.shape, device=mu.device) * torch.exp(0.5 * logvar)  # (S, B, Z)
+        logits = self.decoder(z.flatten(0, 1)).view(s, -1, PIXELS)  # (S, B, 784)
+        recon = F.binary_cross_entropy_with_logits(logits, x.flatten(1).expand(s, -1, -1), reduction="none")
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+        return recon.sum(2).mean(0) + kl
+
+    def validation_latents(self) -> Optional[Latents]:
+        """This epoch's collected latents, gathered across ranks once. Every rank must call it (a collective)."""
+        return self.latents.result(self.trainer.strategy)
+
+    @override
+    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        x, _, _ = batch
+        _, _, recon, kl = self._loss_parts(x)
+        self._update_metrics("test", recon, kl)
+        self.test_nll.update(self.iwae_nll(x))
+        self.log("test/nll", self.test_nll, on_step=False, on_epoch=True)
+
+    def iwae_nll(self, x: Tensor, k: Optional[int] = None, chunk: int = 50) -> Tensor:
+        """Importance-weighted estimate of -log p(x) per image (B,), in nats, with k samples (Burda et al.)."""
+        k = k or self.hparams.iwae_samples
+        mu, logvar = self.encoder(x)
+        q = Normal(mu, torch.exp(0.5 * logvar))
+        prior = Normal(torch.zeros_like(mu), torch.ones_like(mu))
+        target = x.flatten(1)
+        log_w = []
+        for start in range(0, k, chunk):  # chunks bound the (k, B, 784) logits in memory
+            z = q.sample((min(chunk, k - start),))  # (k', B, Z)
+            logits = self.decoder(z.flatten(0, 1)).view(*z.shape[:2], PIXELS)  # (k', B, 784)
+            # Grey pixels as Bernoulli targets, as in the training loss (the classic example's convention).
+            log_px = Bernoulli(logits=logits, validate_args=False).log_prob(target).sum(-1)
+            log_w.append(log_px + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1))  # (k', B)
+        return -(torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k))
+
+    @override
+    def predict_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        x, y, index = batch
+        mu, logvar = self.encoder(x)
+        return {"mu": mu, "logvar": logvar, "label": y, "index": index}
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

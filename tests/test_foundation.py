@@ -1,0 +1,175 @@
+"""The foundation as a user meets it: `lvae fit/test` on MNIST-format files, the run folder, the W&B run, errors."""
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from conftest import run_dirs, run_lvae, small_fit_args
+from wandb_run import read_run
+
+from lvae import VAE, MNISTDataModule
+from lvae.data import InMemoryBatches
+
+LOSS_KEYS = [f"{stage}/{part}" for stage in ("train", "val") for part in ("loss", "recon", "kl")]
+
+
+def test_data_module_reads_idx_files_through_torchvision(mnist_root: Path) -> None:
+    dm = MNISTDataModule(data_dir=str(mnist_root), batch_size=50)
+    dm.prepare_data()
+    dm.setup("fit")
+    sizes = {split: len(images) for split, (images, _) in dm.splits.items()}
+    assert sizes == {"train": 330, "val": 30, "test": 100}  # 360 training images, 1/12 held out
+    images, labels = dm.splits["train"]
+    assert images.dtype == torch.uint8 and images.shape[1:] == (28, 28)
+    assert set(labels.tolist()) == set(range(10))
+    x, y, index = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert x.shape == (50, 1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert torch.equal(dm.splits["train"][1][index], y)
+
+
+def test_in_memory_loader_yields_every_index_once_in_a_new_order_each_epoch() -> None:
+    images, labels = torch.zeros(103, 28, 28, dtype=torch.uint8), torch.arange(103)
+    loader = InMemoryBatches(images, labels, batch_size=10, shuffle=True, seed=0)
+    orders = []
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)
+        batches = [index for _, _, index in loader]
+        assert len(batches) == len(loader) == 11 and [len(b) for b in batches][-1] == 3  # last partial batch
+        order = torch.cat(batches)
+        assert sorted(order.tolist()) == list(range(103))
+        orders.append(order)
+    assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[1], orders[2])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_in_memory_loader_gives_ranks_disjoint_shares_and_equal_step_counts(monkeypatch, world: int) -> None:
+    images, labels = torch.zeros(103, 28, 28, dtype=torch.uint8), torch.arange(103)
+    loader = InMemoryBatches(images, labels, batch_size=10, shuffle=True, seed=0)
+    seen, steps = [], set()
+    for rank in range(world):
+        monkeypatch.setattr(InMemoryBatches, "_rank_world", staticmethod(lambda r=rank: (r, world)))
+        batches = [index for _, _, index in loader]
+        assert all(len(b) > 0 for b in batches)
+        steps.add(len(batches))
+        seen.extend(torch.cat(batches).tolist())
+    assert len(steps) == 1  # DDP needs every rank to run the same number of steps
+    assert sorted(seen) == list(range(103))  # every input exactly once across ranks
+
+
+@pytest.fixture(scope="module")
+def fitted_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `lvae fit` of 2 epochs through the console entry point; returns the working folder."""
+    cwd = tmp_path_factory.mktemp("fit")
+    run_lvae(small_fit_args(mnist_root), cwd)
+    return cwd
+
+
+def test_fit_writes_one_run_folder_with_config_checkpoints_and_wandb_run(fitted_run: Path) -> None:
+    (run,) = run_dirs(fitted_run / "runs")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best-epoch001.ckpt", "last.ckpt"]
+    assert not (fitted_run / "wandb").exists() and not (fitted_run / "lvae").exists()  # nothing outside the run
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["latent_dim"] == 20 and config["run_id"] == run.name
+    (wandb_run,) = read_run(run)
+    assert wandb_run.run_id == run.name
+    assert wandb_run.config["config"]["data"]["batch_size"] == 64  # the resolved CLI config, in W&B too
+    for key in LOSS_KEYS:
+        values = wandb_run.values(key)
+        assert len(values) == 2 and all(math.isfinite(v) for v in values), key
+    loss, recon, kl = (wandb_run.values(f"val/{p}")[-1] for p in ("loss", "recon", "kl"))
+    assert loss == pytest.approx(recon + kl, rel=1e-5)  # beta = 1: the loss is the negative ELBO
+
+
+def test_checkpoint_reload_gives_the_same_encoding(mnist_root: Path, tmp_path: Path) -> None:
+    dm = MNISTDataModule(data_dir=str(mnist_root), batch_size=64)
+    model = VAE(latent_dim=4)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    reloaded = VAE.load_from_checkpoint(tmp_path / "model.ckpt")
+    x = dm.splits["test"][0][:32].unsqueeze(1).float() / 255
+    model.eval(), reloaded.eval()
+    with torch.inference_mode():
+        for a, b in zip(model.encode(x), reloaded.encode(x)):
+            assert torch.equal(a, b)
+    assert reloaded.hparams.latent_dim == 4
+
+
+def test_test_subcommand_reports_loss_and_iwae_nll(fitted_run: Path, mnist_root: Path) -> None:
+    (run,) = run_dirs(fitted_run / "runs")
+    proc = run_lvae(["test", "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu",
+                     "--model.iwae_samples", "20", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], fitted_run)
+    assert "test/nll" in proc.stdout and "test/loss" in proc.stdout
+    (test_run,) = [r for r in run_dirs(fitted_run / "runs") if r != run]  # a test run gets its own folder
+    (wandb_run,) = read_run(test_run)
+    nll, loss = wandb_run.values("test/nll")[0], wandb_run.values("test/loss")[0]
+    assert 0 < nll <= loss * 1.001  # the IWAE bound is tighter than the single-sample ELBO
+
+
+def test_importance_weighted_bound_tightens_with_k(mnist_root: Path) -> None:
+    torch.manual_seed(0)
+    model = VAE(latent_dim=4).eval()
+    x = torch.rand(8, 1, 28, 28).round()
+    with torch.inference_mode():
+        elbo = torch.stack([model._loss_parts(x)[2] + model._loss_parts(x)[3] for _ in range(200)]).mean(0)
+        nll_1 = torch.stack([model.iwae_nll(x, k=1) for _ in range(200)]).mean(0)
+        nll_100 = model.iwae_nll(x, k=100)
+    assert torch.allclose(nll_1, elbo, rtol=0.02)  # k=1 is the ELBO
+    assert (nll_100 < nll_1).all()
+
+
+def test_missing_data_fails_at_once_with_the_folder_and_files_named(tmp_path: Path) -> None:
+    proc = run_lvae(small_fit_args(tmp_path / "nodata"), tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    message = proc.stderr
+    assert f"{tmp_path / 'nodata' / 'MNIST' / 'raw'}" in message
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        assert name in message
+    assert not (tmp_path / "nodata").exists()  # nothing half-written left behind
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--model.latent_dim", "0"], "model.latent_dim"),
+    (["--model.lr", "-0.1"], "model.lr"),
+    (["--data.dataset", "cifar"], "data.dataset"),
+    (["--model.no_such_key", "1"], "no_such_key"),
+    (["--data.batch_size", "0"], "data.batch_size"),
+    (["--data.val_fraction", "1.5"], "data.val_fraction"),
+    (["--model.beta", "-1"], "model.beta"),
+    (["--trainer.max_epochs", "0"], "trainer.max_epochs"),
+])
+def test_bad_values_are_refused_with_the_key_named(tmp_path: Path, args: list[str], named: str) -> None:
+    proc = run_lvae(small_fit_args(tmp_path / "unused", *args), tmp_path, check=False, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert named in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()  # refused before anything was built
+
+
+def test_rerun_in_the_same_root_keeps_both_runs(fitted_run: Path, mnist_root: Path, tmp_path: Path) -> None:
+    args = small_fit_args(mnist_root, "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path))
+    run_lvae(args, tmp_path)
+    run_lvae(args, tmp_path)
+    assert len(run_dirs(tmp_path)) == 2  # a re-run is a new versioned folder, not a crash on config.yaml
+
+
+def test_real_digits_val_loss_falls_well_below_first_epoch(real_mnist_root: Path) -> None:
+    L.seed_everything(0)
+    model = VAE()
+    dm = MNISTDataModule(data_dir=str(real_mnist_root), batch_size=128)
+    losses = []
+
+    class Record(L.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                losses.append(float(trainer.callback_metrics["val/loss"]))
+
+    trainer = L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, callbacks=[Record()])
+    trainer.fit(model, dm)
+    assert losses[0] > 140 and losses[-1] < losses[0] - 25, losses  # nats per image
