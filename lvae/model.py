@@ -18,6 +18,8 @@ from lvae.latents import LatentCollection, Latents
 PIXELS = 28 * 28
 STAGES = ("train", "val", "test")
 PARTS = ("loss", "recon", "kl")
+EVAL_NOISE_BLOCK = 4096
+EVAL_NOISE_SEEDS = {"val": 1, "test": 2}
 
 
 class MLPEncoder(nn.Module):
@@ -139,6 +141,7 @@ class VAE(L.LightningModule):
         self.latents = LatentCollection(latent_points)
         self._loss_parts = torch.compile(self._loss_parts_eager) if compile else self._loss_parts_eager
         self._pending_check: Optional[tuple[Tensor, Tensor, Tensor, int, int]] = None
+        self._eval_noise: dict[tuple[str, int], Tensor] = {}
 
     # ----- what a user reaches for -----
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -162,10 +165,13 @@ class VAE(L.LightningModule):
         return self.decode(z), mu, logvar
 
     # ----- the loss -----
-    def _loss_parts_eager(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """mu, logvar (B, Z) and the per-image reconstruction NLL and KL (B,), in nats."""
+    def _loss_parts_eager(self, x: Tensor, eps: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """mu, logvar (B, Z) and the per-image reconstruction NLL and KL (B,), in nats.
+
+        `eps` (B, Z) fixes the standard-normal draw; by default a fresh one is drawn."""
         mu, logvar = self.encoder(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterised draw, (B, Z)
+        eps = torch.randn_like(mu) if eps is None else eps
+        z = mu + eps * torch.exp(0.5 * logvar)  # reparameterised draw, (B, Z)
         # From logits: log(sigmoid) would lose precision where the decoder is confident.
         recon = F.binary_cross_entropy_with_logits(self.decoder(z), x.flatten(1), reduction="none").sum(1)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # KL(N(mu, var) || N(0, I)), (B,)
@@ -232,19 +238,43 @@ class VAE(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self.latents.reset(self.current_epoch)
 
+    def eval_noise(self, index: Tensor, stage: str, draws: int = 1) -> Tensor:
+        """Standard-normal draws (draws, B, Z) that depend only on each input's dataset index and the stage.
+
+        Evaluation uses these common random numbers instead of fresh noise, so `val/loss` moves only when the
+        model does, and N processes, whatever batches they form, compute exactly what one process computes.
+        Rows come in seeded blocks of EVAL_NOISE_BLOCK indices, made once and cached on the device."""
+        z_dim, width = self.hparams.latent_dim, 1 + self.hparams.elbo_samples
+        blocks = (index // EVAL_NOISE_BLOCK).unique().tolist()  # usually one block per split
+        for block in blocks:
+            if (stage, block) not in self._eval_noise:
+                seed = EVAL_NOISE_SEEDS[stage] * 1_000_003 + block
+                noise = torch.randn(EVAL_NOISE_BLOCK, width, z_dim, generator=torch.Generator().manual_seed(seed))
+                self._eval_noise[(stage, block)] = noise.to(index.device)
+        table = torch.cat([self._eval_noise[(stage, b)] for b in blocks])  # (blocks * BLOCK, width, Z)
+        position = torch.searchsorted(torch.tensor(blocks, device=index.device), index // EVAL_NOISE_BLOCK)
+        rows = table[position * EVAL_NOISE_BLOCK + index % EVAL_NOISE_BLOCK]  # (B, width, Z)
+        return rows[:, :draws].transpose(0, 1)
+
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         x, y, index = batch
-        mu, logvar, recon, kl = self._loss_parts(x)
+        # Draw 0 gives val/loss; draws 1..S the per-input negative ELBO of the uncertainty pictures.
+        eps = self.eval_noise(index, "val", 1 + self.hparams.elbo_samples if self.latents.enabled else 1)
+        mu, logvar, recon, kl = self._loss_parts(x, eps[0])
         self._update_metrics("val", recon, kl)
         if self.latents.enabled:
             self.latents.add(index=index, label=y, mu=mu, logvar=logvar, recon=recon, kl=kl,
-                             neg_elbo=self.neg_elbo(x, mu, logvar), image=(x.view(-1, 28, 28) * 255).round().byte())
+                             neg_elbo=self.neg_elbo(x, mu, logvar, eps[1:]),
+                             image=(x.view(-1, 28, 28) * 255).round().byte())
 
-    def neg_elbo(self, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-        """Per-input negative ELBO (B,) in nats, the reconstruction term averaged over `elbo_samples` draws."""
-        s = self.hparams.elbo_samples
-        z = mu + torch.randn(s, *mu.shape, device=mu.device) * torch.exp(0.5 * logvar)  # (S, B, Z)
+    def neg_elbo(self, x: Tensor, mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None) -> Tensor:
+        """Per-input negative ELBO (B,) in nats, the reconstruction term averaged over `elbo_samples` draws
+        (or over the given standard-normal draws `eps`, (S, B, Z))."""
+        if eps is None:
+            eps = torch.randn(self.hparams.elbo_samples, *mu.shape, device=mu.device)
+        s = len(eps)
+        z = mu + eps * torch.exp(0.5 * logvar)  # (S, B, Z)
         logits = self.decoder(z.flatten(0, 1)).view(s, -1, PIXELS)  # (S, B, 784)
         recon = F.binary_cross_entropy_with_logits(logits, x.flatten(1).expand(s, -1, -1), reduction="none")
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
@@ -256,8 +286,8 @@ class VAE(L.LightningModule):
 
     @override
     def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
-        x, _, _ = batch
-        _, _, recon, kl = self._loss_parts(x)
+        x, _, index = batch
+        _, _, recon, kl = self._loss_parts(x, self.eval_noise(index, "test")[0])
         self._update_metrics("test", recon, kl)
         self.test_nll.update(self.iwae_nll(x))
         self.log("test/nll", self.test_nll, on_step=False, on_epoch=True)
