@@ -16,21 +16,22 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 import yaml
 from jsonargparse import Namespace
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from lvae.checkpoints import AtomicCheckpointIO, RunCheckpoint, check_checkpoint, find_last_checkpoint
 from lvae.data import MNISTDataModule
-from lvae.errors import CheckpointError, ConfigError, LVAEError
+from lvae.errors import ConfigError, LVAEError
 from lvae.model import VAE
 
 RUN_ID_ENV = "LVAE_RUN_ID"  # how DDP ranks started by Lightning learn the run id that rank zero chose
 WANDB_PROBE_SECONDS = 5.0
-ARCHITECTURE_KEYS = ("latent_dim", "architecture", "hidden_dim")
 
 
 class RunConfig(SaveConfigCallback):
@@ -56,41 +57,6 @@ class RunConfig(SaveConfigCallback):
 def new_run_id() -> str:
     """Sortable by start time and unique: 20261124-224636-3fa9."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def find_last_checkpoint(root: Path, run_id: Optional[str]) -> tuple[Path, str]:
-    """`last.ckpt` of the given run, or of the most recently written run under `root`."""
-    if run_id:
-        path = root / run_id / "checkpoints" / "last.ckpt"
-        if not path.is_file():
-            raise CheckpointError(f"--ckpt_path last: run {run_id!r} has no {path}. Runs under {root} with a last "
-                                  f"checkpoint: {', '.join(sorted(p.parent.parent.name for p in root.glob('*/checkpoints/last.ckpt'))) or 'none'}")
-        return path, run_id
-    candidates = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise CheckpointError(f"--ckpt_path last: no run under {root} has a checkpoints/last.ckpt to resume; start a "
-                              "new run without --ckpt_path, or set --trainer.default_root_dir to the folder of the runs")
-    return candidates[-1], candidates[-1].parent.parent.name
-
-
-def check_checkpoint(path: str, model: Namespace) -> None:
-    """Refuse a missing file, a non-checkpoint, or a checkpoint of another architecture, naming both values."""
-    if not Path(path).is_file():
-        raise CheckpointError(f"--ckpt_path {path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"--ckpt_path {path} is not a checkpoint (torch.load: {type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict)")
-    trained = checkpoint.get("hyper_parameters", {})
-    wrong = [f"model.{key}: checkpoint {trained[key]!r}, config {model[key]!r}"
-             for key in ARCHITECTURE_KEYS if key in trained and trained[key] != model[key]]
-    if wrong:
-        fix = " ".join(f"--model.{key} {trained[key]}" for key in ARCHITECTURE_KEYS if key in trained)
-        raise CheckpointError(f"--ckpt_path {path} was trained with another model ({'; '.join(wrong)}). Use the "
-                              f"checkpoint's values ({fix}) or the config saved beside it.")
 
 
 def wandb_reachable() -> tuple[bool, str]:
@@ -140,13 +106,16 @@ class LVAECLI(LightningCLI):
         parser.add_argument("--run_id", type=Optional[str], default=None,
                             help="Run folder name under trainer.default_root_dir and W&B run id; an existing id "
                                  "continues that run (with --ckpt_path last).")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
             "checkpoint.mode": "min",
             "checkpoint.save_last": True,
             "checkpoint.filename": "best-epoch{epoch:03d}",
             "checkpoint.auto_insert_metric_name": False,
+            # One last.ckpt per run folder, overwritten: a resumed run must not write last-v1.ckpt beside it,
+            # or the next --ckpt_path last would find the older file.
+            "checkpoint.enable_version_counter": False,
             "trainer.default_root_dir": "runs",
             "trainer.max_epochs": 10,
             "trainer.logger": {"class_path": "lightning.pytorch.loggers.WandbLogger",
@@ -154,25 +123,38 @@ class LVAECLI(LightningCLI):
         })
 
     @override
+    def _parse_ckpt_path(self) -> None:
+        """Find `--ckpt_path last` and check the checkpoint against the configured model.
+
+        Lightning's version of this step overwrites the model config with the checkpoint's hyperparameters,
+        silently discarding values the user gave; here the config stays what the user asked for, and a
+        checkpoint of another architecture is refused with both values named."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        self._resumed_run = None
+        if config is None or not config.get("ckpt_path"):
+            return
+        root = Path(config.trainer.default_root_dir or "runs")
+        run_id = config.run_id or os.environ.get(RUN_ID_ENV)
+        if config.ckpt_path == "last":
+            path, last_run = find_last_checkpoint(root, run_id)
+            config.ckpt_path = str(path)
+            self._resumed_run = run_id or (last_run if subcommand == "fit" else None)
+        elif subcommand == "fit" and not run_id:
+            # Training on from a checkpoint of a run under root continues that run.
+            parent = Path(config.ckpt_path).resolve().parent
+            if parent.name == "checkpoints" and parent.parent.parent == root.resolve():
+                self._resumed_run = parent.parent.name
+        check_checkpoint(config.ckpt_path, config.model)
+
+    @override
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         if self.subcommand == "fit" and config.trainer.max_epochs == 0:
             raise ConfigError("trainer.max_epochs=0 trains nothing; give at least 1 (or -1 for no limit)")
         root = Path(config.trainer.default_root_dir or "runs")
-        run_id = config.run_id or os.environ.get(RUN_ID_ENV)
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path == "last":
-            path, last_run = find_last_checkpoint(root, run_id)
-            ckpt_path = config.ckpt_path = str(path)
-            run_id = run_id or (last_run if self.subcommand == "fit" else None)
-        elif ckpt_path and self.subcommand == "fit" and not run_id:
-            # Training on from a checkpoint of a run under root continues that run.
-            parent = Path(ckpt_path).resolve().parent
-            if parent.name == "checkpoints" and parent.parent.parent == root.resolve():
-                run_id = parent.parent.name
-        if ckpt_path:
-            check_checkpoint(ckpt_path, config.model)
-        run_id = run_id or new_run_id()
+        run_id = config.run_id or os.environ.get(RUN_ID_ENV) or self._resumed_run or new_run_id()
         os.environ[RUN_ID_ENV] = run_id
         config.run_id = run_id
         run_dir = root / run_id
@@ -214,6 +196,10 @@ class LVAECLI(LightningCLI):
         if config.get("enable_checkpointing") is False:
             # Asked for no checkpoints: drop ours too, or Lightning refuses the combination.
             extra = [cb for cb in extra if not isinstance(cb, ModelCheckpoint)]
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return self._instantiate_trainer(config, extra)
 
 
@@ -225,6 +211,10 @@ def main(args: Any = None) -> None:
     except LVAEError as err:
         print(f"lvae: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except SIGTERMException:
+        # Lightning turned SIGTERM into this after the callbacks saved state; the shell convention is 128 + 15.
+        print("lvae: stopped by SIGTERM; resume with --ckpt_path last", file=sys.stderr)
+        sys.exit(143)
     finally:
         # An in-process caller (a notebook, a test) starts its next run with a fresh id.
         if previous is None:

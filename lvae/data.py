@@ -105,6 +105,8 @@ class InMemoryBatches:
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.sampler = EpochOrder(len(images), shuffle, seed)
         self.batch_sampler = None  # Lightning inspects both attributes of anything with a sampler
+        self._done = 0  # batches of the current epoch handed out
+        self._skip: dict[int, int] = {}  # epoch -> batches to pass over once, after a mid-epoch resume
 
     @staticmethod
     def _rank_world() -> tuple[int, int]:
@@ -128,9 +130,24 @@ class InMemoryBatches:
         rank, world = self._rank_world()
         bounds = self._global_batches(world)
         order = self.sampler.order().to(self.images.device)
-        for start, stop in zip(bounds[:-1], bounds[1:]):
+        # Skip only within the epoch the resumed checkpoint was saved in.
+        skip = self._skip.get(self.sampler.epoch, 0)
+        self._skip = {}
+        for step, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if step < skip:
+                continue  # already trained on before the interruption this run resumes from
+            self._done = step + 1
             index = torch.tensor_split(order[start:stop], world)[rank]  # (B,)
             yield self.images[index], self.labels[index], index
+
+    # Lightning saves this with a mid-epoch checkpoint, so a resumed run continues the same epoch's order
+    # where it stopped instead of starting the epoch again.
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches_done": self._done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self._skip = {state["epoch"]: state["batches_done"]}
 
 
 class MNISTDataModule(L.LightningDataModule):

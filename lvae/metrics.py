@@ -1,5 +1,7 @@
 """Numbers about a latent space: posterior variance as uncertainty, active units, neighbourhoods, rank correlation."""
 
+import math
+
 import torch
 from torch import Tensor
 from torchmetrics.functional import spearman_corrcoef
@@ -10,9 +12,17 @@ def uncertainty(logvar: Tensor) -> Tensor:
     return logvar.exp().mean(dim=1)
 
 
-def active_units(mu: Tensor, threshold: float = 0.01) -> int:
-    """Dimensions whose mean varies across inputs by more than `threshold` (Burda et al., 2016)."""
-    return int((mu.var(dim=0) > threshold).sum())
+ACTIVE_THRESHOLD = 0.01  # Burda et al., 2016: a dimension is active when its mean varies by more than this
+
+
+def active_dims(mu: Tensor, threshold: float = ACTIVE_THRESHOLD) -> Tensor:
+    """Which dimensions are active: their mean varies across inputs by more than `threshold`, (N, Z) -> (Z,)."""
+    return mu.var(dim=0) > threshold
+
+
+def active_units(mu: Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
+    """How many dimensions are active (Burda et al., 2016)."""
+    return int(active_dims(mu, threshold).sum())
 
 
 def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -50,7 +60,9 @@ def knn_label_agreement(points: Tensor, labels: Tensor, k: int = 10) -> float:
 
 
 def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman rank correlation of two (N,) vectors."""
+    """Spearman rank correlation of two (N,) vectors; NaN where either is constant (undefined, not 0)."""
+    if bool((a == a[0]).all()) or bool((b == b[0]).all()):
+        return math.nan
     return float(spearman_corrcoef(a.double(), b.double()))
 
 

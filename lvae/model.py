@@ -136,8 +136,9 @@ class VAE(L.LightningModule):
         self.encoder = encoder(latent_dim, hidden_dim)
         self.decoder = decoder(latent_dim, hidden_dim)
         # Per-image means accumulated on the device and synced across ranks once per epoch by torchmetrics.
-        self.metrics = nn.ModuleDict({f"{s}_{p}": MeanMetric() for s in STAGES for p in PARTS})
-        self.test_nll = MeanMetric()
+        # nan_strategy="disable": torchmetrics would otherwise drop NaN values and report a finite mean.
+        self.metrics = nn.ModuleDict({f"{s}_{p}": MeanMetric(nan_strategy="disable") for s in STAGES for p in PARTS})
+        self.test_nll = MeanMetric(nan_strategy="disable")
         self.latents = LatentCollection(latent_points)
         self._loss_parts = torch.compile(self._loss_parts_eager) if compile else self._loss_parts_eager
         self._pending_check: Optional[tuple[Tensor, Tensor, Tensor, int, int]] = None
@@ -222,6 +223,19 @@ class VAE(L.LightningModule):
     @override
     def on_train_end(self) -> None:
         self._raise_if_diverged()
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        # Finite weights can still give NaN on some inputs; checkpoints are saved right after this hook.
+        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            return
+        val_loss = self.metrics["val_loss"].compute()  # synced across ranks; cached for the log call
+        if not torch.isfinite(val_loss):
+            raise DivergenceError(
+                f"training diverged at epoch {self.current_epoch}, step {self.global_step}: val/loss={val_loss.item()} "
+                f"on the validation set. No checkpoint was written from these weights; last.ckpt and the best "
+                f"checkpoint keep the last finite state. Lower the learning rate (now --model.lr {self.hparams.lr}) "
+                f"or clip gradients (--trainer.gradient_clip_val 1.0), then resume with --ckpt_path last.")
 
     @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:

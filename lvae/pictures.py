@@ -33,6 +33,8 @@ class PictureSink:
         self.root = Path(root)
         self._lock = threading.Lock()  # a drawing thread and the training loop may log at the same time
         self._declared: set[str] = set()
+        self._owner = threading.get_ident()  # the training-loop thread: the sink is made in `setup`
+        self._held: list[tuple[dict[str, float], int]] = []  # scalars for non-W&B loggers, from a drawing thread
 
     def _wandb(self) -> list[Any]:
         return [lg.experiment for lg in self.trainer.loggers if isinstance(lg, WandbLogger)]
@@ -75,9 +77,19 @@ class PictureSink:
                 for key in values:
                     self._declare(run, key)
                 run.log({**values, "epoch": epoch})
+            self._held.append(({**values, "epoch": epoch}, self.trainer.global_step))
+        if threading.get_ident() == self._owner:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand held scalars to the non-W&B loggers, on the training-loop thread only: CSVLogger.save() is not
+        thread-safe (a row appended while it writes raises "dict contains fields not in fieldnames", or is lost)."""
+        with self._lock:
+            held, self._held = self._held, []
+        for values, step in held:
             for logger in self.trainer.loggers:
                 if not isinstance(logger, WandbLogger):
-                    logger.log_metrics({**values, "epoch": epoch}, step=self.trainer.global_step)
+                    logger.log_metrics(values, step=step)
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], epoch: int) -> None:
         """A W&B table (W&B's embedding projector reads tables of vectors); other loggers have no tables."""
@@ -186,6 +198,8 @@ class PictureCallback(Callback):
         if self._pending is not None:
             self._pending.result()
             self._pending = None
+        if self.sink is not None:
+            self.sink.flush()
 
     @override
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:

@@ -17,11 +17,10 @@ SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist-t10k"
 def write_idx(raw: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
     """Write an images/labels pair in the IDX format torchvision reads (big-endian header, uint8 payload)."""
     raw.mkdir(parents=True, exist_ok=True)
-    n = len(images)
     (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
-        np.array([2051, n, 28, 28], dtype=">u4").tobytes() + images.astype(np.uint8).tobytes())
+        np.array([2051, len(images), 28, 28], dtype=">u4").tobytes() + images.astype(np.uint8).tobytes())
     (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
-        np.array([2049, n], dtype=">u4").tobytes() + labels.astype(np.uint8).tobytes())
+        np.array([2049, len(labels)], dtype=">u4").tobytes() + labels.astype(np.uint8).tobytes())
 
 
 def toy_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,164 @@
+"""What the decoder makes of the prior: the same z ~ N(0, I) decoded every epoch, and for Z=2 the whole manifold."""
+
+from typing import Any, Callable, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from matplotlib.figure import Figure
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+from torch import Tensor
+from torch.distributions import Normal
+from torchvision.utils import make_grid
+from typing_extensions import override
+
+from lvae.errors import ConfigError
+from lvae.latents import Latents
+from lvae.pictures import PictureCallback
+
+
+class PriorSamples(PictureCallback):
+    """Decodes a fixed set of prior draws z ~ N(0, I) each epoch, so the grids of successive epochs differ only
+    by what the decoder learned. The draws are seeded, made once and kept in the checkpoint: a resumed run shows
+    the same z. With a 2-D latent space it also decodes a grid of z over the Gaussian quantiles (Kingma and
+    Welling's manifold picture) and plots the drawn z at their positions with their decoded images.
+
+    Pictures: ``prior_samples`` (every Z), ``manifold`` and ``prior_positions`` (Z=2 only).
+
+    Args:
+        n_samples: how many prior draws to decode.
+        nrow: images per row of the sample grid.
+        seed: seed of the draws (a generator of their own: the training RNG is untouched).
+        manifold_steps: z values per axis of the Z=2 manifold, at evenly spaced quantiles of N(0, 1).
+        every_n_epochs: draw every n-th validation epoch.
+        background: draw on a background thread (False draws in the training loop, e.g. for debugging).
+    """
+
+    names = ("prior_samples", "manifold", "prior_positions")
+    figsizes = {"prior_samples": (4.0, 4.4), "manifold": (6.4, 6.8), "prior_positions": (6.4, 6.4)}  # inches
+
+    def __init__(self, n_samples: int = 64, nrow: int = 8, seed: int = 0, manifold_steps: int = 20,
+                 every_n_epochs: int = 1, background: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background)
+        if n_samples < 1:
+            raise ConfigError(f"PriorSamples.n_samples={n_samples} must be >= 1 (64 gives an 8x8 grid)")
+        if nrow < 1:
+            raise ConfigError(f"PriorSamples.nrow={nrow} must be >= 1 (images per row of the grid)")
+        if manifold_steps < 2:
+            raise ConfigError(f"PriorSamples.manifold_steps={manifold_steps} must be >= 2 (z values per axis; "
+                              "20 is the classic picture)")
+        self.n_samples = n_samples
+        self.nrow = nrow
+        self.seed = seed
+        self.manifold_steps = manifold_steps
+        self.z: Optional[Tensor] = None  # (n_samples, Z) on the CPU, the same every epoch
+        self._latent_dim: Optional[int] = None
+
+    @override
+    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._latent_dim = int(pl_module.hparams.latent_dim)
+        self._check_prior()
+
+    def _draw_prior(self) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randn(self.n_samples, self._latent_dim, generator=generator)  # (n, Z)
+
+    def _check_prior(self) -> None:
+        """Draw z when there is none; redraw, with a warning, a loaded z that does not fit this model."""
+        if self._latent_dim is None:
+            return  # loaded before `setup`: checked there
+        wanted = (self.n_samples, self._latent_dim)
+        if self.z is None:
+            self.z = self._draw_prior()
+        elif tuple(self.z.shape) != wanted:
+            rank_zero_warn(f"PriorSamples: the checkpoint's prior draws have shape {tuple(self.z.shape)}, this run "
+                           f"needs (n_samples, latent_dim) = {wanted}; new draws are made (seed {self.seed}), so the "
+                           "sample grids before and after this point are not comparable")
+            self.z = self._draw_prior()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"z": self.z, "seed": self.seed}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict["seed"] != self.seed:
+            rank_zero_warn(f"PriorSamples: the checkpoint's prior draws were made with seed {state_dict['seed']}, "
+                           f"this run asks for PriorSamples.seed={self.seed}; new draws are made")
+            return
+        self.z = state_dict["z"]
+        self._check_prior()
+
+    def _manifold_z(self) -> Tensor:
+        """z on a steps x steps grid of N(0, 1) quantiles, row by row from the top (high z_2) down: (S*S, 2)."""
+        s = self.manifold_steps
+        q = Normal(0.0, 1.0).icdf(torch.linspace(0.0, 1.0, s + 2)[1:-1])  # (S,), the open interval (0, 1)
+        return torch.stack([q.repeat(s), q.flip(0).repeat_interleave(s)], dim=1)  # (S*S, 2)
+
+    @override
+    def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
+                epoch: int) -> Optional[Callable[[], None]]:
+        self._check_prior()  # a checkpoint loaded after setup
+        z = self.z
+        to_model = {"device": pl_module.device, "dtype": pl_module.dtype}
+        with torch.inference_mode():
+            samples = pl_module.decode(z.to(**to_model)).float().cpu()  # (n, 1, 28, 28)
+            manifold_z = self._manifold_z() if z.shape[1] == 2 else None
+            manifold = None if manifold_z is None else pl_module.decode(manifold_z.to(**to_model)).float().cpu()
+        # The validation means show where the data sits relative to the prior draws.
+        mu = latents.mu if latents is not None and z.shape[1] == 2 else None
+
+        def draw() -> None:
+            self._draw_samples(samples, epoch)
+            if manifold is not None:
+                self._draw_manifold(manifold, manifold_z, epoch)
+                self._draw_positions(z, samples, mu, epoch)
+
+        return draw
+
+    def _draw_samples(self, samples: Tensor, epoch: int) -> None:
+        grid = make_grid(samples, nrow=self.nrow, padding=2, pad_value=0.5)  # (3, H, W), grey lines between cells
+        fig = Figure(figsize=self.figsizes["prior_samples"])
+        ax = fig.add_axes((0.02, 0.02, 0.96, 0.86))
+        ax.imshow(grid[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_axis_off()
+        title = f"{len(samples)} fixed draws z ~ N(0, I), decoded\nepoch {epoch}, seed {self.seed}"
+        fig.suptitle(title, fontsize=10)
+        self.sink.log_figure("prior_samples", fig, epoch, caption=title.replace("\n", ", "))
+
+    def _draw_manifold(self, manifold: Tensor, z: Tensor, epoch: int) -> None:
+        s = self.manifold_steps
+        grid = make_grid(manifold, nrow=s, padding=0)  # (3, 28*S, 28*S)
+        fig = Figure(figsize=self.figsizes["manifold"])
+        ax = fig.add_axes((0.1, 0.08, 0.86, 0.82))
+        ax.imshow(grid[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        q = z[:s, 0]  # (S,) the quantile values along each axis
+        ticks = list(range(0, s, max(1, s // 5))) + [s - 1]
+        ax.set_xticks([28 * i + 13.5 for i in ticks], [f"{q[i]:.2f}" for i in ticks], fontsize=8)
+        ax.set_yticks([28 * i + 13.5 for i in ticks], [f"{-q[i]:.2f}" for i in ticks], fontsize=8)
+        ax.set_xlabel("z_1")
+        ax.set_ylabel("z_2")
+        title = f"Decoded latent manifold, epoch {epoch}\nz on a {s}x{s} grid of N(0, 1) quantiles"
+        ax.set_title(title, fontsize=10)
+        self.sink.log_figure("manifold", fig, epoch, caption=title.replace("\n", ", "))
+
+    def _draw_positions(self, z: Tensor, samples: Tensor, mu: Optional[Tensor], epoch: int) -> None:
+        fig = Figure(figsize=self.figsizes["prior_positions"])
+        ax = fig.add_axes((0.1, 0.08, 0.86, 0.82))
+        if mu is not None:
+            ax.scatter(mu[:, 0], mu[:, 1], s=2, c="0.8", rasterized=True, label=f"{len(mu)} validation means")
+            ax.legend(loc="upper right", fontsize=8, markerscale=4)
+        ax.scatter(z[:, 0], z[:, 1], s=4, c="tab:red")
+        for (x, y), image in zip(z.tolist(), samples[:, 0].numpy()):
+            thumb = OffsetImage(image, cmap="gray", zoom=0.65)
+            ax.add_artist(AnnotationBbox(thumb, (x, y), frameon=True, pad=0.05, bboxprops={"edgecolor": "tab:red"}))
+        limit = max(3.0, float(z.abs().max()) + 0.5)
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+        ax.set_aspect("equal")
+        ax.set_xlabel("z_1")
+        ax.set_ylabel("z_2")
+        title = f"The {len(z)} prior draws at their positions, decoded, epoch {epoch}"
+        ax.set_title(title, fontsize=10)
+        self.sink.log_figure("prior_positions", fig, epoch, caption=title)

@@ -1,0 +1,104 @@
+"""Checkpoints that are always whole, found and checked before use, and written when a run is interrupted."""
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from jsonargparse import Namespace
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
+
+from lvae.errors import CheckpointError
+
+ARCHITECTURE_KEYS = ("latent_dim", "architecture", "hidden_dim")
+PARTIAL = ".partial"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint beside its target, flushes it to disk, then renames it into place.
+
+    Lightning's own save goes through an fsspec transaction whose temporary file lives in the system temp
+    folder; when that is another filesystem than the checkpoints (a local /tmp, checkpoints on a network
+    drive), the final move is a copy, and a kill during the copy leaves a truncated checkpoint. A rename
+    within one folder is atomic: a reader sees the old file or the new one, never half of one.
+    """
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}{PARTIAL}")  # one fixed name: a stale one is overwritten
+        with open(partial, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, target)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, plus: Ctrl-C or SIGTERM during fit writes `last.ckpt` with the state at the
+    interruption, and partial files left by a killed run are removed when the run continues."""
+
+    @override
+    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
+            for stale in Path(self.dirpath).glob(f".*{PARTIAL}"):
+                rank_zero_warn(f"removing {stale}, a checkpoint a killed run did not finish writing")
+                stale.unlink()
+
+    @override
+    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or not trainer.training or \
+                not self.save_last or self.dirpath is None:
+            return
+        path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        try:
+            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+        except Exception as err:  # e.g. the interrupted step had diverged: keep the last good file
+            rank_zero_warn(f"interrupted, and no checkpoint could be written ({err}); {path} is the last one")
+            return
+        rank_zero_info(f"lvae: interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved "
+                       f"{path}. Continue with --ckpt_path last.")
+
+
+def find_last_checkpoint(root: Path, run_id: Optional[str]) -> tuple[Path, str]:
+    """`last.ckpt` of the given run, or of the most recently written run under `root`."""
+    if run_id:
+        path = root / run_id / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            runs = sorted(p.parent.parent.name for p in root.glob("*/checkpoints/last.ckpt"))
+            raise CheckpointError(f"--ckpt_path last: run {run_id!r} has no {path}. Runs under {root} with a last "
+                                  f"checkpoint: {', '.join(runs) or 'none'}")
+        return path, run_id
+    candidates = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(f"--ckpt_path last: no run under {root} has a checkpoints/last.ckpt to resume; start "
+                              "a new run without --ckpt_path, or set --trainer.default_root_dir to the runs' folder")
+    return candidates[-1], candidates[-1].parent.parent.name
+
+
+def check_checkpoint(path: str, model: Namespace) -> None:
+    """Refuse a missing file, a non-checkpoint, or a checkpoint of another architecture, naming both values."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"--ckpt_path {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"--ckpt_path {path} is not a checkpoint (torch.load: {type(err).__name__}: "
+                              f"{first_line})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict)")
+    trained = checkpoint.get("hyper_parameters", {})
+    wrong = [f"model.{key}: checkpoint {trained[key]!r}, config {model[key]!r}"
+             for key in ARCHITECTURE_KEYS if key in trained and trained[key] != model[key]]
+    if wrong:
+        fix = " ".join(f"--model.{key} {trained[key]}" for key in ARCHITECTURE_KEYS if key in trained)
+        raise CheckpointError(f"--ckpt_path {path} was trained with another model ({'; '.join(wrong)}). Use the "
+                              f"checkpoint's values ({fix}) or the config saved beside it.")

@@ -1,0 +1,249 @@
+"""Nothing lost: divergence, kills, bad files, a missing network and mismatched checkpoints each end in a clear
+message with every good checkpoint intact. MESSAGES holds what the user sees; the README's "What happens
+when..." table quotes the same phrases and `test_readme_table_quotes_what_users_see` keeps the two in step."""
+
+import math
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, cli_env, run_dirs, run_lvae, small_fit_args, toy_digits, write_idx
+from wandb_run import read_run
+
+from lvae import DataFilesError, MNISTDataModule
+from lvae.checkpoints import AtomicCheckpointIO
+
+MESSAGES = {
+    "divergence": "training diverged at epoch",
+    "sigint": "interrupted at epoch",
+    "sigkill": "removing",
+    "truncated": "is truncated",
+    "count mismatch": "labels; the pair must come from the same split",
+    "not an IDX file": "is not an IDX image file",
+    "bad labels": "MNIST-format datasets have labels 0-9",
+    "missing files": "files not found in",
+    "other architecture": "was trained with another model",
+    "no such checkpoint": "no such file",
+    "not a checkpoint": "is not a checkpoint",
+    "no network": "W&B is not reachable",
+}
+
+
+def finite_weights(path: Path) -> bool:
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_divergence_stops_at_once_and_keeps_finite_checkpoints(mnist_root: Path, tmp_path: Path) -> None:
+    # A checkpoint after every step (no monitor: Lightning defers monitored step checkpoints to validation),
+    # so there are good ones on disk when the loss turns NaN within a few steps.
+    proc = run_lvae(small_fit_args(mnist_root, "--model.lr", "100", "--checkpoint.every_n_train_steps", "1",
+                                   "--checkpoint.monitor", "null"), tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    found = re.search(rf"{MESSAGES['divergence']} (\d+), step (\d+): loss=(\S+) \(non-finite parts: ([^)]*)\)",
+                      proc.stderr)
+    assert found, proc.stderr[-3000:]
+    assert "--trainer.gradient_clip_val" in proc.stderr and "--model.lr 100" in proc.stderr
+    assert "kl=" in found.group(4) or "recon=" in found.group(4)
+    (run,) = run_dirs(tmp_path / "runs")
+    checkpoints = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert checkpoints and all(finite_weights(p) for p in checkpoints)
+    # last.ckpt is the state the diverged step started from: the last finite one.
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == int(found.group(2))
+
+
+def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(root.glob(path_glob))
+        if found:
+            return found[0]
+        if proc.poll() is not None:
+            raise AssertionError(f"lvae exited {proc.returncode} early: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"no {path_glob} under {root} after {timeout} s")
+
+
+def start_fit(mnist_root: Path, cwd: Path, *extra: str) -> subprocess.Popen:
+    args = small_fit_args(mnist_root, "--trainer.max_epochs", "400", *extra)
+    return subprocess.Popen([sys.executable, "-m", "lvae", *args], cwd=cwd, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_mid_epoch_leaves_whole_checkpoints_and_last_resumes(mnist_root: Path, tmp_path: Path) -> None:
+    # A checkpoint every step makes it likely that the kill lands during a write.
+    proc = start_fit(mnist_root, tmp_path, "--checkpoint.every_n_train_steps", "1", "--checkpoint.monitor", "null")
+    wait_for("runs/*/checkpoints/last.ckpt", tmp_path, proc)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    (run,) = run_dirs(tmp_path / "runs")
+    visible = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert visible and all(finite_weights(p) for p in visible)  # every visible checkpoint loads whole
+    killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
+    resumed = run_lvae(small_fit_args(mnist_root, "--ckpt_path", "last", "--trainer.max_epochs", str(epoch + 2)),
+                       tmp_path)
+    assert run_dirs(tmp_path / "runs") == [run]  # continued in the same run folder
+    assert not list((run / "checkpoints").glob(".*.partial"))  # nothing half-written left behind
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    # The resumed run continues the interrupted epoch's order where it stopped: 6 steps an epoch (330 inputs,
+    # batches of 64), none lost or repeated.
+    assert final["global_step"] == 6 * (epoch + 2) > killed_at
+    assert "Traceback" not in resumed.stderr
+
+
+def test_sigint_ends_cleanly_with_last_checkpoint_and_complete_wandb_run(mnist_root: Path, tmp_path: Path) -> None:
+    proc = start_fit(mnist_root, tmp_path)
+    wait_for("runs/*/checkpoints/last.ckpt", tmp_path, proc)
+    time.sleep(0.7)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    found = re.search(rf"{MESSAGES['sigint']} (\d+), step (\d+); saved (\S+last\.ckpt)", stderr)
+    assert found, stderr[-3000:]
+    last = torch.load(found.group(3), weights_only=False)
+    assert last["global_step"] == int(found.group(2))  # the state at the interruption, not at an epoch end
+    (run,) = run_dirs(tmp_path / "runs")
+    (wandb_run,) = read_run(run)
+    assert wandb_run.values("val/loss") and all(math.isfinite(v) for v in wandb_run.values("val/loss"))
+
+
+def test_a_kill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path: Path, monkeypatch) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the process dies here
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["state_dict"]["w"], torch.ones(3))  # the old file, whole
+
+
+def corrupt_copy(src: Path, dst: Path) -> Path:
+    raw = dst / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (src / "MNIST" / "raw").iterdir():
+        (raw / f.name).write_bytes(f.read_bytes())
+    return raw
+
+
+@pytest.mark.parametrize(("case", "damage", "file"), [
+    ("truncated", lambda raw: (raw / "train-images-idx3-ubyte").write_bytes(
+        (raw / "train-images-idx3-ubyte").read_bytes()[:5000]), "train-images-idx3-ubyte"),
+    ("count mismatch", lambda raw: write_idx(raw, "train", toy_digits(360, 0)[0], toy_digits(350, 0)[1]),
+     "train-images-idx3-ubyte"),
+    ("not an IDX file", lambda raw: (raw / "t10k-images-idx3-ubyte").write_bytes(
+        (raw / "t10k-labels-idx1-ubyte").read_bytes()), "t10k-images-idx3-ubyte"),
+    ("bad labels", lambda raw: write_idx(raw, "t10k", toy_digits(100, 1)[0], np.full(100, 42)),
+     "t10k-labels-idx1-ubyte"),
+])
+def test_bad_data_files_are_named_before_training(mnist_root: Path, tmp_path: Path, case: str, damage, file: str):
+    raw = corrupt_copy(mnist_root, tmp_path)
+    damage(raw)
+    with pytest.raises(DataFilesError, match=re.escape(MESSAGES[case])) as err:
+        MNISTDataModule(data_dir=str(tmp_path)).setup("fit")
+    assert str(raw / file) in str(err.value)
+
+
+def test_bad_data_file_through_the_cli_is_one_message(mnist_root: Path, tmp_path: Path) -> None:
+    raw = corrupt_copy(mnist_root, tmp_path / "data")
+    (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes()[:-100])
+    proc = run_lvae(small_fit_args(tmp_path / "data"), tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{raw / 'train-images-idx3-ubyte'} {MESSAGES['truncated']}" in proc.stderr
+    assert not list(tmp_path.glob("runs/*/checkpoints"))  # stopped before any training
+
+
+@pytest.fixture(scope="module")
+def z20_checkpoint(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("ckpt")
+    run_lvae(small_fit_args(mnist_root, "--trainer.max_epochs", "1"), cwd)
+    (run,) = run_dirs(cwd / "runs")
+    return run / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize(("case", "args", "named"), [
+    ("other architecture", ["--model.latent_dim", "2"], "model.latent_dim: checkpoint 20, config 2"),
+    ("other architecture", ["--model.architecture", "conv"], "model.architecture: checkpoint 'mlp', config 'conv'"),
+    ("no such checkpoint", ["--ckpt_path", "nowhere/last.ckpt"], "nowhere/last.ckpt"),
+    ("not a checkpoint", ["--ckpt_path", "{garbage}"], "garbage.ckpt"),
+])
+def test_mismatched_or_missing_checkpoints_are_refused_with_both_values(
+        z20_checkpoint: Path, mnist_root: Path, tmp_path: Path, case: str, args: list[str], named: str) -> None:
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    args = [a.format(garbage=garbage) for a in args]
+    ckpt = [] if "--ckpt_path" in args else ["--ckpt_path", str(z20_checkpoint)]
+    proc = run_lvae(["validate", "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu", *ckpt, *args],
+                    tmp_path, check=False, timeout=90)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert MESSAGES[case] in proc.stderr and named in proc.stderr
+
+
+def test_ckpt_path_last_without_any_run_says_so(mnist_root: Path, tmp_path: Path) -> None:
+    proc = run_lvae(small_fit_args(mnist_root, "--ckpt_path", "last"), tmp_path, check=False, timeout=90)
+    assert proc.returncode == 2 and "no run under runs has a checkpoints/last.ckpt" in proc.stderr
+
+
+class Blackhole:
+    """A TCP server on loopback that accepts connections and never answers: a network that hangs."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_online_wandb_without_network_falls_back_to_offline_in_bounded_time(mnist_root: Path, tmp_path: Path):
+    hole = Blackhole()
+    try:
+        env = {**cli_env(), "WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40,
+               "WANDB_BASE_URL": f"http://127.0.0.1:{hole.port}"}
+        start = time.monotonic()
+        proc = run_lvae(small_fit_args(mnist_root, "--trainer.max_epochs", "1"), tmp_path, env=env, timeout=120)
+        elapsed = time.monotonic() - start
+    finally:
+        hole.close()
+    assert MESSAGES["no network"] in proc.stderr and "wandb sync" in proc.stderr
+    (run,) = run_dirs(tmp_path / "runs")
+    (wandb_run,) = read_run(run)
+    assert wandb_run.values("val/loss")
+    assert elapsed < 90  # the probe waits 5 s, not W&B's 90 s init timeout per attempt
+
+
+def test_readme_table_quotes_what_users_see() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## What happens when"):]
+    for case, phrase in MESSAGES.items():
+        assert phrase in table, f"README 'What happens when...' lacks the {case} row quoting {phrase!r}"
