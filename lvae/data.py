@@ -177,6 +177,10 @@ class MNISTDataModule(L.LightningDataModule):
         predict_split: Literal["train", "val", "test"] = "test",
     ):
         super().__init__()
+        # Plain types in the hyperparameters (see VAE.__init__): checkpoints must load with weights_only=True.
+        dataset, data_dir, predict_split = str(dataset), str(data_dir), str(predict_split)
+        batch_size, split_seed, num_workers = int(batch_size), int(split_seed), int(num_workers)
+        val_fraction, download = float(val_fraction), bool(download)
         if dataset not in DATASETS:
             raise ConfigError(f"data.dataset={dataset!r} is not one of {sorted(DATASETS)}")
         if batch_size < 1:

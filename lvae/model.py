@@ -118,6 +118,11 @@ class VAE(L.LightningModule):
         compile: bool = False,
     ):
         super().__init__()
+        # Plain types: values parsed from YAML arrive as jsonargparse's PositiveInt & co, which would make every
+        # checkpoint unloadable with torch.load(weights_only=True), as Lightning resumes.
+        latent_dim, hidden_dim, iwae_samples, elbo_samples, latent_points = (
+            int(latent_dim), int(hidden_dim), int(iwae_samples), int(elbo_samples), int(latent_points))
+        beta, lr, architecture, compile = float(beta), float(lr), str(architecture), bool(compile)
         # The parser checks these for CLI users; Python users get the same refusal here.
         for key, value in (("latent_dim", latent_dim), ("hidden_dim", hidden_dim), ("iwae_samples", iwae_samples),
                            ("elbo_samples", elbo_samples)):

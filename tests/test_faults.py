@@ -103,13 +103,15 @@ def test_sigkill_mid_epoch_leaves_whole_checkpoints_and_last_resumes(mnist_root:
     assert "Traceback" not in resumed.stderr
 
 
-def test_sigint_ends_cleanly_with_last_checkpoint_and_complete_wandb_run(mnist_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 1), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_ends_cleanly_with_last_checkpoint_and_complete_wandb_run(
+        mnist_root: Path, tmp_path: Path, sig: int, exit_code: int) -> None:
     proc = start_fit(mnist_root, tmp_path)
     wait_for("runs/*/checkpoints/last.ckpt", tmp_path, proc)
     time.sleep(0.7)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stderr = proc.communicate(timeout=60)[1]
-    assert "Traceback" not in stderr, stderr[-3000:]
+    assert proc.returncode == exit_code and "Traceback" not in stderr, stderr[-3000:]
     found = re.search(rf"{MESSAGES['sigint']} (\d+), step (\d+); saved (\S+last\.ckpt)", stderr)
     assert found, stderr[-3000:]
     last = torch.load(found.group(3), weights_only=False)

@@ -1,0 +1,52 @@
+"""A run stopped after epoch 2 and resumed to epoch 4 carries on as if never stopped: the same run folder and
+W&B run id, epochs 3 and 4 logged once each, the same prior draws and the same followed validation inputs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_dirs, run_lvae
+from wandb_run import read_run
+
+CONFIG = REPO / "configs" / "mnist.yaml"
+
+
+def fit(mnist_root: Path, cwd: Path, *extra: str) -> None:
+    run_lvae(["fit", "--config", str(CONFIG), "--data.data_dir", str(mnist_root), "--data.batch_size", "64",
+              "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *extra], cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def resumed(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    cwd = tmp_path_factory.mktemp("resume")
+    fit(mnist_root, cwd, "--trainer.max_epochs", "2")
+    (run,) = run_dirs(cwd / "runs")
+    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    fit(mnist_root, cwd, "--trainer.max_epochs", "4", "--ckpt_path", "last")
+    return run, first
+
+
+def test_resume_continues_the_same_run_folder_and_wandb_run(resumed: tuple[Path, dict]) -> None:
+    run, _ = resumed
+    assert len(run_dirs(run.parent)) == 1
+    first, second = read_run(run)
+    assert first.run_id == second.run_id == run.name  # `wandb sync` appends the second part to the same run
+    assert sorted(set(first.values("epoch"))) == [0, 1]
+    assert [row["epoch"] for row in second.rows_with("val/loss")] == [2, 3]  # no repeats, no gaps
+    assert (run / "config.yaml").is_file() and (run / "config-2.yaml").is_file()  # both configs kept
+
+
+def test_resume_keeps_prior_draws_and_followed_inputs(resumed: tuple[Path, dict]) -> None:
+    run, first = resumed
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert final["epoch"] >= 3
+    prior = next(v for k, v in first["callbacks"].items() if k.startswith("PriorSamples"))
+    prior_after = next(v for k, v in final["callbacks"].items() if k.startswith("PriorSamples"))
+    assert torch.equal(prior["z"], prior_after["z"])
+    assert torch.equal(first["latent_subset"]["subset"], final["latent_subset"]["subset"])
+
+
+def test_resume_continues_the_picture_folders(resumed: tuple[Path, dict]) -> None:
+    run, _ = resumed
+    frames = sorted(p.name for p in (run / "latents" / "prior_samples").glob("epoch_*.png"))
+    assert frames == [f"epoch_{e:03d}.png" for e in range(4)]
