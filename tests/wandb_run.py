@@ -7,6 +7,7 @@ serialized `wandb_internal_pb2.Record`. wandb 0.31 no longer ships a Python read
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,8 +68,23 @@ class OfflineRun:
         return [row[key] for row in self.rows_with(key)]
 
 
-def read_run(run_dir: Path) -> list[OfflineRun]:
-    """Every offline W&B run below a run folder, oldest first."""
+def wait_until_written(run_dir: Path, timeout: float) -> None:
+    """`wandb.finish()` (or a process exit) can return a few milliseconds before the W&B service has written
+    the run file; wait for each run's closing "exit" record."""
+    deadline = time.monotonic() + timeout
+    for wandb_file in Path(run_dir).glob("**/offline-run-*/*.wandb"):
+        while time.monotonic() < deadline:
+            try:
+                if any(r.WhichOneof("record_type") == "exit" for r in records(wandb_file)):
+                    break
+            except Exception:  # a record still being written
+                pass
+            time.sleep(0.05)
+
+
+def read_run(run_dir: Path, timeout: float = 30.0) -> list[OfflineRun]:
+    """Every offline W&B run below a run folder, oldest first, once written."""
+    wait_until_written(run_dir, timeout)
     runs = []
     for folder in sorted(Path(run_dir).glob("**/offline-run-*")):
         run = OfflineRun(folder=folder)

@@ -1,0 +1,136 @@
+"""Seconds per epoch of the t-SNE picture, cold (PCA start, full iterations) against warm-started (the previous
+epoch's map, warm iterations), with the map's quality, on real latents.
+
+    .venv/bin/python bench/tsne.py
+
+Trains the default VAE (MLP 784-400-20) for a few epochs on real digits (the official MNIST test set beside the
+checkout, split 8,000 / 2,000 as in tests/conftest.py), encodes all 10,000 digits after each of the last two
+epochs, and runs the `TSNEEmbedding` callback's own steps (`embed`, `keep`, `place`) with its default settings
+on 2k, 5k and 10k of those means. Quality is the share of each point's 10 nearest neighbours that share its
+label (`lvae.metrics.knn_label_agreement`), in the map and, for reference, in the 20-D means themselves.
+Takes 2-3 minutes on an idle 2-core machine; more when other processes share the cores (the load average is
+printed: absolute times scale with it, the warm/cold ratio much less).
+"""
+
+import gzip
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `callbacks` is a top-level package of the checkout
+
+from callbacks.tsne_embedding import TSNEEmbedding  # noqa: E402
+from lvae.data import MNISTDataModule  # noqa: E402
+from lvae.metrics import knn_label_agreement  # noqa: E402
+from lvae.model import VAE  # noqa: E402
+
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist-t10k"
+EPOCHS = 3  # the means of epochs 1 and 2 are the two consecutive maps
+SIZES = (2000, 5000, 10000)
+
+
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    with gzip.open(SHARED_MNIST / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(SHARED_MNIST / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
+    return images, labels
+
+
+def write_idx(raw: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """The IDX pair torchvision reads (the recipe of tests/conftest.py)."""
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+        np.array([2051, len(images), 28, 28], dtype=">u4").tobytes() + images.tobytes())
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        np.array([2049, len(labels)], dtype=">u4").tobytes() + labels.tobytes())
+
+
+class EncodeAll(Callback):
+    """Encodes every digit after each training epoch: mu (10000, 20) per epoch."""
+
+    def __init__(self, images: torch.Tensor):
+        self.x = images.float().div(255).unsqueeze(1)  # (N, 1, 28, 28)
+        self.mu: dict[int, torch.Tensor] = {}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        with torch.inference_mode():
+            self.mu[trainer.current_epoch] = torch.cat([pl_module.encode(b)[0] for b in self.x.split(1000)]).cpu()
+
+
+def train(images: np.ndarray, labels: np.ndarray, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    write_idx(data_dir / "MNIST" / "raw", "train", images[:8000], labels[:8000])
+    write_idx(data_dir / "MNIST" / "raw", "t10k", images[8000:], labels[8000:])
+    L.seed_everything(0, verbose=False)
+    encode = EncodeAll(torch.from_numpy(images.copy()))
+    trainer = L.Trainer(max_epochs=EPOCHS, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[encode])
+    trainer.fit(VAE(latent_points=0), MNISTDataModule(data_dir=str(data_dir), batch_size=128))
+    return encode.mu[EPOCHS - 2], encode.mu[EPOCHS - 1]
+
+
+def quality(embedding: np.ndarray, labels: torch.Tensor) -> float:
+    return knn_label_agreement(torch.from_numpy(np.asarray(embedding, dtype=np.float64)), labels, k=10)
+
+
+def main() -> None:
+    if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+        print(f"skipped: real MNIST digits not found at {SHARED_MNIST} (only present beside the lvae checkout)")
+        return
+    images, labels = read_digits()
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        mu_before, mu_after = train(images, labels, Path(tmp))
+    print(f"trained MLP 784-400-20 for {EPOCHS} epochs on 8,000 digits in {time.perf_counter() - start:.0f} s; "
+          f"means of epochs {EPOCHS - 2} and {EPOCHS - 1}")
+    settings = TSNEEmbedding()
+    print(f"TSNEEmbedding defaults: perplexity {settings.perplexity:g}, {settings.negative_gradient_method}, "
+          f"n_jobs {settings.n_jobs}; cold {settings.early_exaggeration_iter}+{settings.n_iter} iterations, warm "
+          f"{settings.warm_early_exaggeration_iter}+{settings.warm_n_iter}; torch threads {torch.get_num_threads()}")
+    # The 2,000 held-out digits first, then the 8,000 the model trained on: 10k is all of them.
+    order = torch.cat([torch.arange(8000, 10000), torch.arange(8000)])
+    all_labels = torch.from_numpy(labels.astype(np.int64))
+    z = TSNEEmbedding().prior_z(mu_after.shape[1])
+    header = (f"{'points':>6} | {'cold s':>6} | {'warm s':>6} | {'warm/cold':>9} | {'kNN cold':>8} | "
+              f"{'kNN warm':>8} | {'kNN 20-D':>8} | {'place 64 prior s':>16}")
+    print(header)
+    print("-" * len(header))
+    for n in SIZES:
+        index = order[:n].sort().values  # (n,) rows of the dataset, sorted as Latents are
+        before, after, y = mu_before[index], mu_after[index], all_labels[index]
+
+        cold = TSNEEmbedding(max_points=n)
+        t = time.perf_counter()
+        cold_map, init = cold.embed(after, index, epoch=EPOCHS - 1)
+        cold_s = time.perf_counter() - t
+        assert init is None
+
+        warm = TSNEEmbedding(max_points=n)
+        first, _ = warm.embed(before, index, epoch=EPOCHS - 2)
+        warm.keep(first, index, EPOCHS - 2, None)
+        t = time.perf_counter()
+        warm_map, init = warm.embed(after, index, epoch=EPOCHS - 1)
+        warm_s = time.perf_counter() - t
+        assert init == EPOCHS - 2, init
+        warm_q = quality(warm_map, y)  # before `place`, which centres the map (distances are unchanged)
+
+        t = time.perf_counter()
+        warm.place(warm_map, z)
+        place_s = time.perf_counter() - t
+        print(f"{n:>6} | {cold_s:>6.1f} | {warm_s:>6.1f} | {warm_s / cold_s:>9.2f} | {quality(cold_map, y):>8.3f} | "
+              f"{warm_q:>8.3f} | {knn_label_agreement(after, y, k=10):>8.3f} | {place_s:>16.2f}", flush=True)
+    # Other processes share the cores: timings scale with the load, the warm/cold ratio much less.
+    print(f"total {time.perf_counter() - start:.0f} s; load average at the end "
+          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
+
+
+if __name__ == "__main__":
+    main()

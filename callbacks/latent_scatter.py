@@ -1,0 +1,296 @@
+"""Where the inputs sit in latent space: the posterior means mu, coloured by label, epoch after epoch."""
+
+from typing import Any, Callable, Literal, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+from torch import Tensor
+from typing_extensions import override
+
+from lvae.errors import ConfigError
+from lvae.latents import Latents
+from lvae.metrics import uncertainty as posterior_uncertainty
+from lvae.pictures import PictureCallback
+
+Limits = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax
+
+
+def class_colour(label: int) -> tuple[float, float, float, float]:
+    """The colour of a label, the same in every lvae picture (matplotlib's tab10)."""
+    from matplotlib import colormaps
+
+    return colormaps["tab10"](int(label) % 10)
+
+
+def pca_2d(mu: Tensor) -> tuple[Tensor, Tensor]:
+    """The means projected on their two main principal axes, (N, Z) -> (N, 2), and the share of variance each
+    axis explains (2,).
+
+    Each axis is signed so that its largest loading is positive (as scikit-learn's ``svd_flip`` does): an SVD
+    may flip an axis between two nearly equal fits, and the pictures of successive epochs should not mirror.
+    """
+    centred = mu.double() - mu.double().mean(dim=0)  # (N, Z)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: (Z, Z), rows are principal axes
+    axes = vh[:2]  # (2, Z)
+    signs = torch.sign(axes.gather(1, axes.abs().argmax(dim=1, keepdim=True)))  # (2, 1)
+    axes = axes * signs
+    explained = s[:2].pow(2) / s.pow(2).sum().clamp_min(1e-12)  # (2,)
+    return (centred @ axes.T).float(), explained.float()
+
+
+class LatentScatter(PictureCallback):
+    """Scatter of the validation means mu, coloured by label, with a legend. A 2-D latent space is drawn as it
+    is; a larger one as a 2-D PCA of the means (the title says so) or as two chosen dimensions.
+
+    The axes start from the limits of the first drawn epoch (or explicit ones) and only ever widen, so the
+    pictures of successive epochs and their evolution GIF compare without losing points as the means spread out
+    during training; the limits are kept in the checkpoint, so a resumed run keeps them too. A few inputs are drawn as thumbnails at their points, the same
+    inputs every epoch. At the end of fit, and when run by ``lvae validate``, a W&B table of the means is logged
+    (index, label, uncertainty, thumbnail and one column per latent dimension), which W&B's own 2-D projection
+    panel can show.
+
+    Picture: ``scatter`` (``scatter_dims_<i>_<j>`` for chosen dimensions, so a PCA and a pair of dimensions can
+    be drawn side by side); table: ``latents/means_table`` (W&B only).
+
+    Args:
+        dims: two latent dimensions to plot (None: a PCA of the means for Z > 2, the means themselves for Z=2).
+        uncertainty: how the posterior uncertainty u(x) (the mean posterior variance) is shown: ``"size"`` (larger
+            points are less certain), ``"alpha"`` (fainter points are less certain) or ``"none"``.
+        limits: fixed axis limits (xmin, xmax, ymin, ymax); None chooses them as `auto_limits` says.
+        auto_limits: without `limits`: ``"grow"`` starts from the first drawn epoch's limits and widens them
+            when points leave (never narrows); ``"first"`` keeps the first epoch's limits (points that move beyond
+            them are counted in the title; on real data early limits can hide a fifth of the points);
+            ``"each"`` fits each epoch on its own (epochs no longer compare).
+        thumbnails: how many inputs to draw as images at their points (0: none).
+        table_rows: rows of the W&B table of means (0: no table). Each row carries a thumbnail, so it is logged
+            once, at the end of fit (and by ``lvae validate``). With two scatters, give one of them 0.
+        every_n_epochs: draw every n-th validation epoch.
+        background: draw on a background thread (False draws in the training loop, e.g. for debugging).
+    """
+
+    names = ("scatter",)
+    figsize = (8.0, 6.6)  # inches; the PNG is 800x660
+    table_key = "latents/means_table"
+    margin = 0.15  # share of each axis' range added on both sides when limits are taken from the data
+
+    def __init__(self, dims: Optional[tuple[int, int]] = None,
+                 uncertainty: Literal["size", "alpha", "none"] = "size",
+                 limits: Optional[tuple[float, float, float, float]] = None,
+                 auto_limits: Literal["first", "grow", "each"] = "grow",
+                 thumbnails: NonNegativeInt = 12, table_rows: NonNegativeInt = 1000,
+                 every_n_epochs: PositiveInt = 1, background: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background)
+        if dims is not None:
+            dims = tuple(int(d) for d in dims)
+            if len(dims) != 2 or dims[0] == dims[1] or min(dims) < 0:
+                raise ConfigError(f"LatentScatter.dims={dims} must be two different latent dimensions, e.g. [0, 1] "
+                                  "(or null for a PCA of the means)")
+        if uncertainty not in ("size", "alpha", "none"):
+            raise ConfigError(f"LatentScatter.uncertainty={uncertainty!r} is not one of 'size', 'alpha', 'none'")
+        if limits is not None:
+            limits = tuple(float(v) for v in limits)
+            if len(limits) != 4 or not (limits[0] < limits[1] and limits[2] < limits[3]):
+                raise ConfigError(f"LatentScatter.limits={limits} must be [xmin, xmax, ymin, ymax] with xmin < xmax "
+                                  "and ymin < ymax (or null: the limits of the first drawn epoch)")
+        if auto_limits not in ("first", "grow", "each"):
+            raise ConfigError(f"LatentScatter.auto_limits={auto_limits!r} is not one of 'first', 'grow', 'each'")
+        if thumbnails < 0:
+            raise ConfigError(f"LatentScatter.thumbnails={thumbnails} must be >= 0 (0 draws no images)")
+        if table_rows < 0:
+            raise ConfigError(f"LatentScatter.table_rows={table_rows} must be >= 0 (0 logs no table)")
+        self.dims = dims
+        if dims is not None:
+            self.names = (f"scatter_dims_{dims[0]}_{dims[1]}",)
+        self.uncertainty = uncertainty
+        self.limits = limits
+        self.auto_limits = auto_limits
+        self.thumbnails = thumbnails
+        self.table_rows = table_rows
+        # Limits taken from the drawn epochs and the view they belong to; written by the drawing thread once the
+        # picture is saved, so a checkpoint holds them as of the last finished drawing.
+        self._fixed: Optional[Limits] = None
+        self._fixed_view: Optional[str] = None
+        self._view: Optional[str] = None
+        self._last: Optional[Latents] = None  # the last drawn epoch's latents, for the table at the end of fit
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(dims=self.dims)
+
+    @override
+    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        z = int(pl_module.hparams.latent_dim)
+        if self.dims is not None and max(self.dims) >= z:
+            raise ConfigError(f"LatentScatter.dims={list(self.dims)} names a dimension the model lacks "
+                              f"(model.latent_dim={z}); choose dimensions below {z}")
+        if self.dims is not None:
+            self._view = f"dims {self.dims[0]},{self.dims[1]}"
+        else:
+            self._view = "z" if z == 2 else "pca"
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"limits": self._fixed, "view": self._fixed_view}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Checked against this run's view when drawing: the checkpoint may be loaded before or after `setup`.
+        self._fixed = None if state_dict["limits"] is None else tuple(state_dict["limits"])
+        self._fixed_view = state_dict["view"]
+
+    def _project(self, mu: Tensor) -> tuple[Tensor, tuple[str, str], str]:
+        """2-D points (N, 2), axis labels and the title's description of the view."""
+        z = mu.shape[1]
+        if self.dims is not None:
+            i, j = self.dims
+            return mu[:, [i, j]], (f"z_{i}", f"z_{j}"), f"dimensions {i} and {j} of Z={z}"
+        if z == 2:
+            return mu, ("z_0", "z_1"), "Z=2"
+        points, explained = pca_2d(mu)
+        share = float(explained.sum())
+        return (points, (f"PC1 ({explained[0]:.0%} of variance)", f"PC2 ({explained[1]:.0%})"),
+                f"PCA of Z={z} to 2-D ({share:.0%} of variance)")
+
+    @override
+    def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
+                epoch: int) -> Optional[Callable[[], None]]:
+        if latents is None:
+            rank_zero_warn("LatentScatter: no validation latents were collected (model.latent_points=0?); no scatter")
+            return None
+        if len(latents) < 2:
+            rank_zero_warn(f"LatentScatter: {len(latents)} validation mean(s) at epoch {epoch}; a scatter needs 2 or "
+                           "more (limit_val_batches?); skipped")
+            return None
+        if not torch.isfinite(latents.mu).all():
+            rank_zero_warn(f"LatentScatter: non-finite latent means at epoch {epoch}; scatter skipped")
+            return None
+        if len(latents.label.unique()) < 2:
+            rank_zero_warn(f"LatentScatter: every validation input at epoch {epoch} has label "
+                           f"{int(latents.label[0])}; a scatter coloured by label needs two or more; skipped")
+            return None
+        self._last = latents
+        fitting = trainer.state.fn == "fit"
+        wants_table = not fitting and self._has_wandb(trainer)  # in fit, the table is logged once, at the end
+
+        def draw() -> None:
+            self._draw(latents, epoch)
+            if wants_table:
+                self._log_table(latents, epoch)
+
+        return draw
+
+    @staticmethod
+    def _has_wandb(trainer: "L.Trainer") -> bool:
+        return any(isinstance(lg, WandbLogger) for lg in trainer.loggers)
+
+    def _draw(self, latents: Latents, epoch: int) -> None:
+        points, (xlabel, ylabel), view_text = self._project(latents.mu)
+        points = points.numpy()  # (N, 2)
+        u = posterior_uncertainty(latents.logvar).numpy()  # (N,)
+        labels = latents.label.numpy()
+
+        fig = Figure(figsize=self.figsize, layout="constrained")
+        ax = fig.add_subplot()
+        # Map u onto [0, 1] within this epoch: its absolute scale depends on how many dimensions are inactive.
+        spread = (u - u.min()) / max(float(u.max() - u.min()), 1e-12)  # (N,)
+        sizes = 4.0 + 56.0 * spread if self.uncertainty == "size" else np.full(len(u), 10.0)
+        alpha = 1.0 - 0.85 * spread if self.uncertainty == "alpha" else 0.75
+        ax.scatter(points[:, 0], points[:, 1], s=sizes, c=[class_colour(c) for c in labels], alpha=alpha,
+                   linewidths=0, rasterized=True)
+
+        limits, widened = self._limits(points)
+        outside = 0
+        if limits is not None:
+            ax.set_xlim(limits[0], limits[1])
+            ax.set_ylim(limits[2], limits[3])
+            outside = int(((points[:, 0] < limits[0]) | (points[:, 0] > limits[1]) | (points[:, 1] < limits[2])
+                           | (points[:, 1] > limits[3])).sum())
+        self._draw_thumbnails(ax, points, latents)
+
+        handles = [Line2D([], [], marker="o", linestyle="", color=class_colour(c), label=str(int(c)))
+                   for c in np.unique(labels)]
+        ax.legend(handles=handles, title="label", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        shown = {"size": "point size: posterior variance u(x)", "alpha": "faint points: high posterior variance u(x)",
+                 "none": "mean posterior variance u(x)"}[self.uncertainty]
+        title = f"Latent means of {len(points)} validation inputs, {view_text}, epoch {epoch}"
+        detail = f"{shown}, {u.min():.3g} to {u.max():.3g}"
+        if outside:
+            detail += f"; {outside} outside the fixed limits"
+        if widened:
+            detail += "; limits widened"
+        ax.set_title(f"{title}\n{detail}", fontsize=10)
+        self.sink.log_figure(self.names[0], fig, epoch, caption=f"{title}; {detail}")
+        if self.limits is None and self.auto_limits != "each":
+            self._fixed, self._fixed_view = limits, self._view
+
+    def _limits(self, points: np.ndarray) -> tuple[Optional[Limits], bool]:
+        """The axis limits of this epoch (None: matplotlib's own) and whether they were just widened."""
+        if self.limits is not None:
+            return self.limits, False
+        if self.auto_limits == "each":
+            return None, False
+        if self._fixed is not None and self._fixed_view != self._view:
+            rank_zero_warn(f"LatentScatter: the checkpoint's axis limits belong to the view {self._fixed_view!r}, "
+                           f"this run draws {self._view!r}; new limits are taken from this epoch")
+            self._fixed = None
+        low, high = points.min(axis=0), points.max(axis=0)  # (2,) each
+        pad = self.margin * np.maximum(high - low, 1e-6)
+        extent = (float(low[0] - pad[0]), float(high[0] + pad[0]), float(low[1] - pad[1]), float(high[1] + pad[1]))
+        if self._fixed is None:
+            return extent, False
+        if self.auto_limits == "first":
+            return self._fixed, False
+        x0, x1, y0, y1 = self._fixed
+        inside = bool(x0 <= low[0] and high[0] <= x1 and y0 <= low[1] and high[1] <= y1)
+        if inside:
+            return self._fixed, False
+        return (min(x0, extent[0]), max(x1, extent[1]), min(y0, extent[2]), max(y1, extent[3])), True
+
+    def _draw_thumbnails(self, ax: Any, points: np.ndarray, latents: Latents) -> None:
+        """The inputs of a few evenly spaced rows (the same inputs every epoch), framed in their label's colour."""
+        k = min(self.thumbnails, len(points))
+        if k == 0:
+            return
+        for row in np.linspace(0, len(points) - 1, k).round().astype(int):
+            image = OffsetImage(latents.image[row].numpy(), cmap="gray", norm=Normalize(0, 255), zoom=0.9)
+            box = AnnotationBbox(image, (points[row, 0], points[row, 1]), frameon=True, pad=0.1, annotation_clip=True,
+                                 bboxprops={"edgecolor": class_colour(latents.label[row]), "linewidth": 1.5})
+            box.set_in_layout(False)  # hidden when its point lies outside fixed limits; never resizes the axes
+            ax.add_artist(box)
+
+    def _log_table(self, latents: Latents, epoch: int) -> None:
+        """The means as a W&B table: one row per input (the first `table_rows` by index), one column per dim."""
+        import wandb
+
+        n = min(self.table_rows, len(latents))
+        if n == 0:
+            return
+        u = posterior_uncertainty(latents.logvar[:n])
+        z = latents.mu.shape[1]
+        columns = ["index", "label", "uncertainty", "image", *[f"mu_{d}" for d in range(z)]]
+        rows = [[int(latents.index[i]), int(latents.label[i]), float(u[i]), wandb.Image(latents.image[i].numpy()),
+                 *latents.mu[i].tolist()] for i in range(n)]
+        self.sink.log_table(self.table_key, columns, rows, epoch)
+
+    @override
+    def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        super().on_fit_end(trainer, pl_module)  # waits for the last picture
+        # Logged here rather than with the last epoch's picture: early stopping, max_steps or max_time may end
+        # fit before max_epochs, and only now is it certain which epoch was the last.
+        if trainer.is_global_zero and self._last is not None and self._has_wandb(trainer):
+            try:
+                self._log_table(self._last, self._last.epoch)
+            except Exception as err:
+                rank_zero_warn(f"LatentScatter: no table of means ({type(err).__name__}: {err})")
+        self._last = None
