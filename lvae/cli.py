@@ -59,6 +59,18 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def launcher_run_id() -> Optional[str]:
+    """The id every process of one multi-node job shares, when a launcher started them all.
+
+    Lightning's own DDP launcher starts ranks from rank zero (they inherit LVAE_RUN_ID); torchrun and SLURM
+    start every process independently, so each would otherwise make up its own id and its own run folder."""
+    if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
+        return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    return None
+
+
 def wandb_reachable() -> tuple[bool, str]:
     """Whether the W&B server answers HTTP within a few seconds (any status counts as an answer)."""
     url = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
@@ -154,7 +166,8 @@ class LVAECLI(LightningCLI):
             raise ConfigError("trainer.max_epochs=0 trains nothing; give at least 1 (or -1 for no limit)")
         root = Path(config.trainer.default_root_dir or "runs")
         ckpt_path = config.get("ckpt_path")
-        run_id = config.run_id or os.environ.get(RUN_ID_ENV) or self._resumed_run or new_run_id()
+        run_id = (config.run_id or os.environ.get(RUN_ID_ENV) or self._resumed_run or launcher_run_id()
+                  or new_run_id())
         os.environ[RUN_ID_ENV] = run_id
         config.run_id = run_id
         run_dir = root / run_id

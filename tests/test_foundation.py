@@ -173,3 +173,18 @@ def test_real_digits_val_loss_falls_well_below_first_epoch(real_mnist_root: Path
                         enable_progress_bar=False, callbacks=[Record()])
     trainer.fit(model, dm)
     assert losses[0] > 140 and losses[-1] < losses[0] - 25, losses  # nats per image
+
+
+def test_processes_of_one_torchrun_or_slurm_job_share_one_run_id(monkeypatch) -> None:
+    from lvae.cli import launcher_run_id
+
+    for var in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    assert launcher_run_id() is None
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert launcher_run_id() is None  # one task (an interactive allocation): a fresh id per run
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    assert launcher_run_id() == "slurm-4242"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job7")
+    assert launcher_run_id() == "torchrun-job7"

@@ -50,3 +50,18 @@ def test_resume_continues_the_picture_folders(resumed: tuple[Path, dict]) -> Non
     run, _ = resumed
     frames = sorted(p.name for p in (run / "latents" / "prior_samples").glob("epoch_*.png"))
     assert frames == [f"epoch_{e:03d}.png" for e in range(4)]
+
+
+def test_validate_draws_every_picture_for_a_checkpoint(resumed: tuple[Path, dict], mnist_root: Path) -> None:
+    run, _ = resumed
+    cwd = run.parent.parent
+    run_lvae(["validate", "--config", str(CONFIG), "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu",
+              "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], cwd, timeout=300)
+    (validate_run,) = [r for r in run_dirs(run.parent) if r != run]
+    drawn = {p.parent.name for p in (validate_run / "latents").glob("*/epoch_*.png")}
+    # t-SNE is skipped with a warning: the fixture's 30 validation inputs are too few for perplexity 30.
+    assert drawn == {"scatter", "prior_samples", "uncertainty_hist", "kl_per_dim", "least_uncertain",
+                     "most_uncertain", "highest_neg_elbo"}
+    (wandb_run,) = read_run(validate_run)
+    assert wandb_run.values("latents/scatter") and wandb_run.values("uncertainty/spearman_ink")
+    assert wandb_run.values("latents/means_table")  # the table for W&B's projector, logged by validate too

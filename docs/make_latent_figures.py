@@ -1,0 +1,44 @@
+"""Make the pictures of the README's "What is plotted" section with the `lvae` command itself.
+
+    .venv/bin/python docs/make_latent_figures.py
+
+Runs `lvae fit --config configs/mnist.yaml` (Z=20) and `--config configs/mnist_z2.yaml` (Z=2) for 10 epochs on
+real MNIST digits (../shared/data/mnist-t10k split 8,000 / 2,000, as docs/make_uncertainty_figures.py does) and
+copies the first and last epochs' scatter, t-SNE and Z=2 manifold PNGs into docs/. A few minutes on 2 CPU cores.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from make_uncertainty_figures import real_digits
+
+DOCS = Path(__file__).resolve().parent
+REPO = DOCS.parent
+EPOCHS = 10
+RUNS = {"z20": ("mnist.yaml", ("scatter", "tsne")), "z2": ("mnist_z2.yaml", ("scatter", "manifold"))}
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="lvae-figures-"))
+    data = real_digits(work / "data")
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    for tag, (config, pictures) in RUNS.items():
+        root = work / tag
+        subprocess.run([sys.executable, "-m", "lvae", "fit", "--config", str(REPO / "configs" / config),
+                        "--data.data_dir", str(data), "--trainer.max_epochs", str(EPOCHS),
+                        "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(root),
+                        "--trainer.enable_progress_bar", "false"], check=True, env=env, cwd=work)
+        (run,) = [p for p in root.iterdir() if p.is_dir()]
+        for name in pictures:
+            for epoch in (0, EPOCHS - 1):
+                shutil.copyfile(run / "latents" / name / f"epoch_{epoch:03d}.png",
+                                DOCS / f"{tag}_{name}_epoch{epoch + 1:02d}.png")
+        print(f"{tag}: every picture of every epoch is in {run / 'latents'}")
+
+
+if __name__ == "__main__":
+    main()
