@@ -52,9 +52,28 @@ class RunCheckpoint(ModelCheckpoint):
                 rank_zero_warn(f"removing {stale}, a checkpoint a killed run did not finish writing")
                 stale.unlink()
 
+    # Lightning 2.6 writes last.ckpt only at a step where a top-k checkpoint was written: after an epoch whose
+    # val/loss did not improve, last.ckpt would stay behind and --ckpt_path last would resume from the past.
+    @override
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_if_behind(trainer, at_train_epoch_end=True)
+
+    @override
+    def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._save_last_if_behind(trainer, at_train_epoch_end=False)
+
+    def _save_last_if_behind(self, trainer: "L.Trainer", at_train_epoch_end: bool) -> None:
+        due = self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+        if self.save_last and due and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end and \
+                not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     @override
     def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
-        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or not trainer.training or \
+        # Also mid-validation: trainer.training is False there, but the run being interrupted is a fit.
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.state.fn != "fit" or \
                 not self.save_last or self.dirpath is None:
             return
         path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"

@@ -61,6 +61,16 @@ def test_divergence_stops_at_once_and_keeps_finite_checkpoints(mnist_root: Path,
     assert last["global_step"] == int(found.group(2))
 
 
+def test_last_checkpoint_is_the_last_epoch_even_when_val_loss_does_not_improve(mnist_root: Path, tmp_path: Path):
+    # mode=max: a falling val/loss never "improves", so only epoch 0 is a top-k checkpoint. Lightning 2.6 alone
+    # would then leave last.ckpt at epoch 0, and --ckpt_path last would silently redo two epochs.
+    run_lvae(small_fit_args(mnist_root, "--trainer.max_epochs", "3", "--checkpoint.mode", "max"), tmp_path)
+    (run,) = run_dirs(tmp_path / "runs")
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 18  # 3 epochs of 6 steps
+    assert [p.name for p in (run / "checkpoints").glob("best-*.ckpt")] == ["best-epoch000.ckpt"]
+
+
 def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -63,5 +63,6 @@ def test_validate_draws_every_picture_for_a_checkpoint(resumed: tuple[Path, dict
     assert drawn == {"scatter", "prior_samples", "uncertainty_hist", "kl_per_dim", "least_uncertain",
                      "most_uncertain", "highest_neg_elbo"}
     (wandb_run,) = read_run(validate_run)
-    assert wandb_run.values("latents/scatter") and wandb_run.values("uncertainty/spearman_ink")
-    assert wandb_run.values("latents/means_table")  # the table for W&B's projector, logged by validate too
+    assert wandb_run.values("latents/scatter/_type") == ["image-file"] and wandb_run.values("uncertainty/spearman_ink")
+    # the table for W&B's projector, logged by validate too
+    assert wandb_run.values("latents/means_table/_type") == ["table-file"]

@@ -53,7 +53,10 @@ def records(path: Path) -> list[pb.Record]:
 
 @dataclass
 class OfflineRun:
-    """What an offline run holds: history rows, config, metric definitions and the run's files folder."""
+    """What an offline run holds: history rows, config, metric definitions and the run's files folder.
+
+    A logged image or table is stored as its fields: `latents/scatter/_type` ("image-file"), `.../path`,
+    `.../caption`, and so on."""
 
     folder: Path
     run_id: str = ""
