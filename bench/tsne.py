@@ -12,7 +12,6 @@ Takes 2-3 minutes on an idle 2-core machine; more when other processes share the
 printed: absolute times scale with it, the warm/cold ratio much less).
 """
 
-import gzip
 import os
 import sys
 import tempfile
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `callbacks` is a top-level package of the checkout
 
 from callbacks.tsne_embedding import TSNEEmbedding  # noqa: E402
-from lvae.data import MNISTDataModule  # noqa: E402
+from lvae.data import MNISTDataModule, read_idx_pair, write_idx  # noqa: E402
 from lvae.metrics import knn_label_agreement  # noqa: E402
 from lvae.model import VAE  # noqa: E402
 
@@ -38,20 +37,7 @@ SIZES = (2000, 5000, 10000)
 
 
 def read_digits() -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(SHARED_MNIST / "t10k-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(SHARED_MNIST / "t10k-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
-    return images, labels
-
-
-def write_idx(raw: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
-    """The IDX pair torchvision reads (the recipe of tests/conftest.py)."""
-    raw.mkdir(parents=True, exist_ok=True)
-    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
-        np.array([2051, len(images), 28, 28], dtype=">u4").tobytes() + images.tobytes())
-    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
-        np.array([2049, len(labels)], dtype=">u4").tobytes() + labels.tobytes())
+    return read_idx_pair(SHARED_MNIST / "t10k-images-idx3-ubyte.gz", SHARED_MNIST / "t10k-labels-idx1-ubyte.gz")
 
 
 class EncodeAll(Callback):

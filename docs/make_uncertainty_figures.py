@@ -11,7 +11,6 @@ temporary folder whose path it prints. About a minute on 2 CPU cores.
 """
 
 import csv
-import gzip
 import shutil
 import sys
 import tempfile
@@ -19,12 +18,12 @@ import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks.latent_uncertainty import LatentUncertainty
 from callbacks.prior_samples import PriorSamples
 from lvae import VAE, MNISTDataModule
+from lvae.data import read_idx_pair, write_idx
 
 DOCS = Path(__file__).resolve().parent
 MNIST_T10K = DOCS.parent.parent / "shared" / "data" / "mnist-t10k"  # beside the checkout, as in tests/conftest.py
@@ -39,22 +38,10 @@ COLUMNS = {"uncertainty/mean": "mean u(x)", "uncertainty/active_units": "active 
            "uncertainty/neg_elbo_spearman_disagreement": "rho(-ELBO, neighbour disagreement)"}
 
 
-def write_idx(raw: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
-    """An images/labels pair in the IDX format torchvision reads (big-endian header, uint8 payload)."""
-    raw.mkdir(parents=True, exist_ok=True)
-    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
-        np.array([2051, len(images), 28, 28], dtype=">u4").tobytes() + images.tobytes())
-    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([2049, len(labels)], dtype=">u4").tobytes()
-                                                      + labels.tobytes())
-
-
 def real_digits(root: Path) -> Path:
     if not (MNIST_T10K / "t10k-images-idx3-ubyte.gz").is_file():
         sys.exit(f"real MNIST digits not found at {MNIST_T10K}")
-    with gzip.open(MNIST_T10K / "t10k-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(MNIST_T10K / "t10k-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
+    images, labels = read_idx_pair(MNIST_T10K / "t10k-images-idx3-ubyte.gz", MNIST_T10K / "t10k-labels-idx1-ubyte.gz")
     write_idx(root / "MNIST" / "raw", "train", images[:N_TRAIN], labels[:N_TRAIN])
     write_idx(root / "MNIST" / "raw", "t10k", images[N_TRAIN:], labels[N_TRAIN:])
     return root

@@ -9,9 +9,10 @@ import gzip
 import math
 import shutil
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Iterator, Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.distributed as dist
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
@@ -71,6 +72,26 @@ def check_idx_pair(images: Path, labels: Path) -> int:
     if top > 9:
         raise DataFilesError(f"{labels} has label {top}; MNIST-format datasets have labels 0-9")
     return n_images
+
+
+def read_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An IDX images/labels pair, plain or .gz, as arrays (N, 28, 28) and (N,) of uint8."""
+    def payload(path: Path, header: int) -> np.ndarray:
+        with (gzip.open(path) if str(path).endswith(".gz") else open(path, "rb")) as f:
+            return np.frombuffer(f.read(), dtype=np.uint8, offset=header)
+
+    return payload(Path(images), 16).reshape(-1, 28, 28), payload(Path(labels), 8)
+
+
+def write_idx(raw: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """Write an images/labels pair (N, 28, 28) / (N,) as the IDX files torchvision reads, e.g. `train` and
+    `t10k` in `<data_dir>/MNIST/raw/`: a way to train lvae on digits of your own."""
+    raw = Path(raw)
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+        np.array([IMAGES_MAGIC, len(images), 28, 28], dtype=">u4").tobytes() + images.astype(np.uint8).tobytes())
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        np.array([LABELS_MAGIC, len(labels)], dtype=">u4").tobytes() + labels.astype(np.uint8).tobytes())
 
 
 class EpochOrder:

@@ -114,7 +114,7 @@ class VAE(L.LightningModule):
         lr: PositiveFloat = 1e-3,
         iwae_samples: PositiveInt = 100,
         elbo_samples: PositiveInt = 4,
-        latent_points: NonNegativeInt = 5000,
+        latent_points: NonNegativeInt = 2000,
         compile: bool = False,
     ):
         super().__init__()

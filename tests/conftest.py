@@ -1,7 +1,6 @@
 """Fixtures: tiny MNIST-format IDX files written here, real digits from ../shared/data when present, and a way
 to run the `lvae` command as a user does and read back what it wrote."""
 
-import gzip
 import os
 import subprocess
 import sys
@@ -10,17 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lvae.data import read_idx_pair, write_idx
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist-t10k"
-
-
-def write_idx(raw: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write an images/labels pair in the IDX format torchvision reads (big-endian header, uint8 payload)."""
-    raw.mkdir(parents=True, exist_ok=True)
-    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
-        np.array([2051, len(images), 28, 28], dtype=">u4").tobytes() + images.astype(np.uint8).tobytes())
-    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
-        np.array([2049, len(labels)], dtype=">u4").tobytes() + labels.astype(np.uint8).tobytes())
 
 
 def toy_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,10 +43,7 @@ def real_mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real digits: the official MNIST test set split 8,000 (as train) / 2,000 (as test)."""
     if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"real MNIST digits not found at {SHARED_MNIST} (only present beside the lvae checkout here)")
-    with gzip.open(SHARED_MNIST / "t10k-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(SHARED_MNIST / "t10k-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)
+    images, labels = read_idx_pair(SHARED_MNIST / "t10k-images-idx3-ubyte.gz", SHARED_MNIST / "t10k-labels-idx1-ubyte.gz")
     root = tmp_path_factory.mktemp("real")
     write_idx(root / "MNIST" / "raw", "train", images[:8000], labels[:8000])
     write_idx(root / "MNIST" / "raw", "t10k", images[8000:], labels[8000:])
