@@ -203,6 +203,19 @@ class LVAECLI(LightningCLI):
                                f"{'offline: ' + sync + ' uploads it' if offline else 'online'})")
 
     @override
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            # jsonargparse wraps a constructor's error in its own 40-line one; ours already names key and fix.
+            cause: Optional[BaseException] = err
+            while cause is not None and not isinstance(cause, LVAEError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
+
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}

@@ -2,6 +2,7 @@
 message with every good checkpoint intact. MESSAGES holds what the user sees; the README's "What happens
 when..." table quotes the same phrases and `test_readme_table_quotes_what_users_see` keeps the two in step."""
 
+import json
 import math
 import re
 import signal
@@ -34,6 +35,7 @@ MESSAGES = {
     "no such checkpoint": "no such file",
     "not a checkpoint": "is not a checkpoint",
     "no network": "W&B is not reachable",
+    "perplexity": "TSNEEmbedding.perplexity=500.0 is too large for",
 }
 
 
@@ -205,6 +207,13 @@ def test_mismatched_or_missing_checkpoints_are_refused_with_both_values(
                     tmp_path, check=False, timeout=90)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert MESSAGES[case] in proc.stderr and named in proc.stderr
+
+
+def test_a_callback_value_refused_at_set_up_is_one_message(mnist_root: Path, tmp_path: Path) -> None:
+    tsne = json.dumps({"class_path": "callbacks.TSNEEmbedding", "init_args": {"perplexity": 500, "max_points": 1000}})
+    proc = run_lvae(small_fit_args(mnist_root, f"--trainer.callbacks+={tsne}"), tmp_path, check=False, timeout=90)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert MESSAGES["perplexity"] in proc.stderr and "TSNEEmbedding.max_points=1000" in proc.stderr
 
 
 def test_ckpt_path_last_without_any_run_says_so(mnist_root: Path, tmp_path: Path) -> None:

@@ -1,0 +1,40 @@
+"""The shared picture plumbing: a failing picture is a warning, never the end of training."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from lvae import VAE, MNISTDataModule
+from lvae.pictures import PictureCallback
+
+
+class Broken(PictureCallback):
+    """Fails in the training loop (`prepare`) or in the drawing thread, as a buggy picture would."""
+
+    names = ("broken",)
+
+    def __init__(self, where: str, background: bool):
+        super().__init__(background=background)
+        self.where = where
+
+    def prepare(self, trainer, pl_module, latents, epoch):
+        if self.where == "prepare":
+            raise RuntimeError("prepare exploded")
+
+        def draw():
+            raise RuntimeError("draw exploded")
+
+        return draw
+
+
+@pytest.mark.parametrize(("where", "background"), [("prepare", True), ("draw", True), ("draw", False)])
+def test_a_picture_that_raises_does_not_stop_fit(mnist_root: Path, tmp_path: Path, where: str, background: bool):
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path), enable_progress_bar=False,
+                        callbacks=[Broken(where, background)], default_root_dir=tmp_path)
+    with pytest.warns(UserWarning, match=rf"Broken: the picture of epoch \d was skipped \(RuntimeError: {where} exploded\)"):
+        trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
+    assert trainer.current_epoch == 2 and torch.isfinite(trainer.callback_metrics["val/loss"])
+    assert list(tmp_path.glob("**/checkpoints/*.ckpt"))  # the checkpoints were written as usual
