@@ -38,3 +38,22 @@ def test_a_picture_that_raises_does_not_stop_fit(mnist_root: Path, tmp_path: Pat
         trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
     assert trainer.current_epoch == 2 and torch.isfinite(trainer.callback_metrics["val/loss"])
     assert list(tmp_path.glob("**/checkpoints/*.ckpt"))  # the checkpoints were written as usual
+
+
+def test_tensorboard_users_get_the_pictures_as_images(mnist_root: Path, tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from callbacks import PriorSamples
+
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=logger, enable_progress_bar=False,
+                        enable_checkpointing=False, callbacks=[PriorSamples(background=True)])
+    trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
+    logger.experiment.flush()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    images = events.Images("latents/prior_samples")
+    assert [image.step for image in images] == [0, 1]  # one per epoch, on the epoch axis
+    assert (images[0].width, images[0].height) == (400, 440)  # PriorSamples' 4.0 x 4.4 in figure at 100 dpi
+    assert (tmp_path / "latents" / "prior_samples" / "epoch_001.png").is_file()  # and the PNG beside it
