@@ -12,7 +12,6 @@ from typing import Any, Callable, Optional
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
@@ -26,42 +25,11 @@ from lvae.latents import Latents
 PNG_DPI = 100
 
 
-class DrawingBudget:
-    """What all picture threads of a process share: one core.
-
-    Drawing threads take turns (one lock), and while any drawing is pending the training loop's torch threads
-    drop to one fewer than the cores. Without both, on a 2-core machine, torch's OpenMP threads wait on each
-    other at every operation whenever a drawing thread holds a core: training epochs took 3x as long
-    (bench/visual_overhead.py). Torch's thread count belongs to the calling thread, so `reduce` and
-    `restore_if_idle` are called from the training loop only."""
-
-    def __init__(self) -> None:
-        self.turn = threading.Lock()
-        self._pending: set[Future] = set()
-        self._guard = threading.Lock()
-        self._saved: Optional[int] = None
-
-    def track(self, future: Future) -> None:
-        with self._guard:
-            self._pending.add(future)
-        future.add_done_callback(self._finished)
-
-    def _finished(self, future: Future) -> None:
-        with self._guard:
-            self._pending.discard(future)
-
-    def reduce(self) -> None:
-        if self._saved is None and torch.get_num_threads() > 1:
-            self._saved = torch.get_num_threads()
-            torch.set_num_threads(self._saved - 1)
-
-    def restore_if_idle(self) -> None:
-        if self._saved is not None and not self._pending:
-            torch.set_num_threads(self._saved)
-            self._saved = None
-
-
-DRAWING = DrawingBudget()
+# Drawing threads of all picture callbacks take turns, so pictures use at most one core beside training. Measured
+# on 2 cores (3 epochs of full Fashion-MNIST, every picture on): 32.1 s with four threads drawing at once, 26-28 s
+# taking turns, 12.5 s with no pictures. Also dropping torch to cores-1 threads while drawing made no difference
+# beyond noise (median 30.0 s against 28.4 s), so it is not done.
+DRAWING_TURN = threading.Lock()
 
 
 class PictureSink:
@@ -215,14 +183,7 @@ class PictureCallback(Callback):
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=type(self).__name__)
-        DRAWING.reduce()
         self._pending = self._executor.submit(self._run_in_turn, draw, epoch)
-        DRAWING.track(self._pending)
-
-    @override
-    def on_train_batch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: Any,
-                             batch_idx: int) -> None:
-        DRAWING.restore_if_idle()  # a cheap check: the training loop gets its threads back once drawing is done
 
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
                 epoch: int) -> Optional[Callable[[], None]]:
@@ -230,7 +191,7 @@ class PictureCallback(Callback):
         raise NotImplementedError
 
     def _run_in_turn(self, draw: Callable[[], None], epoch: int) -> None:
-        with DRAWING.turn:
+        with DRAWING_TURN:
             self._run(draw, epoch)
 
     def _run(self, draw: Callable[[], None], epoch: int) -> None:
@@ -273,7 +234,6 @@ class PictureCallback(Callback):
     @override
     def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         self.join()
-        DRAWING.restore_if_idle()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
