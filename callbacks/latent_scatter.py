@@ -16,7 +16,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lvae.errors import ConfigError
-from lvae.latents import Latents
+from lvae.latents import Latents, unusable
 from lvae.metrics import uncertainty as posterior_uncertainty
 from lvae.pictures import PictureCallback
 
@@ -163,19 +163,9 @@ class LatentScatter(PictureCallback):
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
                 epoch: int) -> Optional[Callable[[], None]]:
-        if latents is None:
-            rank_zero_warn("LatentScatter: no validation latents were collected (model.latent_points=0?); no scatter")
-            return None
-        if len(latents) < 2:
-            rank_zero_warn(f"LatentScatter: {len(latents)} validation mean(s) at epoch {epoch}; a scatter needs 2 or "
-                           "more (limit_val_batches?); skipped")
-            return None
-        if not torch.isfinite(latents.mu).all():
-            rank_zero_warn(f"LatentScatter: non-finite latent means at epoch {epoch}; scatter skipped")
-            return None
-        if len(latents.label.unique()) < 2:
-            rank_zero_warn(f"LatentScatter: every validation input at epoch {epoch} has label "
-                           f"{int(latents.label[0])}; a scatter coloured by label needs two or more; skipped")
+        reason = unusable(latents, min_points=2)
+        if reason is not None:
+            rank_zero_warn(f"LatentScatter: no scatter for epoch {epoch}: {reason}")
             return None
         self._last = latents
         fitting = trainer.state.fn == "fit"

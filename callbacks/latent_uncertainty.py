@@ -12,7 +12,7 @@ from torchvision.utils import make_grid
 from typing_extensions import override
 
 from lvae.errors import ConfigError
-from lvae.latents import Latents
+from lvae.latents import Latents, unusable
 from lvae.metrics import (active_dims, active_units, kl_per_dim, neighbour_disagreement, per_class_mean, pixel_mass,
                           spearman, uncertainty)
 from lvae.pictures import PictureCallback
@@ -69,18 +69,11 @@ class LatentUncertainty(PictureCallback):
         return values
 
     def _skip_reason(self, latents: Optional[Latents]) -> Optional[str]:
-        if latents is None:
-            return "no latents were collected (model.latent_points=0, or no validation batches)"
-        if len(latents) <= self.k_neighbours:
-            return (f"{len(latents)} inputs are too few for LatentUncertainty.k_neighbours={self.k_neighbours} "
-                    "neighbours each")
-        for name in ("mu", "logvar", "recon", "neg_elbo"):
-            if not bool(torch.isfinite(getattr(latents, name)).all()):
-                return f"latents.{name} holds NaN or infinite values"
+        reason = unusable(latents, min_points=self.k_neighbours + 1, finite=("mu", "logvar", "recon", "neg_elbo"))
+        if reason is not None:
+            return reason
         if not bool(torch.isfinite(uncertainty(latents.logvar)).all()):
             return "exp(logvar) overflows"
-        if len(latents.label.unique()) < 2:
-            return f"every input has label {int(latents.label[0])}: neighbour disagreement needs two classes"
         return None
 
     @override

@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from callbacks.latent_scatter import class_colour
 from lvae.errors import ConfigError
-from lvae.latents import Latents
+from lvae.latents import Latents, unusable
 from lvae.metrics import knn_label_agreement
 from lvae.pictures import PictureCallback
 
@@ -125,8 +125,9 @@ class TSNEEmbedding(PictureCallback):
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
                 epoch: int) -> Optional[Callable[[], None]]:
-        if latents is None:
-            rank_zero_warn("TSNEEmbedding: no validation latents were collected (model.latent_points=0?); no t-SNE")
+        reason = unusable(latents, min_points=2)
+        if reason is not None:
+            rank_zero_warn(f"TSNEEmbedding: no t-SNE for epoch {epoch}: {reason}")
             return None
         latents = latents.select(torch.arange(min(len(latents), self.max_points)))  # sorted by index: the same rows
         if 3 * self.perplexity >= len(latents):
@@ -134,13 +135,6 @@ class TSNEEmbedding(PictureCallback):
                            f"TSNEEmbedding.perplexity={self.perplexity} (t-SNE needs more than 3 x perplexity); "
                            f"t-SNE skipped. Lower the perplexity below {len(latents) / 3:g} or follow more inputs "
                            "(model.latent_points, limit_val_batches)")
-            return None
-        if not torch.isfinite(latents.mu).all():
-            rank_zero_warn(f"TSNEEmbedding: non-finite latent means at epoch {epoch}; t-SNE skipped")
-            return None
-        if len(latents.label.unique()) < 2:
-            rank_zero_warn(f"TSNEEmbedding: every mapped input at epoch {epoch} has label {int(latents.label[0])}; "
-                           "a map coloured by label needs two or more; t-SNE skipped")
             return None
         z = self.prior_z(latents.mu.shape[1])
         with torch.inference_mode():

@@ -38,6 +38,21 @@ class Latents:
         return Latents(**{k: v if k == "epoch" else v[rows] for k, v in values.items()})
 
 
+def unusable(latents: Optional[Latents], min_points: int, finite: tuple[str, ...] = ("mu",)) -> Optional[str]:
+    """Why `latents` cannot make a picture coloured by label (None when they can): the one check every
+    picture callback shares, so each skips with a warning instead of raising."""
+    if latents is None:
+        return "no validation latents were collected (model.latent_points=0, or no validation batches)"
+    if len(latents) < min_points:
+        return f"{len(latents)} validation inputs are too few (this picture needs {min_points})"
+    for name in finite:
+        if not bool(torch.isfinite(getattr(latents, name)).all()):
+            return f"latents.{name} holds NaN or infinite values"
+    if len(latents.label.unique()) < 2:
+        return f"every input has label {int(latents.label[0])}; a picture coloured by label needs two or more"
+    return None
+
+
 def gather_by_index(strategy: Strategy, parts: dict[str, Tensor]) -> dict[str, Tensor]:
     """All ranks' rows of `parts` (which holds an "index" entry), de-duplicated and sorted by index, on the CPU.
 
