@@ -7,7 +7,7 @@ Trains the default VAE (MLP 784-400-20) for a few epochs on real digits (the off
 checkout, split 8,000 / 2,000 as in tests/conftest.py), encodes all 10,000 digits after each of the last two
 epochs, and runs the `TSNEEmbedding` callback's own steps (`embed`, `keep`, `place`) with its default settings
 on 2k, 5k and 10k of those means. Quality is the share of each point's 10 nearest neighbours that share its
-label (`lvae.metrics.knn_label_agreement`), in the map and, for reference, in the 20-D means themselves.
+label (`lvae.figures.knn_label_agreement`), in the map and, for reference, in the 20-D means themselves.
 Takes 2-3 minutes on an idle 2-core machine; more when other processes share the cores (the load average is
 printed: absolute times scale with it, the warm/cold ratio much less).
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))  # `callbacks` is a top-level package of the check
 
 from callbacks.tsne_embedding import TSNEEmbedding  # noqa: E402
 from lvae.data import MNISTDataModule, read_idx_pair, write_idx  # noqa: E402
-from lvae.metrics import knn_label_agreement  # noqa: E402
+from lvae.figures import knn_label_agreement  # noqa: E402
 from lvae.model import VAE  # noqa: E402
 
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist-t10k"
@@ -64,7 +64,7 @@ def train(images: np.ndarray, labels: np.ndarray, data_dir: Path) -> tuple[torch
 
 
 def quality(embedding: np.ndarray, labels: torch.Tensor) -> float:
-    return knn_label_agreement(torch.from_numpy(np.asarray(embedding, dtype=np.float64)), labels, k=10)
+    return knn_label_agreement(np.asarray(embedding, dtype=np.float64), labels.numpy(), k=10)
 
 
 def main() -> None:
@@ -112,7 +112,7 @@ def main() -> None:
         warm.place(warm_map, z)
         place_s = time.perf_counter() - t
         print(f"{n:>6} | {cold_s:>6.1f} | {warm_s:>6.1f} | {warm_s / cold_s:>9.2f} | {quality(cold_map, y):>8.3f} | "
-              f"{warm_q:>8.3f} | {knn_label_agreement(after, y, k=10):>8.3f} | {place_s:>16.2f}", flush=True)
+              f"{warm_q:>8.3f} | {knn_label_agreement(after.numpy(), y.numpy(), k=10):>8.3f} | {place_s:>16.2f}", flush=True)
     # Other processes share the cores: timings scale with the load, the warm/cold ratio much less.
     print(f"total {time.perf_counter() - start:.0f} s; load average at the end "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores")

@@ -1,18 +1,18 @@
 """What the decoder makes of the prior: the same z ~ N(0, I) decoded every epoch, and for Z=2 the whole manifold."""
 
+import functools
 from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from matplotlib.figure import Figure
-from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 from torch import Tensor
 from torch.distributions import Normal
 from torchvision.utils import make_grid
 from typing_extensions import override
 
 from lvae.errors import ConfigError
+from lvae.figures import Drawn, draw_prior
 from lvae.latents import Latents
 from lvae.pictures import PictureCallback
 
@@ -98,7 +98,7 @@ class PriorSamples(PictureCallback):
 
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
-                epoch: int) -> Optional[Callable[[], None]]:
+                epoch: int) -> Optional[Callable[[], Drawn]]:
         self._check_prior()  # a checkpoint loaded after setup
         z = self.z
         to_model = {"device": pl_module.device, "dtype": pl_module.dtype}
@@ -106,59 +106,18 @@ class PriorSamples(PictureCallback):
             samples = pl_module.decode(z.to(**to_model)).float().cpu()  # (n, 1, 28, 28)
             manifold_z = self._manifold_z() if z.shape[1] == 2 else None
             manifold = None if manifold_z is None else pl_module.decode(manifold_z.to(**to_model)).float().cpu()
+        # The grids are put together here (cheap tensor work); the drawing process only draws them.
+        grid = make_grid(samples, nrow=self.nrow, padding=2, pad_value=0.5)[0]  # (H, W), grey lines between cells
+        job = functools.partial(draw_prior, paths={n: str(self.sink.png_path(n, epoch)) for n in self.names},
+                                figsizes=self.figsizes, epoch=epoch, seed=self.seed, n=len(samples),
+                                grid=grid.numpy())
+        if manifold is None:
+            return job
         # The validation means show where the data sits relative to the prior draws.
-        mu = latents.mu if latents is not None and z.shape[1] == 2 else None
-
-        def draw() -> None:
-            self._draw_samples(samples, epoch)
-            if manifold is not None:
-                self._draw_manifold(manifold, manifold_z, epoch)
-                self._draw_positions(z, samples, mu, epoch)
-
-        return draw
-
-    def _draw_samples(self, samples: Tensor, epoch: int) -> None:
-        grid = make_grid(samples, nrow=self.nrow, padding=2, pad_value=0.5)  # (3, H, W), grey lines between cells
-        fig = Figure(figsize=self.figsizes["prior_samples"])
-        ax = fig.add_axes((0.02, 0.02, 0.96, 0.86))
-        ax.imshow(grid[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.set_axis_off()
-        title = f"{len(samples)} fixed draws z ~ N(0, I), decoded\nepoch {epoch}, seed {self.seed}"
-        fig.suptitle(title, fontsize=10)
-        self.sink.log_figure("prior_samples", fig, epoch, caption=title.replace("\n", ", "))
-
-    def _draw_manifold(self, manifold: Tensor, z: Tensor, epoch: int) -> None:
+        mu = None if latents is None else latents.mu.numpy()
         s = self.manifold_steps
-        grid = make_grid(manifold, nrow=s, padding=0)  # (3, 28*S, 28*S)
-        fig = Figure(figsize=self.figsizes["manifold"])
-        ax = fig.add_axes((0.1, 0.08, 0.86, 0.82))
-        ax.imshow(grid[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        q = z[:s, 0]  # (S,) the quantile values along each axis
-        ticks = list(range(0, s, max(1, s // 5))) + [s - 1]
-        ax.set_xticks([28 * i + 13.5 for i in ticks], [f"{q[i]:.2f}" for i in ticks], fontsize=8)
-        ax.set_yticks([28 * i + 13.5 for i in ticks], [f"{-q[i]:.2f}" for i in ticks], fontsize=8)
-        ax.set_xlabel("z_1")
-        ax.set_ylabel("z_2")
-        title = f"Decoded latent manifold, epoch {epoch}\nz on a {s}x{s} grid of N(0, 1) quantiles"
-        ax.set_title(title, fontsize=10)
-        self.sink.log_figure("manifold", fig, epoch, caption=title.replace("\n", ", "))
+        return functools.partial(job, manifold=make_grid(manifold, nrow=s, padding=0)[0].numpy(),
+                                 quantiles=manifold_z[:s, 0].numpy(), z=z.numpy(), samples=samples[:, 0].numpy(),
+                                 mu=mu)
 
-    def _draw_positions(self, z: Tensor, samples: Tensor, mu: Optional[Tensor], epoch: int) -> None:
-        fig = Figure(figsize=self.figsizes["prior_positions"])
-        ax = fig.add_axes((0.1, 0.08, 0.86, 0.82))
-        if mu is not None:
-            ax.scatter(mu[:, 0], mu[:, 1], s=2, c="0.8", rasterized=True, label=f"{len(mu)} validation means")
-            ax.legend(loc="upper right", fontsize=8, markerscale=4)
-        ax.scatter(z[:, 0], z[:, 1], s=4, c="tab:red")
-        for (x, y), image in zip(z.tolist(), samples[:, 0].numpy()):
-            thumb = OffsetImage(image, cmap="gray", zoom=0.65)
-            ax.add_artist(AnnotationBbox(thumb, (x, y), frameon=True, pad=0.05, bboxprops={"edgecolor": "tab:red"}))
-        limit = max(3.0, float(z.abs().max()) + 0.5)
-        ax.set_xlim(-limit, limit)
-        ax.set_ylim(-limit, limit)
-        ax.set_aspect("equal")
-        ax.set_xlabel("z_1")
-        ax.set_ylabel("z_2")
-        title = f"The {len(z)} prior draws at their positions, decoded, epoch {epoch}"
-        ax.set_title(title, fontsize=10)
-        self.sink.log_figure("prior_positions", fig, epoch, caption=title)
+

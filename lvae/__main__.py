@@ -1,3 +1,12 @@
-from lvae.cli import main
+"""`python -m lvae` and the `lvae` command. The CLI is imported inside `main`: the drawing process ("spawn")
+imports this module as its main module, and must neither train nor import Lightning."""
 
-main()
+
+def main() -> None:
+    from lvae.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ set that one process gives.
 """
 
 from dataclasses import dataclass, fields
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from lightning.pytorch.strategies import Strategy
@@ -106,8 +106,12 @@ class LatentCollection:
     def add(self, **batch: Tensor) -> None:
         self._batches.append({k: v.detach() for k, v in batch.items()})
 
-    def result(self, strategy: Strategy) -> Optional[Latents]:
-        """The gathered latents of the current epoch (None when nothing was collected). Collective, cached."""
+    def result(self, strategy: Strategy, finish: Optional[Callable[[dict[str, Tensor]], dict[str, Tensor]]] = None
+               ) -> Optional[Latents]:
+        """The gathered latents of the current epoch (None when nothing was collected). Collective, cached.
+
+        `finish` adds what is computed for the followed inputs only (the model's negative ELBO): it gets their
+        gathered rows, on the CPU and sorted by index, and returns them with the added entries."""
         if self._result is not None or not self.enabled:
             return self._result
         local = {k: torch.cat([b[k] for b in self._batches]) for k in self._batches[0]} if self._batches else None
@@ -117,16 +121,18 @@ class LatentCollection:
         if self.subset is not None:
             keep = torch.isin(local["index"], self.subset.to(local["index"].device))
             local = {k: v[keep] for k, v in local.items()}
-        gathered = gather_by_index(strategy, local)
-        latents = Latents(epoch=self._epoch, **gathered)
+        rows = gather_by_index(strategy, local)
         if self.subset is None:
-            self.subset = self._choose_subset(latents.index)
-            latents = latents.select(torch.isin(latents.index, self.subset))
-        elif len(latents) < len(self.subset):
-            rank_zero_warn(f"only {len(latents)} of the {len(self.subset)} followed validation inputs were seen this "
-                           "epoch (limit_val_batches?); the pictures show those")
-        self._result = latents
-        return latents
+            self.subset = self._choose_subset(rows["index"])
+            keep = torch.isin(rows["index"], self.subset)
+            rows = {k: v[keep] for k, v in rows.items()}
+        elif len(rows["index"]) < len(self.subset):
+            rank_zero_warn(f"only {len(rows['index'])} of the {len(self.subset)} followed validation inputs were seen "
+                           "this epoch (limit_val_batches?); the pictures show those")
+        if finish is not None:
+            rows = finish(rows)
+        self._result = Latents(epoch=self._epoch, **rows)
+        return self._result
 
     def _choose_subset(self, index: Tensor) -> Tensor:
         if len(index) <= self.max_points:

@@ -54,11 +54,6 @@ def neighbour_disagreement(points: Tensor, labels: Tensor, k: int = 10) -> Tenso
     return (labels[neighbours] != labels[:, None]).float().mean(dim=1)
 
 
-def knn_label_agreement(points: Tensor, labels: Tensor, k: int = 10) -> float:
-    """Share of points' k nearest neighbours that share their label: the quality figure of a 2-D map."""
-    return float(1.0 - neighbour_disagreement(points, labels, k).mean())
-
-
 def spearman(a: Tensor, b: Tensor) -> float:
     """Spearman rank correlation of two (N,) vectors; NaN where either is constant (undefined, not 0)."""
     if bool((a == a[0]).all()) or bool((b == b[0]).all()):

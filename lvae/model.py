@@ -283,7 +283,8 @@ class VAE(L.LightningModule):
                 seed = EVAL_NOISE_SEEDS[stage] * 1_000_003 + block
                 noise = torch.randn(EVAL_NOISE_BLOCK, width, z_dim, generator=torch.Generator().manual_seed(seed))
                 self._eval_noise[(stage, block)] = noise.to(index.device)
-        table = torch.cat([self._eval_noise[(stage, b)] for b in blocks])  # (blocks * BLOCK, width, Z)
+        tables = [self._eval_noise[(stage, b)] for b in blocks]
+        table = tables[0] if len(tables) == 1 else torch.cat(tables)  # (blocks * BLOCK, width, Z)
         position = torch.searchsorted(torch.tensor(blocks, device=index.device), index // EVAL_NOISE_BLOCK)
         rows = table[position * EVAL_NOISE_BLOCK + index % EVAL_NOISE_BLOCK]  # (B, width, Z)
         return rows[:, :draws].transpose(0, 1)
@@ -291,13 +292,12 @@ class VAE(L.LightningModule):
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         x, y, index = batch
-        # Draw 0 gives val/loss; draws 1..S the per-input negative ELBO of the uncertainty pictures.
-        eps = self.eval_noise(index, "val", 1 + self.hparams.elbo_samples if self.latents.enabled else 1)
+        eps = self.eval_noise(index, "val")  # (1, B, Z): draw 0 gives val/loss, draws 1..S the negative ELBO
         mu, logvar, recon, kl = self._loss_parts(x, eps[0])
         self._update_metrics("val", recon, kl)
         if self.latents.enabled:
+            # The negative ELBO is left for `validation_latents`: only the followed subset needs it.
             self.latents.add(index=index, label=y, mu=mu, logvar=logvar, recon=recon, kl=kl,
-                             neg_elbo=self.neg_elbo(x, mu, logvar, eps[1:]),
                              image=(x.view(-1, 28, 28) * 255).round().byte())
 
     def neg_elbo(self, x: Tensor, mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None) -> Tensor:
@@ -314,7 +314,23 @@ class VAE(L.LightningModule):
 
     def validation_latents(self) -> Optional[Latents]:
         """This epoch's collected latents, gathered across ranks once. Every rank must call it (a collective)."""
-        return self.latents.result(self.trainer.strategy)
+        return self.latents.result(self.trainer.strategy, finish=self._add_neg_elbo)
+
+    def _add_neg_elbo(self, rows: dict[str, Tensor], chunk: int = 1024) -> dict[str, Tensor]:
+        """`rows` of the followed inputs (CPU) with their negative ELBO added. Computed here, for the followed
+        subset only, rather than for every validation input in `validation_step`: its `elbo_samples` extra decodes
+        per input cost more than the rest of validation together. Draws 1..S of each input's `eval_noise` (draw 0
+        gave val/loss), so the number depends only on the weights and the input, on any number of processes."""
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, len(rows["index"]), chunk):
+                index = rows["index"][start:start + chunk].to(self.device)
+                x = rows["image"][start:start + chunk].to(self.device).unsqueeze(1).float().div(255)  # (B, 1, 28, 28)
+                mu = rows["mu"][start:start + chunk].to(self.device)
+                logvar = rows["logvar"][start:start + chunk].to(self.device)
+                eps = self.eval_noise(index, "val", 1 + self.hparams.elbo_samples)[1:]  # (S, B, Z)
+                parts.append(self.neg_elbo(x, mu, logvar, eps).cpu())
+        return {**rows, "neg_elbo": torch.cat(parts) if parts else rows["mu"].new_zeros(0)}
 
     @override
     def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:

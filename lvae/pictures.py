@@ -1,17 +1,20 @@
 """The one way a picture leaves lvae, and the plumbing every picture callback shares.
 
-`PictureSink` writes a figure as a PNG under the run folder (``latents/<name>/epoch_<NNN>.png``), as a W&B image
-on the ``epoch`` axis and as a TensorBoard image, for whichever of those loggers are present. `PictureCallback`
-decides when to draw, draws off the training loop and turns a failing picture into a warning.
+`PictureSink` logs a drawn PNG (``latents/<name>/epoch_<NNN>.png`` under the run folder) as a W&B image on the
+``epoch`` axis and as a TensorBoard image, for whichever of those loggers are present. `PictureCallback` decides
+when to draw, hands the drawing to a separate low-priority process and turns a failing picture into a warning.
 """
 
-import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import functools
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
@@ -20,28 +23,76 @@ from PIL import Image
 from typing_extensions import override
 
 from lvae.errors import ConfigError
+from lvae.figures import PNG_DPI, Drawn, import_modules, lower_priority, run_job, save_figure, start_drawing_process
 from lvae.latents import Latents
 
-PNG_DPI = 100
+__all__ = ["PNG_DPI", "Drawn", "DrawingProcess", "PictureCallback", "PictureSink", "save_figure"]
 
 
-# Drawing threads of all picture callbacks take turns, so pictures use at most one core beside training. Measured
-# on 2 cores (3 epochs of full Fashion-MNIST, every picture on): 32.1 s with four threads drawing at once, 26-28 s
-# taking turns, 12.5 s with no pictures. Also dropping torch to cores-1 threads while drawing made no difference
-# beyond noise (median 30.0 s against 28.4 s), so it is not done.
-DRAWING_TURN = threading.Lock()
+# Drawing runs in one separate process, at a lower priority than training, and while it draws training leaves
+# it a core. Measured on 2 cores (an MLP VAE training step of 4.8 ms alone, 6.5 ms on one thread): a drawing
+# *thread* made every step 24-85 ms, because matplotlib holds the GIL that each of training's small torch calls
+# needs back (a shorter sys.setswitchinterval still left 12-25 ms); a drawing process beside training's two
+# threads made it 26 ms at normal priority (torch's OpenMP threads wait for a core at every op) and 5.4-5.8 ms
+# at nice 10, but then drawing got a fifth of a core and fell behind; beside one training thread, 6.5 ms.
+class DrawingProcess:
+    """The one drawing process of this training process (rank zero's), started on first use and shared by every
+    picture callback; jobs run one at a time, in the order they were sent. "spawn" rather than fork: the
+    training process holds threads (W&B, the data path) and possibly CUDA, which a forked child must not inherit.
+    The process imports only `lvae.figures` and what the jobs name (no Lightning). While jobs are pending, torch
+    in the training process uses one thread less (`settle`, on the training thread, gives it back)."""
+
+    _executor: Optional[ProcessPoolExecutor] = None
+    _pending: set[Future] = set()
+    _threads: Optional[int] = None  # torch's thread count to give back when no job is pending
+
+    @classmethod
+    def submit(cls, job: Callable[[], Drawn]) -> Future:
+        for _ in range(2):
+            started = {p.pid for p in multiprocessing.active_children()}
+            if cls._executor is None:
+                cls._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=start_drawing_process)
+            try:
+                future = cls._executor.submit(run_job, job)
+            except BrokenProcessPool:  # the process died (killed, out of memory): start a new one, once
+                cls._executor = None
+                continue
+            # Lowered from here as soon as it exists: its start-up imports would otherwise compete with training
+            # at full priority until its initializer runs.
+            for process in multiprocessing.active_children():
+                if process.pid not in started and process.pid is not None:
+                    lower_priority(process.pid)
+            cls._pending.add(future)
+            if cls._threads is None and torch.get_num_threads() > 1:
+                cls._threads = torch.get_num_threads()
+                torch.set_num_threads(cls._threads - 1)  # a core for the drawing
+            return future
+        raise RuntimeError("the drawing process could not be started")
+
+    @classmethod
+    def settle(cls) -> None:
+        """Give torch its threads back once no job is pending. On the training thread: torch's thread count is
+        the calling thread's own OpenMP setting."""
+        cls._pending = {future for future in cls._pending if not future.done()}
+        if not cls._pending and cls._threads is not None:
+            torch.set_num_threads(cls._threads)
+            cls._threads = None
+
+    @classmethod
+    def warm_up(cls, modules: tuple[str, ...]) -> None:
+        """Import what the jobs need while training runs its first epoch, so the first picture is not late."""
+        cls.submit(functools.partial(import_modules, modules))
 
 
 class PictureSink:
-    """Sends pictures and per-epoch scalars to disk and to the trainer's loggers. Only rank zero uses it."""
+    """Sends drawn pictures and per-epoch scalars to the trainer's loggers. Only rank zero's training loop uses
+    it."""
 
     def __init__(self, trainer: "L.Trainer", root: Path):
         self.trainer = trainer
         self.root = Path(root)
-        self._lock = threading.Lock()  # a drawing thread and the training loop may log at the same time
         self._declared: set[str] = set()
-        self._owner = threading.get_ident()  # the training-loop thread: the sink is made in `setup`
-        self._held: list[tuple[dict[str, float], int]] = []  # scalars for non-W&B loggers, from a drawing thread
 
     def _wandb(self) -> list[Any]:
         return [lg.experiment for lg in self.trainer.loggers if isinstance(lg, WandbLogger)]
@@ -57,55 +108,42 @@ class PictureSink:
     def png_path(self, name: str, epoch: int) -> Path:
         return self.root / "latents" / name / f"epoch_{epoch:03d}.png"
 
-    def log_figure(self, name: str, figure: Figure, epoch: int, caption: Optional[str] = None) -> Path:
-        """Write `figure` as the PNG of `name` for `epoch` and log it to every picture-taking logger."""
-        path = self.png_path(name, epoch)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.png")
-        figure.savefig(tmp, dpi=PNG_DPI)
-        tmp.replace(path)  # a reader never sees half a PNG
-        figure.clear()  # matplotlib.figure.Figure is not tracked by pyplot: dropping it frees it
-        with self._lock:
-            for run in self._wandb():
-                import wandb
+    def log_picture(self, name: str, path: Path, epoch: int, caption: Optional[str] = None) -> None:
+        """Log the PNG `path` of `name` for `epoch` to every picture-taking logger."""
+        for run in self._wandb():
+            import wandb
 
-                self._declare(run, f"latents/{name}")
-                run.log({f"latents/{name}": wandb.Image(str(path), caption=caption), "epoch": epoch})
-            for logger in self.trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    pixels = np.asarray(Image.open(path).convert("RGB"))
-                    logger.experiment.add_image(f"latents/{name}", pixels, global_step=epoch, dataformats="HWC")
+            self._declare(run, f"latents/{name}")
+            run.log({f"latents/{name}": wandb.Image(str(path), caption=caption), "epoch": epoch})
+        for logger in self.trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                with Image.open(path) as png:
+                    pixels = np.asarray(png.convert("RGB"))
+                logger.experiment.add_image(f"latents/{name}", pixels, global_step=epoch, dataformats="HWC")
+
+    def log_figure(self, name: str, figure: Figure, epoch: int, caption: Optional[str] = None) -> Path:
+        """Write `figure` as the PNG of `name` for `epoch` and log it (for pictures drawn in this process)."""
+        path = Path(save_figure(figure, str(self.png_path(name, epoch))))
+        self.log_picture(name, path, epoch, caption)
         return path
 
     def log_scalars(self, values: dict[str, float], epoch: int) -> None:
         """Per-epoch numbers: on W&B's epoch axis, and as ordinary metrics (with `epoch`) for other loggers."""
-        with self._lock:
-            for run in self._wandb():
-                for key in values:
-                    self._declare(run, key)
-                run.log({**values, "epoch": epoch})
-            self._held.append(({**values, "epoch": epoch}, self.trainer.global_step))
-        if threading.get_ident() == self._owner:
-            self.flush()
-
-    def flush(self) -> None:
-        """Hand held scalars to the non-W&B loggers, on the training-loop thread only: CSVLogger.save() is not
-        thread-safe (a row appended while it writes raises "dict contains fields not in fieldnames", or is lost)."""
-        with self._lock:
-            held, self._held = self._held, []
-        for values, step in held:
-            for logger in self.trainer.loggers:
-                if not isinstance(logger, WandbLogger):
-                    logger.log_metrics(values, step=step)
+        for run in self._wandb():
+            for key in values:
+                self._declare(run, key)
+            run.log({**values, "epoch": epoch})
+        for logger in self.trainer.loggers:
+            if not isinstance(logger, WandbLogger):
+                logger.log_metrics({**values, "epoch": epoch}, step=self.trainer.global_step)
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], epoch: int) -> None:
         """A W&B table (W&B's embedding projector reads tables of vectors); other loggers have no tables."""
-        with self._lock:
-            for run in self._wandb():
-                import wandb
+        for run in self._wandb():
+            import wandb
 
-                self._declare(run, key)
-                run.log({key: wandb.Table(columns=columns, data=rows), "epoch": epoch})
+            self._declare(run, key)
+            run.log({key: wandb.Table(columns=columns, data=rows), "epoch": epoch})
 
     def animate(self, name: str, frame_ms: int = 500) -> Optional[Path]:
         """Turn every epoch's PNG of `name` into `latents/<name>/evolution.gif` and log it."""
@@ -114,29 +152,34 @@ class PictureSink:
             return None
         images = [Image.open(f).convert("RGB") for f in frames]
         size = images[0].size
-        images = [im if im.size == size else im.resize(size) for im in images]
+        # Pillow's default palette search measured 5x slower than the fast octree (0.51 s against 0.11 s for six
+        # 800x660 frames), and the GIF came out 6.5x larger; the fast one looks the same for these plots.
+        images = [(im if im.size == size else im.resize(size)).quantize(256, method=Image.Quantize.FASTOCTREE)
+                  for im in images]
         path = frames[0].parent / "evolution.gif"
         images[0].save(path, save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
-        with self._lock:
-            for run in self._wandb():
-                import wandb
+        for run in self._wandb():
+            import wandb
 
-                run.log({f"latents/{name}/evolution": wandb.Video(str(path), format="gif")})
+            run.log({f"latents/{name}/evolution": wandb.Video(str(path), format="gif")})
         return path
 
 
 class PictureCallback(Callback):
-    """Base of the latent picture callbacks: when to draw, drawing in the background, failures as warnings.
+    """Base of the latent picture callbacks: when to draw, drawing in another process, failures as warnings.
 
-    Subclasses implement `prepare`, which runs on rank zero in the training process (model work such as
-    decoding, under inference mode) and returns a function that draws and logs through `self.sink`. That
-    function runs on a background thread, so t-SNE and matplotlib do not stall training; it is joined before
-    the next one starts, at the end of fit and on an exception. State that a drawing updates (a t-SNE map) is
-    saved as of the last finished drawing, so a checkpoint never waits for one.
+    Subclasses implement `prepare`, which runs on rank zero in the training loop (model work such as decoding,
+    under inference mode, and anything cheap) and returns a job: a picklable function (a `functools.partial` of a
+    module-level function, over NumPy arrays and plain values) that draws, writes its PNGs and returns a `Drawn`.
+    The job runs in the `DrawingProcess`, so t-SNE and matplotlib neither hold training's GIL nor take its
+    cores; its result is logged from the training loop as soon as it is ready (checked after every training
+    batch). A callback's next job waits for its last one; fit, `lvae validate` and an exception wait for all.
+    State a job returns (a t-SNE map) is applied by `apply` when it is logged, so a checkpoint holds the state of
+    the last finished picture and never waits for one.
 
     Args:
         every_n_epochs: draw every n-th validation epoch.
-        background: draw on a background thread (False draws in the training loop, e.g. for debugging).
+        background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
     """
 
     names: tuple[str, ...] = ()  # picture names this callback writes; each gets an evolution GIF at fit end
@@ -147,13 +190,14 @@ class PictureCallback(Callback):
         self.every_n_epochs = every_n_epochs
         self.background = background
         self.sink: Optional[PictureSink] = None
-        self._executor: Optional[ThreadPoolExecutor] = None
-        self._pending: Optional[Future] = None
+        self._pending: Optional[tuple[Future, int]] = None  # the job in the drawing process and its epoch
 
     @override
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         root = trainer.log_dir or trainer.default_root_dir  # a broadcast: resolved here, on every rank, once
         self.sink = PictureSink(trainer, Path(root))
+        if self.background and trainer.is_global_zero and stage in ("fit", "validate"):
+            DrawingProcess.warm_up(("lvae.figures",))
 
     def _due(self, trainer: "L.Trainer") -> bool:
         if trainer.sanity_checking:
@@ -172,45 +216,73 @@ class PictureCallback(Callback):
         self.join()
         epoch = trainer.current_epoch
         try:
-            draw = self.prepare(trainer, pl_module, latents, epoch)
+            job = self.prepare(trainer, pl_module, latents, epoch)
         except Exception as err:  # a picture must never end training
             self._warn(epoch, err)
             return
-        if draw is None:
+        if job is None:
             return
         if not self.background:
-            self._run(draw, epoch)
+            try:
+                drawn = run_job(job)
+            except Exception as err:
+                self._warn(epoch, err)
+                return
+            self._log(drawn, epoch)
             return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=type(self).__name__)
-        self._pending = self._executor.submit(self._run_in_turn, draw, epoch)
+        self._pending = (DrawingProcess.submit(job), epoch)
 
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
-                epoch: int) -> Optional[Callable[[], None]]:
-        """Do the model work for `epoch` and return the function that draws (None: nothing to draw)."""
+                epoch: int) -> Optional[Callable[[], Drawn]]:
+        """Do the model work for `epoch` and return the picklable job that draws (None: nothing to draw)."""
         raise NotImplementedError
 
-    def _run_in_turn(self, draw: Callable[[], None], epoch: int) -> None:
-        with DRAWING_TURN:
-            self._run(draw, epoch)
+    def apply(self, state: Any) -> None:
+        """Take the state a finished job returned (e.g. a t-SNE map to start the next one from)."""
 
-    def _run(self, draw: Callable[[], None], epoch: int) -> None:
+    def _log(self, drawn: Drawn, epoch: int) -> None:
+        for message in drawn.warnings:
+            rank_zero_warn(f"{type(self).__name__}, epoch {epoch}: {message}")
+        for name, path, caption in drawn.pictures:
+            self.sink.log_picture(name, Path(path), epoch, caption)
+        if drawn.scalars:
+            self.sink.log_scalars(drawn.scalars, epoch)
+        if drawn.state is not None:
+            self.apply(drawn.state)
+
+    def _collect(self, wait: bool) -> None:
+        if self._pending is None or not (wait or self._pending[0].done()):
+            DrawingProcess.settle()
+            return
+        (future, epoch), self._pending = self._pending, None
+        future.exception()  # waits, without raising
+        DrawingProcess.settle()
         try:
-            draw()
+            drawn = future.result()
+        except Exception as err:
+            self._warn(epoch, err)
+            return
+        try:
+            self._log(drawn, epoch)
         except Exception as err:
             self._warn(epoch, err)
 
     def _warn(self, epoch: int, err: BaseException) -> None:
+        hint = ""
+        if "pickle" in str(err).lower():
+            hint = (" (pictures are drawn in a separate process: `prepare` must return a picklable job, e.g. "
+                    "functools.partial of a module-level function over NumPy arrays)")
         rank_zero_warn(f"{type(self).__name__}: the picture of epoch {epoch} was skipped ({type(err).__name__}: "
-                       f"{err}); training goes on")
+                       f"{err}){hint}; training goes on")
 
     def join(self) -> None:
-        """Wait for the picture being drawn, if any."""
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
-        if self.sink is not None:
-            self.sink.flush()
+        """Wait for this callback's picture being drawn, if any, and log it."""
+        self._collect(wait=True)
+
+    @override
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._collect(wait=False)  # a finished picture reaches W&B within a step, not an epoch later
 
     @override
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
@@ -234,6 +306,3 @@ class PictureCallback(Callback):
     @override
     def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         self.join()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None

@@ -110,7 +110,7 @@ def test_test_subcommand_reports_loss_and_iwae_nll(fitted_run: Path, mnist_root:
     assert 0 < nll <= loss * 1.001  # the IWAE bound is tighter than the single-sample ELBO
 
 
-def test_importance_weighted_bound_tightens_with_k(mnist_root: Path) -> None:
+def test_importance_weighted_bound_tightens_with_k() -> None:
     torch.manual_seed(0)
     model = VAE(latent_dim=4).eval()
     x = torch.rand(8, 1, 28, 28).round()
@@ -120,6 +120,30 @@ def test_importance_weighted_bound_tightens_with_k(mnist_root: Path) -> None:
         nll_100 = model.iwae_nll(x, k=100)
     assert torch.allclose(nll_1, elbo, rtol=0.02)  # k=1 is the ELBO
     assert (nll_100 < nll_1).all()
+
+
+def test_per_input_negative_elbo_is_computed_for_the_followed_inputs(mnist_root: Path, tmp_path: Path) -> None:
+    seen = {}
+
+    class Grab(L.Callback):
+        def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: VAE) -> None:
+            if not trainer.sanity_checking:
+                seen["latents"] = pl_module.validation_latents()
+
+    model = VAE(latent_dim=4, latent_points=20, elbo_samples=4)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[Grab()])
+    trainer.fit(model, MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
+    latents = seen["latents"]
+    assert len(latents) == 20 and len(latents.neg_elbo) == 20  # the followed subset of the 30 validation inputs
+    x = latents.image.unsqueeze(1).float() / 255
+    model.eval()
+    with torch.inference_mode():
+        # Draws 1..4 of each input's evaluation noise: the same number on any number of processes.
+        fixed = model.neg_elbo(x, latents.mu, latents.logvar, model.eval_noise(latents.index, "val", 5)[1:])
+        fresh = torch.stack([model.neg_elbo(x, latents.mu, latents.logvar) for _ in range(100)]).mean(0)
+    torch.testing.assert_close(latents.neg_elbo, fixed)
+    torch.testing.assert_close(latents.neg_elbo, fresh, rtol=0.15, atol=0)  # a 4-draw ELBO estimate, in nats
 
 
 def test_missing_data_fails_at_once_with_the_folder_and_files_named(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """The shared picture plumbing: a failing picture is a warning, never the end of training."""
 
+import functools
 from pathlib import Path
 
 import lightning as L
@@ -11,8 +12,13 @@ from lvae import VAE, MNISTDataModule
 from lvae.pictures import PictureCallback
 
 
+def explode(where: str) -> None:
+    raise RuntimeError(f"{where} exploded")
+
+
 class Broken(PictureCallback):
-    """Fails in the training loop (`prepare`) or in the drawing thread, as a buggy picture would."""
+    """Fails in the training loop (`prepare`), in the drawing job, or hands over a job that cannot be sent to the
+    drawing process, as a buggy picture would."""
 
     names = ("broken",)
 
@@ -23,18 +29,22 @@ class Broken(PictureCallback):
     def prepare(self, trainer, pl_module, latents, epoch):
         if self.where == "prepare":
             raise RuntimeError("prepare exploded")
-
-        def draw():
-            raise RuntimeError("draw exploded")
-
-        return draw
+        if self.where == "unpicklable":
+            return lambda: explode("draw")  # a lambda cannot be pickled
+        return functools.partial(explode, "draw")
 
 
-@pytest.mark.parametrize(("where", "background"), [("prepare", True), ("draw", True), ("draw", False)])
-def test_a_picture_that_raises_does_not_stop_fit(mnist_root: Path, tmp_path: Path, where: str, background: bool):
+@pytest.mark.parametrize(("where", "background", "message"), [
+    ("prepare", True, r"RuntimeError: prepare exploded\)"),
+    ("draw", True, r"RuntimeError: draw exploded\)"),
+    ("draw", False, r"RuntimeError: draw exploded\)"),
+    ("unpicklable", True, r"pickle.*prepare` must return a picklable job"),
+])
+def test_a_picture_that_raises_does_not_stop_fit(mnist_root: Path, tmp_path: Path, where: str, background: bool,
+                                                 message: str):
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path), enable_progress_bar=False,
                         callbacks=[Broken(where, background)], default_root_dir=tmp_path)
-    with pytest.warns(UserWarning, match=rf"Broken: the picture of epoch \d was skipped \(RuntimeError: {where} exploded\)"):
+    with pytest.warns(UserWarning, match=rf"Broken: the picture of epoch \d was skipped \(.*{message}"):
         trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
     assert trainer.current_epoch == 2 and torch.isfinite(trainer.callback_metrics["val/loss"])
     assert list(tmp_path.glob("**/checkpoints/*.ckpt"))  # the checkpoints were written as usual

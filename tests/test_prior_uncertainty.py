@@ -3,6 +3,8 @@ W&B rows, the prior draws across epochs and a resume; and their numbers on laten
 
 import csv
 import math
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +19,7 @@ from wandb_run import read_run
 from callbacks.latent_uncertainty import LatentUncertainty
 from callbacks.prior_samples import PriorSamples
 from lvae import VAE, ConfigError, Latents, MNISTDataModule
-from lvae.pictures import PNG_DPI
+from lvae.pictures import PNG_DPI, PictureSink
 
 SCALARS = ["uncertainty/mean", "uncertainty/active_units", "uncertainty/spearman_disagreement",
            "uncertainty/spearman_recon", "uncertainty/spearman_ink", "uncertainty/neg_elbo_spearman_disagreement"]
@@ -128,6 +130,12 @@ def test_wandb_run_holds_pictures_and_numbers_on_the_epoch_axis(mnist_root, tmp_
         assert [(row["epoch"], row[f"latents/{name}/_type"]) for row in rows] == [(0, "image-file"),
                                                                                    (1, "image-file")], name
         assert run.step_metrics[f"latents/{name}"] == "epoch"
+    for epoch, caption in enumerate(run.values("latents/uncertainty/caption")):
+        assert caption.startswith(f"Epoch {epoch}: ") and "active" in caption and "Spearman of -ELBO" in caption
+        for grid, score in (("lowest u(x)", "u(x)"), ("highest u(x)", "u(x)"), ("highest negative ELBO", "-ELBO")):
+            # the 16 labels and scores of each grid, as the picture shows them
+            assert re.search(rf"The 16 {re.escape(grid)} of \d+: labels( \d){{16}}; {re.escape(score)}( \S+){{16}}\.",
+                             caption), caption
     for key in SCALARS:
         assert [row["epoch"] for row in run.rows_with(key)] == [0, 1], key
         assert run.step_metrics[key] == "epoch"
@@ -162,6 +170,25 @@ def test_numbers_match_a_hand_calculation():
     assert values["uncertainty/spearman_ink"] == pytest.approx(-1.0, abs=1e-6)  # ink falls as u rises
     # Classes lie 5 apart in mu, so every neighbour shares the label: no disagreement to rank, no correlation.
     assert math.isnan(values["uncertainty/spearman_disagreement"])
+
+
+def test_the_picture_and_its_caption_name_each_grids_labels(tmp_path):
+    latents = handmade_latents([0] * 6 + [1] * 6)  # u(x) rises with the index
+    # the highest negative ELBO: inputs 5, 6 and 4, labelled 0, 1 and 0
+    latents = replace(latents, neg_elbo=torch.tensor([0.0, 1, 2, 3, 9, 11, 10, 4, 5, 6, 7, 8]))
+    callback = LatentUncertainty(n_show=3, nrow=2, k_neighbours=3)
+    callback.sink = PictureSink(L.Trainer(logger=False, enable_progress_bar=False), tmp_path)
+    job = callback.prepare(None, None, latents, epoch=4)
+    ((name, path, caption),) = job().pictures
+    assert name == "uncertainty" and path == str(tmp_path / "latents" / "uncertainty" / "epoch_004.png")
+    width, height = LatentUncertainty.figsizes["uncertainty"]
+    with Image.open(path) as png:
+        assert png.size == (round(width * PNG_DPI), round(height * PNG_DPI))
+        assert len(set(png.convert("L").getdata())) > 10, "blank"
+    assert caption.startswith("Epoch 4: 12 inputs, mean u(x) 0.325, 1 of 3 latent dimensions active")
+    assert "The 3 lowest u(x) of 12: labels 0 0 0; u(x) 0.05 0.1 0.15." in caption
+    assert "The 3 highest u(x) of 12: labels 1 1 1; u(x) 0.6 0.55 0.5." in caption
+    assert "The 3 highest negative ELBO of 12: labels 0 1 0; -ELBO 11 10 9." in caption
 
 
 @pytest.mark.parametrize("labels, nan_mu, reason", [

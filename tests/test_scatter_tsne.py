@@ -198,3 +198,7 @@ def test_bad_values_are_refused_naming_the_argument():
         LatentScatter(limits=(1.0, -1.0, 0.0, 1.0))
     with pytest.raises(ConfigError, match=r"LatentScatter.uncertainty='colour'"):
         LatentScatter(uncertainty="colour")
+    with pytest.raises(ConfigError, match=r"TSNEEmbedding.affinity_method='brute'.*'exact'"):
+        TSNEEmbedding(affinity_method="brute")
+    with pytest.raises(ConfigError, match=r"TSNEEmbedding.prior_n_iter=0 must be >= 1"):
+        TSNEEmbedding(prior_n_iter=0)
