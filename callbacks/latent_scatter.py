@@ -174,7 +174,7 @@ class LatentScatter(PictureCallback):
         """Everything but the drawing, which `draw_scatter` does in the drawing process: the projection and the
         limits take milliseconds, and the limits must be settled before the next epoch's."""
         points, (xlabel, ylabel), view_text = self._project(latents.mu)
-        points = points.numpy()  # (N, 2)
+        points = points.double().numpy()  # (N, 2); float64: matplotlib drew float32 points 40% slower
         u = posterior_uncertainty(latents.logvar).numpy()  # (N,)
         labels = latents.label.numpy()
         # Map u onto [0, 1] within this epoch: its absolute scale depends on how many dimensions are inactive.

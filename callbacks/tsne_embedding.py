@@ -60,7 +60,7 @@ class TSNEEmbedding(PictureCallback):
 
     def __init__(self, max_points: PositiveInt = 2000, perplexity: PositiveFloat = 30.0,
                  early_exaggeration_iter: NonNegativeInt = 125, n_iter: PositiveInt = 250,
-                 warm_early_exaggeration_iter: NonNegativeInt = 0, warm_n_iter: PositiveInt = 50,
+                 warm_early_exaggeration_iter: NonNegativeInt = 0, warm_n_iter: PositiveInt = 25,
                  negative_gradient_method: Literal["bh", "fft"] = "bh",
                  affinity_method: Literal["exact", "annoy", "auto"] = "exact", n_jobs: int = 1,
                  n_prior: NonNegativeInt = 64, prior_n_iter: PositiveInt = 50, seed: int = 0,

@@ -107,6 +107,9 @@ def test_wandb_holds_pictures_and_scalars_on_the_epoch_axis_and_the_table_at_the
     assert table[f"{LatentScatter.table_key}/nrows"] == 30  # every followed input (fewer than table_rows)
     assert table[f"{LatentScatter.table_key}/ncols"] == 4 + 2  # index, label, uncertainty, image, mu_0, mu_1
     assert run.step_metrics[LatentScatter.table_key] == "epoch"
+    # The evolution GIFs, made in the drawing process at the end of fit, reach W&B as videos.
+    for key in ("latents/scatter/evolution", "latents/tsne/evolution"):
+        assert run.values(f"{key}/_type") == ["video-file"], key
 
 
 def test_tsne_of_each_epoch_starts_from_the_last(z2_run):
