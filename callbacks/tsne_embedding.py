@@ -39,7 +39,8 @@ class TSNEEmbedding(PictureCallback):
         early_exaggeration_iter: iterations of the early-exaggeration phase of the first (cold) map.
         n_iter: iterations of the normal phase of the first map.
         warm_early_exaggeration_iter: iterations of the early-exaggeration phase of later (warm-started) maps.
-        warm_n_iter: iterations of the normal phase of later maps.
+        warm_n_iter: iterations of the normal phase of later maps (25 keeps maps of up to 2000 points as good as a
+            cold fit; use 50-100 for 5000-10000, see bench/README.md).
         negative_gradient_method: ``"bh"`` (Barnes-Hut; much faster than FFT below ~10k points on a CPU) or
             ``"fft"`` (interpolation, for larger maps).
         affinity_method: how each mean's nearest neighbours are found for the affinities: ``"exact"`` (measured

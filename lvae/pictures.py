@@ -57,6 +57,7 @@ class DrawingProcess:
             try:
                 future = cls._executor.submit(run_job, job)
             except BrokenProcessPool:  # the process died (killed, out of memory): start a new one, once
+                cls._executor.shutdown(wait=False)
                 cls._executor = None
                 continue
             # Lowered from here as soon as it exists: its start-up imports would otherwise compete with training
@@ -263,7 +264,9 @@ class PictureCallback(Callback):
 
     def _warn(self, epoch: int, err: BaseException) -> None:
         hint = ""
-        if "pickle" in str(err).lower():
+        if isinstance(err, BrokenProcessPool):
+            hint = " (the drawing process stopped: killed, or out of memory?; the next picture starts a new one)"
+        elif "pickle" in str(err).lower():
             hint = (" (pictures are drawn in a separate process: `prepare` must return a picklable job, e.g. "
                     "functools.partial of a module-level function over NumPy arrays)")
         rank_zero_warn(f"{type(self).__name__}: the picture of epoch {epoch} was skipped ({type(err).__name__}: "

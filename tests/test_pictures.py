@@ -1,6 +1,8 @@
 """The shared picture plumbing: a failing picture is a warning, never the end of training."""
 
 import functools
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -9,7 +11,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from lvae import VAE, MNISTDataModule
-from lvae.pictures import PictureCallback
+from lvae.pictures import Drawn, PictureCallback
 
 
 def explode(where: str) -> None:
@@ -48,6 +50,36 @@ def test_a_picture_that_raises_does_not_stop_fit(mnist_root: Path, tmp_path: Pat
         trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
     assert trainer.current_epoch == 2 and torch.isfinite(trainer.callback_metrics["val/loss"])
     assert list(tmp_path.glob("**/checkpoints/*.ckpt"))  # the checkpoints were written as usual
+
+
+def draw_or_die(epoch: int, done: str) -> Drawn:
+    if epoch == 0:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
+    Path(done).write_text(str(epoch))
+    return Drawn()
+
+
+class Killed(PictureCallback):
+    """Its drawing process is killed while drawing epoch 0."""
+
+    def __init__(self, done: Path):
+        super().__init__()
+        self.done = done
+
+    def prepare(self, trainer, pl_module, latents, epoch):
+        return functools.partial(draw_or_die, epoch, str(self.done))
+
+
+def test_a_killed_drawing_process_costs_one_picture_and_a_new_one_draws_the_next(mnist_root: Path,
+                                                                                  tmp_path: Path) -> None:
+    done = tmp_path / "drawn"
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, callbacks=[Killed(done)])
+    with pytest.warns(UserWarning, match=r"Killed: the picture of epoch 0 was skipped \(BrokenProcessPool.*the "
+                                         r"drawing process stopped"):
+        trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
+    assert trainer.current_epoch == 2
+    assert done.read_text() == "1"  # epoch 1 was drawn by a new drawing process
 
 
 def test_tensorboard_users_get_the_pictures_as_images(mnist_root: Path, tmp_path: Path) -> None:
