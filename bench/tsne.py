@@ -112,7 +112,8 @@ def main() -> None:
         warm.place(warm_map, z)
         place_s = time.perf_counter() - t
         print(f"{n:>6} | {cold_s:>6.1f} | {warm_s:>6.1f} | {warm_s / cold_s:>9.2f} | {quality(cold_map, y):>8.3f} | "
-              f"{warm_q:>8.3f} | {knn_label_agreement(after.numpy(), y.numpy(), k=10):>8.3f} | {place_s:>16.2f}", flush=True)
+              f"{warm_q:>8.3f} | {knn_label_agreement(after.numpy(), y.numpy(), k=10):>8.3f} | {place_s:>16.2f}",
+              flush=True)
     # Other processes share the cores: timings scale with the load, the warm/cold ratio much less.
     print(f"total {time.perf_counter() - start:.0f} s; load average at the end "
           f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores")

@@ -43,9 +43,9 @@ class LatentScatter(PictureCallback):
     The axes start from the limits of the first drawn epoch (or explicit ones) and only ever widen, so the
     pictures of successive epochs and their evolution GIF compare without losing points as the means spread out
     during training; the limits are kept in the checkpoint, so a resumed run keeps them too. A few inputs are
-    drawn as thumbnails at their points, the same inputs every epoch. At the end of fit, and when run by ``lvae validate``, a W&B table of the means is logged
-    (index, label, uncertainty, thumbnail and one column per latent dimension), which W&B's own 2-D projection
-    panel can show.
+    drawn as thumbnails at their points, the same inputs every epoch. At the end of fit, and when run by
+    ``lvae validate``, a W&B table of the means is logged (index, label, uncertainty, thumbnail and one column per
+    latent dimension), which W&B's own 2-D projection panel can show.
 
     Picture: ``scatter`` (``scatter_dims_<i>_<j>`` for chosen dimensions, so a PCA and a pair of dimensions can
     be drawn side by side); table: ``latents/means_table`` (W&B only).
@@ -64,7 +64,7 @@ class LatentScatter(PictureCallback):
             once, at the end of fit (and by ``lvae validate``): about 1 s per 1000 rows, in the training process.
             With two scatters, give one of them 0.
         every_n_epochs: draw every n-th validation epoch.
-        background: draw on a background thread (False draws in the training loop, e.g. for debugging).
+        background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
     """
 
     names = ("scatter",)

@@ -31,7 +31,7 @@ class PriorSamples(PictureCallback):
         seed: seed of the draws (a generator of their own: the training RNG is untouched).
         manifold_steps: z values per axis of the Z=2 manifold, at evenly spaced quantiles of N(0, 1).
         every_n_epochs: draw every n-th validation epoch.
-        background: draw on a background thread (False draws in the training loop, e.g. for debugging).
+        background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
     """
 
     names = ("prior_samples", "manifold", "prior_positions")

@@ -51,7 +51,7 @@ class TSNEEmbedding(PictureCallback):
         n_prior: prior draws placed into the map (0: none).
         seed: seed of the prior draws and of openTSNE (the neighbour search and the PCA jitter).
         every_n_epochs: draw every n-th validation epoch.
-        background: draw on a background thread (False draws in the training loop, e.g. for debugging).
+        background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
     """
 
     names = ("tsne",)
@@ -101,8 +101,8 @@ class TSNEEmbedding(PictureCallback):
         self.n_prior = n_prior
         self.prior_n_iter = prior_n_iter
         self.seed = seed
-        # The last finished map. One dict, replaced whole by the drawing thread, so a checkpoint taken while a
-        # map is being computed holds the previous one intact.
+        # The last finished map. One dict, replaced whole when a drawing job hands a new one back, so a checkpoint
+        # taken while a map is being computed holds the previous one intact.
         self._map: Optional[dict[str, Any]] = None
 
     @property

@@ -44,6 +44,7 @@ class DrawingProcess:
     in the training process uses one thread less (`settle`, on the training thread, gives it back)."""
 
     _executor: Optional[ProcessPoolExecutor] = None
+    _pids: set[int] = set()  # the executor's process
     _pending: set[Future] = set()
     _threads: Optional[int] = None  # torch's thread count to give back when no job is pending
 
@@ -65,6 +66,7 @@ class DrawingProcess:
             for process in multiprocessing.active_children():
                 if process.pid not in started and process.pid is not None:
                     lower_priority(process.pid)
+                    cls._pids.add(process.pid)
             cls._pending.add(future)
             if cls._threads is None and torch.get_num_threads() > 1:
                 cls._threads = torch.get_num_threads()
@@ -80,6 +82,20 @@ class DrawingProcess:
         if not cls._pending and cls._threads is not None:
             torch.set_num_threads(cls._threads)
             cls._threads = None
+
+    @classmethod
+    def stop(cls) -> None:
+        """Stop drawing at once, because training is ending with an error, Ctrl-C or SIGTERM: queued jobs are
+        dropped and the one being drawn is abandoned (each PNG is written whole or not at all)."""
+        if cls._executor is not None:
+            cls._executor.shutdown(wait=False, cancel_futures=True)
+            for process in multiprocessing.active_children():
+                if process.pid in cls._pids:
+                    process.terminate()
+                    process.join(timeout=10)
+        cls._executor, cls._pids = None, set()
+        cls._pending.clear()
+        cls.settle()
 
     @classmethod
     def warm_up(cls, modules: tuple[str, ...]) -> None:
@@ -297,7 +313,11 @@ class PictureCallback(Callback):
 
     @override
     def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
-        self.join()
+        # Whatever is drawn already is logged; a picture still being drawn must not hold up Ctrl-C or SIGTERM
+        # (last.ckpt is saved by then), so the drawing process is stopped rather than waited for.
+        self._collect(wait=False)
+        self._pending = None
+        DrawingProcess.stop()
 
     @override
     def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:

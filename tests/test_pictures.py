@@ -1,8 +1,10 @@
 """The shared picture plumbing: a failing picture is a warning, never the end of training."""
 
 import functools
+import multiprocessing
 import os
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -80,6 +82,34 @@ def test_a_killed_drawing_process_costs_one_picture_and_a_new_one_draws_the_next
         trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
     assert trainer.current_epoch == 2
     assert done.read_text() == "1"  # epoch 1 was drawn by a new drawing process
+
+
+def draw_slowly(seconds: float) -> Drawn:
+    time.sleep(seconds)
+    return Drawn()
+
+
+class Slow(PictureCallback):
+    """Draws for a minute, and training fails while it draws."""
+
+    def prepare(self, trainer, pl_module, latents, epoch):
+        return functools.partial(draw_slowly, 60.0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.current_epoch == 1:
+            raise RuntimeError("training failed")
+
+
+def test_an_error_in_training_stops_the_drawing_process_instead_of_waiting_for_it(mnist_root: Path) -> None:
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, callbacks=[Slow()])
+    threads, start = torch.get_num_threads(), time.perf_counter()
+    with pytest.raises(RuntimeError, match="training failed"):
+        trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
+    assert time.perf_counter() - start < 40  # not the minute the picture of epoch 0 would take
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("SpawnProcess")]
+    assert torch.get_num_threads() == threads  # the core lent to the drawing process is given back
 
 
 def test_tensorboard_users_get_the_pictures_as_images(mnist_root: Path, tmp_path: Path) -> None:

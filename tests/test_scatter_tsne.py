@@ -53,7 +53,7 @@ def fit_with_wandb(root: Path, data_dir: Path, callbacks: list, latent_dim: int,
 
 @pytest.fixture(scope="module")
 def z2_run(mnist_root, tmp_path_factory):
-    """Two epochs of a Z=2 VAE, both pictures drawn on their background threads (the default)."""
+    """Two epochs of a Z=2 VAE, both pictures drawn in the drawing process (the default)."""
     root = tmp_path_factory.mktemp("z2")
     scatter, tsne = LatentScatter(), TSNEEmbedding(**SMALL_TSNE)
     trainer = fit_with_wandb(root, mnist_root, [scatter, tsne], latent_dim=2)
