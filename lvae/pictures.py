@@ -179,7 +179,8 @@ class PictureCallback(Callback):
     module-level function, over NumPy arrays and plain values) that draws, writes its PNGs and returns a `Drawn`.
     The job runs in the `DrawingProcess`, so t-SNE and matplotlib neither hold training's GIL nor take its
     cores; its result is logged from the training loop as soon as it is ready (checked after every training
-    batch). A callback's next job waits for its last one; fit, `lvae validate` and an exception wait for all.
+    batch). A callback's next job waits for its last one; fit and `lvae validate` wait for all; an error, Ctrl-C
+    or SIGTERM stops the drawing process instead.
     State a job returns (a t-SNE map) is applied by `apply` when it is logged, so a checkpoint holds the state of
     the last finished picture and never waits for one.
 
