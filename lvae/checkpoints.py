@@ -34,7 +34,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}{PARTIAL}")  # one fixed name: a stale one is overwritten
         with open(partial, "wb") as f:
-            torch.save(checkpoint, f)
+            try:
+                torch.save(checkpoint, f)
+            except RuntimeError as err:
+                # Ctrl-C in the middle of torch.save comes out as its zip writer's "unexpected pos" error, with
+                # the KeyboardInterrupt as context: raise the interrupt, so that Lightning ends the run as one
+                # (last.ckpt saved, no traceback) instead of as a crash. Seen once in CI.
+                if isinstance(err.__context__, KeyboardInterrupt):
+                    raise err.__context__ from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, target)

@@ -149,6 +149,25 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path: Path
     assert torch.equal(torch.load(path)["state_dict"]["w"], torch.ones(3))  # the old file, whole
 
 
+def test_ctrl_c_inside_torch_save_is_an_interrupt_not_a_crash(tmp_path: Path, monkeypatch) -> None:
+    io, path = AtomicCheckpointIO(), tmp_path / "best.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+
+    def interrupted_mid_write(obj, f, *args, **kwargs):
+        try:
+            f.write(b"PK\x03\x04 half a checkpoint")
+            raise KeyboardInterrupt  # Ctrl-C arrives while the zip writer writes a record
+        finally:
+            # what torch's zip writer then raises from its __exit__
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1362112 vs 1362064")
+
+    monkeypatch.setattr(torch, "save", interrupted_mid_write)
+    with pytest.raises(KeyboardInterrupt):  # Lightning's interrupt handling saves last.ckpt and exits cleanly
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["state_dict"]["w"], torch.ones(3))  # the old file, whole
+
+
 def corrupt_copy(src: Path, dst: Path) -> Path:
     raw = dst / "MNIST" / "raw"
     raw.mkdir(parents=True)
