@@ -82,9 +82,15 @@ DRAWING_NICENESS = 10
 
 
 def lower_priority(pid: int = 0) -> None:
-    """Give process `pid` (0: this one) the drawing niceness; absolute, so setting it twice does no harm."""
-    if hasattr(os, "setpriority"):
-        os.setpriority(os.PRIO_PROCESS, pid, DRAWING_NICENESS)
+    """Give process `pid` (0: this one) at least the drawing niceness. Absolute, so setting it twice does no
+    harm; never raised back (a run started with `nice -n 15` keeps 15, which an unprivileged user could not
+    undo); a process already gone or a system without priorities is left as it is."""
+    if not hasattr(os, "setpriority"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, max(os.getpriority(os.PRIO_PROCESS, pid), DRAWING_NICENESS))
+    except OSError:
+        pass
 
 
 def start_drawing_process() -> None:

@@ -4,6 +4,8 @@ import functools
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 
 from lvae import VAE, MNISTDataModule
+from lvae.figures import DRAWING_NICENESS
 from lvae.pictures import Drawn, PictureCallback
 
 
@@ -129,3 +132,15 @@ def test_tensorboard_users_get_the_pictures_as_images(mnist_root: Path, tmp_path
     assert [image.step for image in images] == [0, 1]  # one per epoch, on the epoch axis
     assert (images[0].width, images[0].height) == (400, 440)  # PriorSamples' 4.0 x 4.4 in figure at 100 dpi
     assert (tmp_path / "latents" / "prior_samples" / "epoch_001.png").is_file()  # and the PNG beside it
+
+
+def test_the_drawing_process_priority_is_lowered_and_never_raised() -> None:
+    code = ("import os; from lvae.figures import lower_priority; lower_priority(); "
+            "print(os.getpriority(os.PRIO_PROCESS, 0))")
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(plain) == max(mine, DRAWING_NICENESS)
+    # Started under `nice -n 15`: kept there (an unprivileged user could not raise it back), no error.
+    niced = subprocess.run(["nice", "-n", "15", sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout
+    assert int(niced) == min(19, mine + 15)
