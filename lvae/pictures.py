@@ -18,16 +18,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from matplotlib.figure import Figure
 from PIL import Image
 from typing_extensions import override
 
 from lvae.errors import ConfigError
-from lvae.figures import (PNG_DPI, Drawn, animate, import_modules, lower_priority, run_job, save_figure,
-                          start_drawing_process)
+from lvae.figures import PNG_DPI, Drawn, animate, import_modules, lower_priority, run_job, start_drawing_process
 from lvae.latents import Latents
 
-__all__ = ["PNG_DPI", "Drawn", "DrawingProcess", "PictureCallback", "PictureSink", "save_figure"]
+__all__ = ["PNG_DPI", "Drawn", "DrawingProcess", "PictureCallback", "PictureSink"]
 
 
 # Drawing runs in one separate process, at a lower priority than training, and while it draws training leaves
@@ -138,12 +136,6 @@ class PictureSink:
                 with Image.open(path) as png:
                     pixels = np.asarray(png.convert("RGB"))
                 logger.experiment.add_image(f"latents/{name}", pixels, global_step=epoch, dataformats="HWC")
-
-    def log_figure(self, name: str, figure: Figure, epoch: int, caption: Optional[str] = None) -> Path:
-        """Write `figure` as the PNG of `name` for `epoch` and log it (for pictures drawn in this process)."""
-        path = Path(save_figure(figure, str(self.png_path(name, epoch))))
-        self.log_picture(name, path, epoch, caption)
-        return path
 
     def log_scalars(self, values: dict[str, float], epoch: int) -> None:
         """Per-epoch numbers: on W&B's epoch axis, and as ordinary metrics (with `epoch`) for other loggers."""
