@@ -151,6 +151,7 @@ class TSNEEmbedding(PictureCallback):
 
     @override
     def apply(self, state: dict[str, Any]) -> None:
+        """Keep a finished map (what `map_and_draw` hands back, or `keep`) as the start of the next one."""
         self._map = {"embedding": torch.from_numpy(state["embedding"]), "index": torch.from_numpy(state["index"]),
                      "embedding_epoch": state["embedding_epoch"], "init_epoch": state["init_epoch"]}
 
@@ -190,7 +191,7 @@ class TSNEEmbedding(PictureCallback):
     def keep(self, embedding: openTSNE.TSNEEmbedding, index: Tensor, epoch: int, init_epoch: Optional[int]) -> None:
         """Make `embedding` (the map of `epoch`, rows `index`, started from the map of `init_epoch`) the start of
         the next epoch's map and the state a checkpoint saves."""
-        self._map = {"embedding": torch.from_numpy(np.array(embedding, dtype=np.float64)), "index": index.clone(),
-                     "embedding_epoch": epoch, "init_epoch": init_epoch}
+        self.apply({"embedding": np.array(embedding, dtype=np.float64), "index": index.numpy().copy(),
+                    "embedding_epoch": epoch, "init_epoch": init_epoch})
 
 
