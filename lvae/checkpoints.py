@@ -1,6 +1,8 @@
 """Checkpoints that are always whole, found and checked before use, and written when a run is interrupted."""
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,10 +19,60 @@ from lvae.errors import CheckpointError
 
 ARCHITECTURE_KEYS = ("latent_dim", "architecture", "hidden_dim")
 PARTIAL = ".partial"
+# What LightningCLI writes into a module's hyperparameters to rebuild it; Lightning imports and calls it on load.
+LIGHTNING_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module", "pytorch_lightning.cli.instantiate_module")
+
+
+def load_checkpoint(path: Any, map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint's contents as tensors and plain values only (torch's ``weights_only=True``).
+
+    A checkpoint is untrusted input: it may come from anyone, and a full unpickle runs whatever code the file
+    names. A file that names anything else is refused by name, before any of it runs."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        named = re.search(r"GLOBAL (\S+)", str(err))  # torch's refusal names the object, which it never imported
+        if named is None:
+            raise  # not a pickle torch can read at all
+        raise CheckpointError(
+            f"{path} is refused: it holds the Python object {named.group(1)}, and loading it could run code from the "
+            "file. lvae loads checkpoints as tensors and plain values only (torch.load with weights_only=True), as "
+            "its own checkpoints always load. Use a checkpoint written by lvae, or ask its author for one.") from None
+
+
+def check_class_paths(hparams: dict[str, Any], given: dict[str, Any], where: str) -> None:
+    """Refuse hyperparameters that would import a class the user did not ask for.
+
+    Lightning's `load_from_checkpoint` imports and calls the checkpoint's `_instantiator`, and jsonargparse imports
+    every `class_path` it is handed. Only Lightning's own instantiator and `lvae.*` classes are taken from a file;
+    any other class must be passed in by the caller (`given`, the keyword arguments of the load)."""
+    instantiator = hparams.get("_instantiator")
+    if instantiator is not None and instantiator not in LIGHTNING_INSTANTIATORS:
+        raise CheckpointError(f"{where} is refused: its hyperparameters name the instantiator {instantiator!r}, which "
+                              "lvae does not import from a file; only Lightning's own is accepted")
+
+    def visit(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                visit(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                visit(v, f"{key}[{i}]")
+        top = key.split(".")[0].split("[")[0]
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf in ("class_path", "_class_path") and isinstance(value, str) and top not in given \
+                and not value.startswith("lvae."):
+            raise CheckpointError(
+                f"{where} is refused: its hyperparameter {key} names the class {value!r}, and lvae imports no class "
+                f"from a file that is not lvae's own. If you trust it, pass it in yourself: "
+                f"load_from_checkpoint(path, {top}=...), or name the same class_path in your config.")
+
+    visit({k: v for k, v in hparams.items() if k != "_instantiator"}, "")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint beside its target, flushes it to disk, then renames it into place.
+    """Writes a checkpoint beside its target, flushes it to disk, then renames it into place; reads one as tensors
+    and plain values only (`load_checkpoint`), whatever Lightning asks for.
 
     Lightning's own save goes through an fsspec transaction whose temporary file lives in the system temp
     folder; when that is another filesystem than the checkpoints (a local /tmp, checkpoints on a network
@@ -46,6 +98,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, target)
+
+    @override
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Optional[bool] = None
+                        ) -> dict[str, Any]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        return load_checkpoint(path, map_location)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -115,7 +174,9 @@ def check_checkpoint(path: str, model: Namespace) -> None:
     if not Path(path).is_file():
         raise CheckpointError(f"--ckpt_path {path}: no such file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"--ckpt_path {err}") from None
     except Exception as err:
         first_line = str(err).splitlines()[0] if str(err) else ""
         raise CheckpointError(f"--ckpt_path {path} is not a checkpoint (torch.load: {type(err).__name__}: "

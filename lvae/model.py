@@ -1,7 +1,7 @@
 """The VAE: encoder/decoder pairs, the per-image loss in nats, and the importance-weighted test bound."""
 
 import math
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
@@ -12,6 +12,7 @@ from torch.distributions import Bernoulli, Normal
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
+from lvae.checkpoints import check_class_paths, load_checkpoint
 from lvae.errors import ConfigError, DivergenceError
 from lvae.latents import LatentCollection, Latents
 
@@ -148,6 +149,16 @@ class VAE(L.LightningModule):
         self._loss_parts = torch.compile(self._loss_parts_eager) if compile else self._loss_parts_eager
         self._pending_check: Optional[tuple[Tensor, Tensor, Tensor, int, int]] = None
         self._eval_noise: dict[tuple[str, int], Tensor] = {}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: Optional[bool] = None, **kwargs: Any) -> "VAE":
+        """Lightning's `load_from_checkpoint`, for untrusted files: the checkpoint is read as tensors and plain
+        values only, and its hyperparameters may name only Lightning's own instantiator and `lvae.*` classes. Any
+        other class (a network of your own) is passed in by keyword, e.g. ``encoder=MyEncoder``."""
+        check_class_paths(load_checkpoint(checkpoint_path).get("hyper_parameters", {}), kwargs, str(checkpoint_path))
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, weights_only=True, **kwargs)
 
     # ----- what a user reaches for -----
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -37,6 +37,7 @@ MESSAGES = {
     "no network": "W&B is not reachable",
     "perplexity": "TSNEEmbedding.perplexity=500.0 is too large for",
     "picture fails": "was skipped",  # tests/test_pictures.py
+    "untrusted checkpoint": "is refused: it holds",
 }
 
 
@@ -227,6 +228,50 @@ def test_mismatched_or_missing_checkpoints_are_refused_with_both_values(
                     tmp_path, check=False, timeout=90)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert MESSAGES[case] in proc.stderr and named in proc.stderr
+
+
+class WritesAFile:
+    """Unpickling this runs code: it writes `marker`, as a malicious checkpoint would run anything."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(mnist_root: Path, tmp_path: Path,
+                                                                       subcommand: str) -> None:
+    marker, evil = tmp_path / "ran.txt", tmp_path / "shared.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"latent_dim": 20}, "x": WritesAFile(marker)}, evil)
+    proc = run_lvae([subcommand, "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu",
+                     "--ckpt_path", str(evil)], tmp_path, check=False, timeout=90)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"{evil} {MESSAGES['untrusted checkpoint']} the Python object exec," in proc.stderr
+    assert not marker.exists()  # none of its code ran
+    assert not (tmp_path / "runs").exists()
+
+
+def test_load_from_checkpoint_takes_no_code_and_no_foreign_class_from_the_file(z20_checkpoint: Path,
+                                                                               tmp_path: Path) -> None:
+    from lvae import VAE, CheckpointError
+
+    marker, evil = tmp_path / "ran.txt", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": WritesAFile(marker)}, evil)
+    with pytest.raises(CheckpointError, match="the Python object exec,"):
+        VAE.load_from_checkpoint(evil)
+    assert not marker.exists()
+    # Plain values only, yet they name code to import: an instantiator, or a class that is not lvae's.
+    checkpoint = torch.load(z20_checkpoint, weights_only=True)
+    for hparams, named in (({"_instantiator": "os.system"}, "instantiator 'os.system'"),
+                           ({"encoder": {"class_path": "evil.Encoder"}}, "encoder.class_path names the class")):
+        path = tmp_path / "named.ckpt"
+        torch.save({**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], **hparams}}, path)
+        with pytest.raises(CheckpointError, match=re.escape(named)):
+            VAE.load_from_checkpoint(path)
+    # lvae's own checkpoint, callback states included, loads as tensors and plain values.
+    assert VAE.load_from_checkpoint(z20_checkpoint).hparams.latent_dim == 20
 
 
 def test_a_callback_value_refused_at_set_up_is_one_message(mnist_root: Path, tmp_path: Path) -> None:

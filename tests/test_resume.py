@@ -24,7 +24,7 @@ def resumed(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
     cwd = tmp_path_factory.mktemp("resume")
     fit(mnist_root, cwd, "--trainer.max_epochs", "2")
     (run,) = run_dirs(cwd / "runs")
-    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     fit(mnist_root, cwd, "--trainer.max_epochs", "4", "--ckpt_path", "last")
     return run, first
 
@@ -41,7 +41,7 @@ def test_resume_continues_the_same_run_folder_and_wandb_run(resumed: tuple[Path,
 
 def test_resume_keeps_prior_draws_and_followed_inputs(resumed: tuple[Path, dict]) -> None:
     run, first = resumed
-    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["epoch"] >= 3
     prior = next(v for k, v in first["callbacks"].items() if k.startswith("PriorSamples"))
     prior_after = next(v for k, v in final["callbacks"].items() if k.startswith("PriorSamples"))
