@@ -5,15 +5,15 @@ epoch's map, warm iterations), with the map's quality, on real latents.
 
 Trains the default VAE (MLP 784-400-20) for a few epochs on real digits (the official MNIST test set beside the
 checkout, split 8,000 / 2,000 as in tests/conftest.py), encodes all 10,000 digits after each of the last two
-epochs, and runs the `TSNEEmbedding` callback's own steps (`embed`, `keep`, `place`) with its default settings
-on 2k, 5k and 10k of those means. Quality is the share of each point's 10 nearest neighbours that share its
-label (`lvae.figures.knn_label_agreement`), in the map and, for reference, in the 20-D means themselves.
+epochs, and runs the `TSNEEmbedding` callback's t-SNE steps (`lvae.tsne.TSNESteps.embed` and `place`, with the
+callback's default `settings`) on 2k, 5k and 10k of those means. Quality is the share of each point's 10 nearest
+neighbours that share its label (`lvae.tsne.knn_label_agreement`), in the map and, for reference, in the 20-D
+means themselves.
 Takes 2-3 minutes on an idle 2-core machine; more when other processes share the cores (the load average is
 printed: absolute times scale with it, the warm/cold ratio much less).
 """
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `callbacks` is a top-level package of the checkout
+from lvae.callbacks.tsne_embedding import TSNEEmbedding
+from lvae.data import MNISTDataModule, read_idx_pair, write_idx
+from lvae.model import VAE
+from lvae.tsne import knn_label_agreement
 
-from callbacks.tsne_embedding import TSNEEmbedding  # noqa: E402
-from lvae.data import MNISTDataModule, read_idx_pair, write_idx  # noqa: E402
-from lvae.figures import knn_label_agreement  # noqa: E402
-from lvae.model import VAE  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist-t10k"
 EPOCHS = 3  # the means of epochs 1 and 2 are the two consecutive maps
@@ -93,23 +92,19 @@ def main() -> None:
         index = order[:n].sort().values  # (n,) rows of the dataset, sorted as Latents are
         before, after, y = mu_before[index], mu_after[index], all_labels[index]
 
-        cold = TSNEEmbedding(max_points=n)
+        steps = TSNEEmbedding(max_points=n).settings
         t = time.perf_counter()
-        cold_map, init = cold.embed(after, index, epoch=EPOCHS - 1)
+        cold_map = steps.embed(after.double().numpy(), start=None)  # from a PCA, full iterations
         cold_s = time.perf_counter() - t
-        assert init is None
 
-        warm = TSNEEmbedding(max_points=n)
-        first, _ = warm.embed(before, index, epoch=EPOCHS - 2)
-        warm.keep(first, index, EPOCHS - 2, None)
+        first = np.array(steps.embed(before.double().numpy(), start=None))  # the previous epoch's map
         t = time.perf_counter()
-        warm_map, init = warm.embed(after, index, epoch=EPOCHS - 1)
+        warm_map = steps.embed(after.double().numpy(), start=first)  # started from it, warm iterations
         warm_s = time.perf_counter() - t
-        assert init == EPOCHS - 2, init
         warm_q = quality(warm_map, y)  # before `place`, which centres the map (distances are unchanged)
 
         t = time.perf_counter()
-        warm.place(warm_map, z)
+        steps.place(warm_map, z.double().numpy())
         place_s = time.perf_counter() - t
         print(f"{n:>6} | {cold_s:>6.1f} | {warm_s:>6.1f} | {warm_s / cold_s:>9.2f} | {quality(cold_map, y):>8.3f} | "
               f"{warm_q:>8.3f} | {knn_label_agreement(after.numpy(), y.numpy(), k=10):>8.3f} | {place_s:>16.2f}",

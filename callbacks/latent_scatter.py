@@ -1,23 +1,22 @@
 """Where the inputs sit in latent space: the posterior means mu, coloured by label, epoch after epoch."""
 
-import functools
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 import lightning as L
 import numpy as np
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lvae.drawing import Job
 from lvae.errors import ConfigError
 from lvae.latents import Latents, unusable
-from lvae.figures import Drawn, Limits, draw_scatter
 from lvae.metrics import uncertainty as posterior_uncertainty
-from lvae.pictures import PictureCallback
+from lvae.picture_callback import PictureCallback
 
+Limits = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax
 
 
 def pca_2d(mu: Tensor) -> tuple[Tensor, Tensor]:
@@ -68,6 +67,7 @@ class LatentScatter(PictureCallback):
     """
 
     names = ("scatter",)
+    figure_modules = ("lvae.figures.scatter",)
     figsize = (8.0, 6.6)  # inches; the PNG is 800x660
     # Axes placed by hand, leaving room for the two-line title and the legend on the right: matplotlib's
     # constrained layout measured twice the drawing time of the whole figure (224 ms against 103 ms).
@@ -120,18 +120,6 @@ class LatentScatter(PictureCallback):
         return self._generate_state_key(dims=self.dims)
 
     @override
-    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        z = int(pl_module.hparams.latent_dim)
-        if self.dims is not None and max(self.dims) >= z:
-            raise ConfigError(f"LatentScatter.dims={list(self.dims)} names a dimension the model lacks "
-                              f"(model.latent_dim={z}); choose dimensions below {z}")
-        if self.dims is not None:
-            self._view = f"dims {self.dims[0]},{self.dims[1]}"
-        else:
-            self._view = "z" if z == 2 else "pca"
-
-    @override
     def state_dict(self) -> dict[str, Any]:
         return {"limits": self._fixed, "view": self._fixed_view}
 
@@ -141,12 +129,24 @@ class LatentScatter(PictureCallback):
         self._fixed = None if state_dict["limits"] is None else tuple(state_dict["limits"])
         self._fixed_view = state_dict["view"]
 
-    def _project(self, mu: Tensor) -> tuple[Tensor, tuple[str, str], str]:
+    def _view_of(self, z: int) -> str:
+        """The name of what is drawn for a Z-dimensional latent space; limits belong to one view."""
+        if self.dims is not None:
+            return f"dims {self.dims[0]},{self.dims[1]}"
+        return {1: "z1", 2: "z"}.get(z, "pca")
+
+    def _project(self, mu: Tensor, labels: Tensor) -> tuple[Tensor, tuple[str, str], str]:
         """2-D points (N, 2), axis labels and the title's description of the view."""
         z = mu.shape[1]
         if self.dims is not None:
             i, j = self.dims
+            if max(i, j) >= z:
+                raise ConfigError(f"LatentScatter.dims={list(self.dims)} names a dimension the model lacks (Z={z}); "
+                                  f"choose dimensions below {z}")
             return mu[:, [i, j]], (f"z_{i}", f"z_{j}"), f"dimensions {i} and {j} of Z={z}"
+        if z == 1:
+            # One number per input: the means along z_0, one row per label.
+            return torch.stack([mu[:, 0], labels.to(mu.dtype)], 1), ("z_0", "label"), "Z=1, one row per label"
         if z == 2:
             return mu, ("z_0", "z_1"), "Z=2"
         points, explained = pca_2d(mu)
@@ -156,24 +156,21 @@ class LatentScatter(PictureCallback):
 
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
-                epoch: int) -> Optional[Callable[[], Drawn]]:
+                epoch: int) -> Optional[Job]:
         reason = unusable(latents, min_points=2)
         if reason is not None:
             rank_zero_warn(f"LatentScatter: no scatter for epoch {epoch}: {reason}")
             return None
         self._last = latents
-        if trainer.state.fn != "fit" and self._has_wandb(trainer):
+        if trainer.state.fn != "fit" and self.sink.has_tables():
             self._log_table(latents, epoch)  # in fit, the table is logged once, at the end
         return self._job(latents, epoch)
 
-    @staticmethod
-    def _has_wandb(trainer: "L.Trainer") -> bool:
-        return any(isinstance(lg, WandbLogger) for lg in trainer.loggers)
-
-    def _job(self, latents: Latents, epoch: int) -> Callable[[], Drawn]:
-        """Everything but the drawing, which `draw_scatter` does in the drawing process: the projection and the
-        limits take milliseconds, and the limits must be settled before the next epoch's."""
-        points, (xlabel, ylabel), view_text = self._project(latents.mu)
+    def _job(self, latents: Latents, epoch: int) -> Job:
+        """Everything but the drawing, which `lvae.figures.scatter` does in the drawing process: the projection and
+        the limits take milliseconds, and the limits must be settled before the next epoch's."""
+        self._view = self._view_of(latents.mu.shape[1])
+        points, (xlabel, ylabel), view_text = self._project(latents.mu, latents.label)
         points = points.double().numpy()  # (N, 2); float64: matplotlib drew float32 points 40% slower
         u = posterior_uncertainty(latents.logvar).numpy()  # (N,)
         labels = latents.label.numpy()
@@ -201,11 +198,11 @@ class LatentScatter(PictureCallback):
         if widened:
             detail += "; limits widened"
         name = self.names[0]
-        return functools.partial(draw_scatter, name=name, path=str(self.sink.png_path(name, epoch)),
-                                 figsize=self.figsize, axes_rect=self.axes_rect, points=points, labels=labels,
-                                 sizes=sizes, alpha=alpha, limits=limits, axis_labels=(xlabel, ylabel),
-                                 thumb_points=points[thumbs], thumb_images=latents.image[thumbs].numpy(),
-                                 thumb_labels=labels[thumbs], title=title, detail=detail)
+        return Job("lvae.figures.scatter:draw", dict(
+            name=name, path=str(self.sink.png_path(name, epoch)), figsize=self.figsize, axes_rect=self.axes_rect,
+            points=points, labels=labels, sizes=sizes, alpha=alpha, limits=limits, axis_labels=(xlabel, ylabel),
+            thumb_points=points[thumbs], thumb_images=latents.image[thumbs].numpy(), thumb_labels=labels[thumbs],
+            title=title, detail=detail))
 
     def _limits(self, points: np.ndarray) -> tuple[Optional[Limits], bool]:
         """The axis limits of this epoch (None: matplotlib's own) and whether they were just widened."""
@@ -249,7 +246,7 @@ class LatentScatter(PictureCallback):
         super().on_fit_end(trainer, pl_module)  # waits for the last picture
         # Logged here rather than with the last epoch's picture: early stopping, max_steps or max_time may end
         # fit before max_epochs, and only now is it certain which epoch was the last.
-        if trainer.is_global_zero and self._last is not None and self._has_wandb(trainer):
+        if trainer.is_global_zero and self._last is not None and self.sink.has_tables():
             try:
                 self._log_table(self._last, self._last.epoch)
             except Exception as err:

@@ -1,7 +1,6 @@
 """The encoder's posterior variance as a per-input uncertainty, and what it does (and does not) go with."""
 
-import functools
-from typing import Callable, Optional
+from typing import Optional
 
 import lightning as L
 import numpy as np
@@ -10,12 +9,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import make_grid
 from typing_extensions import override
 
+from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.figures import Drawn, Grid, draw_uncertainty
 from lvae.latents import Latents, unusable
 from lvae.metrics import (active_dims, active_units, kl_per_dim, neighbour_disagreement, per_class_mean, pixel_mass,
                           spearman, uncertainty)
-from lvae.pictures import PictureCallback
+from lvae.picture_callback import PictureCallback
 
 
 class LatentUncertainty(PictureCallback):
@@ -42,6 +41,7 @@ class LatentUncertainty(PictureCallback):
     """
 
     names = ("uncertainty",)
+    figure_modules = ("lvae.figures.uncertainty",)
     figsizes = {"uncertainty": (9.2, 5.8)}  # inches
 
     def __init__(self, n_show: int = 16, nrow: int = 8, k_neighbours: int = 10, bins: int = 50,
@@ -79,7 +79,7 @@ class LatentUncertainty(PictureCallback):
 
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
-                epoch: int) -> Optional[Callable[[], Drawn]]:
+                epoch: int) -> Optional[Job]:
         reason = self._skip_reason(latents)
         if reason is not None:
             rank_zero_warn(f"LatentUncertainty: no uncertainty pictures for epoch {epoch}: {reason}")
@@ -104,12 +104,13 @@ class LatentUncertainty(PictureCallback):
                                                         latents.neg_elbo, True)):
             rows = scores.topk(n, largest=largest).indices  # (n,) most extreme first
             pixels = make_grid(latents.image[rows].unsqueeze(1), nrow=self.nrow, padding=2, pad_value=128)[0]
-            grids.append(Grid(headline, note, score, pixels.numpy(), latents.label[rows].tolist(),
-                              scores[rows].tolist()))
+            grids.append(dict(headline=headline, note=note, score=score, pixels=pixels.numpy(),
+                              labels=latents.label[rows].tolist(), values=scores[rows].tolist()))
         counts, edges = np.histogram(u.numpy(), bins=self.bins)
-        return functools.partial(draw_uncertainty, path=str(self.sink.png_path("uncertainty", epoch)),
-                                 figsize=self.figsizes["uncertainty"], epoch=epoch, counts=counts, edges=edges,
-                                 mean=values["uncertainty/mean"], kl=kl_per_dim(latents.mu, latents.logvar).numpy(),
-                                 active=active_dims(latents.mu).numpy(), grids=grids, nrow=self.nrow)
+        return Job("lvae.figures.uncertainty:draw", dict(
+            path=str(self.sink.png_path("uncertainty", epoch)), figsize=self.figsizes["uncertainty"], epoch=epoch,
+            counts=counts, edges=edges, mean=values["uncertainty/mean"],
+            kl=kl_per_dim(latents.mu, latents.logvar).numpy(), active=active_dims(latents.mu).numpy(), grids=grids,
+            nrow=self.nrow))
 
 

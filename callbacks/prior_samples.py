@@ -1,7 +1,6 @@
 """What the decoder makes of the prior: the same z ~ N(0, I) decoded every epoch, and for Z=2 the whole manifold."""
 
-import functools
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -11,10 +10,10 @@ from torch.distributions import Normal
 from torchvision.utils import make_grid
 from typing_extensions import override
 
+from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.figures import Drawn, draw_prior
 from lvae.latents import Latents
-from lvae.pictures import PictureCallback
+from lvae.picture_callback import PictureCallback
 
 
 class PriorSamples(PictureCallback):
@@ -35,6 +34,7 @@ class PriorSamples(PictureCallback):
     """
 
     names = ("prior_samples", "manifold", "prior_positions")
+    figure_modules = ("lvae.figures.prior",)
     figsizes = {"prior_samples": (4.0, 4.4), "manifold": (6.4, 6.8), "prior_positions": (6.4, 6.4)}  # inches
 
     def __init__(self, n_samples: int = 64, nrow: int = 8, seed: int = 0, manifold_steps: int = 20,
@@ -54,12 +54,6 @@ class PriorSamples(PictureCallback):
         self.z: Optional[Tensor] = None  # (n_samples, Z) on the CPU, the same every epoch
         self._latent_dim: Optional[int] = None
 
-    @override
-    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        self._latent_dim = int(pl_module.hparams.latent_dim)
-        self._check_prior()
-
     def _draw_prior(self) -> Tensor:
         generator = torch.Generator().manual_seed(self.seed)
         return torch.randn(self.n_samples, self._latent_dim, generator=generator)  # (n, Z)
@@ -67,7 +61,7 @@ class PriorSamples(PictureCallback):
     def _check_prior(self) -> None:
         """Draw z when there is none; redraw, with a warning, a loaded z that does not fit this model."""
         if self._latent_dim is None:
-            return  # loaded before `setup`: checked there
+            return  # Z is read from the first epoch's means
         wanted = (self.n_samples, self._latent_dim)
         if self.z is None:
             self.z = self._draw_prior()
@@ -98,8 +92,16 @@ class PriorSamples(PictureCallback):
 
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
-                epoch: int) -> Optional[Callable[[], Drawn]]:
-        self._check_prior()  # a checkpoint loaded after setup
+                epoch: int) -> Optional[Job]:
+        if latents is not None:
+            self._latent_dim = int(latents.mu.shape[1])
+        elif self._latent_dim is None and self.z is not None:
+            self._latent_dim = int(self.z.shape[1])  # nothing collected this epoch: the checkpoint's draws
+        if self._latent_dim is None:
+            rank_zero_warn(f"PriorSamples: no prior samples for epoch {epoch}: no validation latents were collected, "
+                           "so the size of z is unknown")
+            return None
+        self._check_prior()
         z = self.z
         to_model = {"device": pl_module.device, "dtype": pl_module.dtype}
         with torch.inference_mode():
@@ -108,16 +110,13 @@ class PriorSamples(PictureCallback):
             manifold = None if manifold_z is None else pl_module.decode(manifold_z.to(**to_model)).float().cpu()
         # The grids are put together here (cheap tensor work); the drawing process only draws them.
         grid = make_grid(samples, nrow=self.nrow, padding=2, pad_value=0.5)[0]  # (H, W), grey lines between cells
-        job = functools.partial(draw_prior, paths={n: str(self.sink.png_path(n, epoch)) for n in self.names},
-                                figsizes=self.figsizes, epoch=epoch, seed=self.seed, n=len(samples),
-                                grid=grid.numpy())
-        if manifold is None:
-            return job
-        # The validation means show where the data sits relative to the prior draws.
-        mu = None if latents is None else latents.mu.numpy()
-        s = self.manifold_steps
-        return functools.partial(job, manifold=make_grid(manifold, nrow=s, padding=0)[0].numpy(),
-                                 quantiles=manifold_z[:s, 0].numpy(), z=z.numpy(), samples=samples[:, 0].numpy(),
-                                 mu=mu)
+        args = dict(paths={n: str(self.sink.png_path(n, epoch)) for n in self.names}, figsizes=self.figsizes,
+                    epoch=epoch, seed=self.seed, n=len(samples), grid=grid.numpy())
+        if manifold is not None:
+            # The validation means show where the data sits relative to the prior draws.
+            s = self.manifold_steps
+            args.update(manifold=make_grid(manifold, nrow=s, padding=0)[0].numpy(), quantiles=manifold_z[:s, 0].numpy(),
+                        z=z.numpy(), samples=samples[:, 0].numpy(), mu=None if latents is None else latents.mu.numpy())
+        return Job("lvae.figures.prior:draw", args)
 
 

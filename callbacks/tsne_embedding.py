@@ -1,21 +1,21 @@
 """A t-SNE map of the latent means that evolves with training: each epoch's map starts from the last one."""
 
-import functools
-from typing import Any, Callable, Literal, Optional
+from pathlib import Path
+from typing import Any, Literal, Optional
 
 import lightning as L
 import numpy as np
-import openTSNE
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.figures import Drawn, TSNESteps, map_and_draw
 from lvae.latents import Latents, unusable
-from lvae.pictures import PictureCallback
+from lvae.picture_callback import PictureCallback
+from lvae.tsne import TSNESteps
 
 class TSNEEmbedding(PictureCallback):
     """openTSNE on the validation means of a fixed subset of inputs, with the current prior samples placed in the
@@ -24,7 +24,9 @@ class TSNEEmbedding(PictureCallback):
     The first epoch starts from a PCA of the means (openTSNE's ``initialization="pca"``). Every later epoch
     starts from the previous epoch's map, matched by dataset index and rescaled as openTSNE expects, with new
     affinities for the new means and fewer iterations: the map evolves instead of being redrawn from scratch,
-    and costs a fraction of a cold fit. The last map is kept in the checkpoint, so a resumed run continues it.
+    and costs a fraction of a cold fit. The last map is kept in the checkpoint and beside each PNG
+    (``map_<epoch>.npz``), so a resumed run continues from the last drawn map, also when the checkpoint was
+    written while that map was still being computed.
     ``n_prior`` draws z ~ N(0, I) (seeded: the same z every epoch) are decoded and placed into the map with
     ``TSNEEmbedding.transform`` (prior draws live in the same space as the means), drawn as their decoded images.
 
@@ -55,6 +57,7 @@ class TSNEEmbedding(PictureCallback):
     """
 
     names = ("tsne",)
+    figure_modules = ("lvae.figures.tsne",)
     figsize = (8.0, 7.2)  # inches; the PNG is 800x720
     axes_rect = (0.02, 0.02, 0.8, 0.86)  # placed by hand: constrained layout doubled the drawing time
     knn_k = 10  # neighbours of the quality figure
@@ -127,8 +130,10 @@ class TSNEEmbedding(PictureCallback):
 
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
-                epoch: int) -> Optional[Callable[[], Drawn]]:
+                epoch: int) -> Optional[Job]:
         reason = unusable(latents, min_points=2)
+        if reason is None and latents.mu.shape[1] < 2:
+            reason = "a 1-D latent space has nothing for t-SNE to arrange; LatentScatter draws its means directly"
         if reason is not None:
             rank_zero_warn(f"TSNEEmbedding: no t-SNE for epoch {epoch}: {reason}")
             return None
@@ -142,20 +147,22 @@ class TSNEEmbedding(PictureCallback):
         z = self.prior_z(latents.mu.shape[1])
         with torch.inference_mode():
             decoded = pl_module.decode(z.to(device=pl_module.device, dtype=pl_module.dtype))  # (P, 1, 28, 28)
-        start, init_epoch = self._start(latents.index, epoch)
-        return functools.partial(map_and_draw, mu=latents.mu.double().numpy(), index=latents.index.numpy(),
-                                 labels=latents.label.numpy(), start=start, init_epoch=init_epoch,
-                                 steps=self._steps(), z=z.double().numpy(),
-                                 prior_images=decoded.float().cpu()[:, 0].numpy(),  # (P, 28, 28)
-                                 path=str(self.sink.png_path("tsne", epoch)), epoch=epoch)
+        path = self.sink.png_path("tsne", epoch)
+        start, init_epoch = self._start(latents.index, epoch, path.parent)
+        return Job("lvae.figures.tsne:map_and_draw", dict(
+            mu=latents.mu.double().numpy(), index=latents.index.numpy(), labels=latents.label.numpy(), start=start,
+            init_epoch=init_epoch, steps=self.settings, z=z.double().numpy(),
+            prior_images=decoded.float().cpu()[:, 0].numpy(), path=str(path), epoch=epoch))  # (P, 28, 28) images
 
     @override
     def apply(self, state: dict[str, Any]) -> None:
-        """Keep a finished map (what `map_and_draw` hands back, or `keep`) as the start of the next one."""
+        """Keep a finished map (what the job hands back) as the start of the next one."""
         self._map = {"embedding": torch.from_numpy(state["embedding"]), "index": torch.from_numpy(state["index"]),
                      "embedding_epoch": state["embedding_epoch"], "init_epoch": state["init_epoch"]}
 
-    def _steps(self) -> "TSNESteps":
+    @property
+    def settings(self) -> TSNESteps:
+        """The settings the drawing process maps with (`lvae.tsne.TSNESteps`)."""
         return TSNESteps(perplexity=self.perplexity, early_exaggeration_iter=self.early_exaggeration_iter,
                          n_iter=self.n_iter, warm_early_exaggeration_iter=self.warm_early_exaggeration_iter,
                          warm_n_iter=self.warm_n_iter, negative_gradient_method=self.negative_gradient_method,
@@ -163,9 +170,29 @@ class TSNEEmbedding(PictureCallback):
                          prior_n_iter=self.prior_n_iter, knn_k=self.knn_k, figsize=self.figsize,
                          axes_rect=self.axes_rect)
 
-    def _start(self, index: Tensor, epoch: int) -> tuple[Optional[np.ndarray], Optional[int]]:
-        """The last kept map (N, 2) and its epoch when it holds the same inputs `index`, else (None, None): PCA."""
-        previous = self._map
+    def _newest_map(self, folder: Path, epoch: int) -> Optional[dict[str, Any]]:
+        """The newest map the drawing process wrote beside its PNGs before `epoch`, if newer than the kept one: the
+        checkpoint of a resumed run may have been written while that map was being computed."""
+        kept = -1 if self._map is None else self._map["embedding_epoch"]
+        for path in sorted(folder.glob("map_*.npz"), reverse=True):
+            found = int(path.stem.split("_")[1])
+            if found >= epoch:
+                continue
+            if found <= kept:
+                return None
+            try:
+                with np.load(path, allow_pickle=False) as saved:  # plain arrays: a file never runs code
+                    init = int(saved["init_epoch"])
+                    return {"embedding": torch.from_numpy(saved["embedding"]),
+                            "index": torch.from_numpy(saved["index"]), "embedding_epoch": found,
+                            "init_epoch": None if init < 0 else init}
+            except (OSError, KeyError, ValueError):
+                return None  # unreadable: keep the checkpoint's map
+        return None
+
+    def _start(self, index: Tensor, epoch: int, folder: Path) -> tuple[Optional[np.ndarray], Optional[int]]:
+        """The last map (N, 2) and its epoch when it holds the same inputs `index`, else (None, None): PCA."""
+        previous = self._newest_map(folder, epoch) or self._map
         if previous is None:
             return None, None
         if not torch.equal(previous["index"], index):
@@ -174,24 +201,3 @@ class TSNEEmbedding(PictureCallback):
                            "starts again from a PCA")
             return None, None
         return previous["embedding"].numpy(), previous["embedding_epoch"]
-
-    def embed(self, mu: Tensor, index: Tensor, epoch: int) -> tuple[openTSNE.TSNEEmbedding, Optional[int]]:
-        """The t-SNE step of one epoch: a 2-D map of `mu` (N, Z) whose rows are the inputs `index` (N,).
-
-        Starts from the last kept map when it holds the same inputs, else from a PCA. Returns the map and the
-        epoch of the map it started from (None: PCA); `keep` makes it the start of the next epoch's map.
-        """
-        start, init_epoch = self._start(index, epoch)
-        return self._steps().embed(mu.double().numpy(), start), init_epoch
-
-    def place(self, embedding: openTSNE.TSNEEmbedding, z: Tensor) -> np.ndarray:
-        """Positions (P, 2) of the prior draws `z` (P, Z) in `embedding`, which stays as it is (but centred)."""
-        return self._steps().place(embedding, z.double().numpy())
-
-    def keep(self, embedding: openTSNE.TSNEEmbedding, index: Tensor, epoch: int, init_epoch: Optional[int]) -> None:
-        """Make `embedding` (the map of `epoch`, rows `index`, started from the map of `init_epoch`) the start of
-        the next epoch's map and the state a checkpoint saves."""
-        self.apply({"embedding": np.array(embedding, dtype=np.float64), "index": index.numpy().copy(),
-                    "embedding_epoch": epoch, "init_epoch": init_epoch})
-
-

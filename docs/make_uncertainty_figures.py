@@ -20,8 +20,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
-from callbacks.latent_uncertainty import LatentUncertainty
-from callbacks.prior_samples import PriorSamples
+from lvae.callbacks.latent_uncertainty import LatentUncertainty
+from lvae.callbacks.prior_samples import PriorSamples
 from lvae import VAE, MNISTDataModule
 from lvae.data import read_idx_pair, write_idx
 

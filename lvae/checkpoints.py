@@ -111,6 +111,8 @@ class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, plus: Ctrl-C or SIGTERM during fit writes `last.ckpt` with the state at the
     interruption, and partial files left by a killed run are removed when the run continues."""
 
+    _interrupt_saved: Optional[int] = None  # the step whose interruption last.ckpt holds
+
     @override
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -140,9 +142,15 @@ class RunCheckpoint(ModelCheckpoint):
     @override
     def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
         # Also mid-validation: trainer.training is False there, but the run being interrupted is a fit.
-        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.state.fn != "fit" or \
-                not self.save_last or self.dirpath is None:
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == "fit":
+            self.save_interrupted(trainer)
+
+    def save_interrupted(self, trainer: "L.Trainer") -> None:
+        """Write `last.ckpt` with the state at an interruption (Ctrl-C, SIGTERM), once per interruption; picture
+        callbacks call it before they wait for their last pictures."""
+        if not self.save_last or self.dirpath is None or self._interrupt_saved == trainer.global_step:
             return
+        self._interrupt_saved = trainer.global_step
         path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
         try:
             trainer.save_checkpoint(path, weights_only=self.save_weights_only)

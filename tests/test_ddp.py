@@ -83,7 +83,7 @@ def test_predict_export_is_complete_and_ordered_under_ddp(ddp_fit: Path, checkpo
         run_lvae(["predict", "--data.data_dir", str(mnist_root), "--data.batch_size", "16", "--trainer.accelerator",
                   "cpu", "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
                   "--ckpt_path", checkpoint,
-                  "--trainer.callbacks+=" + json.dumps({"class_path": "callbacks.LatentExport",
+                  "--trainer.callbacks+=" + json.dumps({"class_path": "lvae.callbacks.LatentExport",
                                                         "init_args": {"path": str(path)}})], ddp_fit)
         arrays[devices] = np.load(path)
     one, two = arrays[1], arrays[2]

@@ -275,7 +275,8 @@ def test_load_from_checkpoint_takes_no_code_and_no_foreign_class_from_the_file(z
 
 
 def test_a_callback_value_refused_at_set_up_is_one_message(mnist_root: Path, tmp_path: Path) -> None:
-    tsne = json.dumps({"class_path": "callbacks.TSNEEmbedding", "init_args": {"perplexity": 500, "max_points": 1000}})
+    tsne = json.dumps({"class_path": "lvae.callbacks.TSNEEmbedding",
+                       "init_args": {"perplexity": 500, "max_points": 1000}})
     proc = run_lvae(small_fit_args(mnist_root, f"--trainer.callbacks+={tsne}"), tmp_path, check=False, timeout=90)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert MESSAGES["perplexity"] in proc.stderr and "TSNEEmbedding.max_points=1000" in proc.stderr

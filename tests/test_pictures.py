@@ -1,8 +1,10 @@
 """The shared picture plumbing: a failing picture is a warning, never the end of training."""
 
 import functools
+import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,11 +14,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import REPO, cli_env, run_dirs, small_fit_args
 from lightning.pytorch.loggers import CSVLogger
+from wandb_run import read_run
 
 from lvae import VAE, MNISTDataModule
-from lvae.figures import DRAWING_NICENESS
-from lvae.pictures import Drawn, PictureCallback
+from lvae.drawing import DRAWING_NICENESS
+from lvae.drawing import Drawn
+from lvae.picture_callback import PictureCallback
 
 
 def explode(where: str) -> None:
@@ -119,7 +124,7 @@ def test_tensorboard_users_get_the_pictures_as_images(mnist_root: Path, tmp_path
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from callbacks import PriorSamples
+    from lvae.callbacks import PriorSamples
 
     logger = TensorBoardLogger(tmp_path, name="", version="")
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=logger, enable_progress_bar=False,
@@ -135,7 +140,7 @@ def test_tensorboard_users_get_the_pictures_as_images(mnist_root: Path, tmp_path
 
 
 def test_the_drawing_process_priority_is_lowered_and_never_raised() -> None:
-    code = ("import os; from lvae.figures import lower_priority; lower_priority(); "
+    code = ("import os; from lvae.drawing import lower_priority; lower_priority(); "
             "print(os.getpriority(os.PRIO_PROCESS, 0))")
     mine = os.getpriority(os.PRIO_PROCESS, 0)
     plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -144,3 +149,84 @@ def test_the_drawing_process_priority_is_lowered_and_never_raised() -> None:
     niced = subprocess.run(["nice", "-n", "15", sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout
     assert int(niced) == min(19, mine + 15)
+
+
+def slow_picture_args(mnist_root: Path, out: Path, seconds: float) -> list[str]:
+    slow = json.dumps({"class_path": "slow_picture.SlowPicture", "init_args": {"out": str(out), "seconds": seconds}})
+    return small_fit_args(mnist_root, "--trainer.max_epochs", "400", f"--trainer.callbacks+={slow}")
+
+
+def start_lvae(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**cli_env(), "PYTHONPATH": str(REPO / "tests")}
+    return subprocess.Popen([sys.executable, "-m", "lvae", *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"lvae exited {proc.returncode} early: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"no {path} after {timeout} s")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 1), (signal.SIGTERM, 143)])
+def test_a_signal_while_a_picture_is_drawn_keeps_last_ckpt_and_every_epochs_picture(
+        mnist_root: Path, tmp_path: Path, sig: int, exit_code: int) -> None:
+    out = tmp_path / "slow"
+    proc = start_lvae(slow_picture_args(mnist_root, out, seconds=3.0), tmp_path)
+    wait_for_file(out / "started_1", proc)  # epoch 1's picture is being drawn, epoch 0's is done
+    proc.send_signal(sig)
+    stderr = proc.communicate(timeout=90)[1]
+    assert proc.returncode == exit_code and "Traceback" not in stderr, stderr[-3000:]
+    assert "was skipped" not in stderr, stderr[-3000:]
+    found = re.search(r"interrupted at epoch (\d+), step (\d+); saved (\S+last\.ckpt)", stderr)
+    assert found, stderr[-3000:]
+    assert torch.load(found.group(3), weights_only=True)["global_step"] == int(found.group(2))
+    (run,) = run_dirs(tmp_path / "runs")
+    (wandb_run,) = read_run(run)
+    validated = {row["epoch"] for row in wandb_run.rows_with("val/loss")}
+    drawn = {row["epoch"] for row in wandb_run.rows_with("latents/slow/_type")}
+    # The picture being drawn at the signal was finished and logged: the evolution has no gap.
+    assert validated and drawn == validated, (validated, drawn)
+    assert sorted(p.name for p in (run / "latents" / "slow").glob("epoch_*.png")) == \
+        [f"epoch_{e:03d}.png" for e in sorted(validated)]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process started by `pid`, and by those, recursively (Linux /proc)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            children = (task / "children").read_text().split() if (task / "children").exists() else []
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_a_killed_fit_leaves_no_drawing_process_behind(mnist_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "slow"
+    proc = start_lvae(slow_picture_args(mnist_root, out, seconds=60.0), tmp_path)
+    wait_for_file(out / "started_0", proc)
+    helpers = descendants(proc.pid)
+    drawing = int((out / "started_0").read_text())
+    assert drawing in helpers  # the drawing process, and multiprocessing's resource tracker
+    proc.send_signal(signal.SIGKILL)  # as the out-of-memory killer or a scheduler would
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in helpers if alive(pid)]  # nothing of the run is left running

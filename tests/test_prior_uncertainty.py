@@ -16,10 +16,11 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from PIL import Image
 from wandb_run import read_run
 
-from callbacks.latent_uncertainty import LatentUncertainty
-from callbacks.prior_samples import PriorSamples
+from lvae.callbacks.latent_uncertainty import LatentUncertainty
+from lvae.callbacks.prior_samples import PriorSamples
 from lvae import VAE, ConfigError, Latents, MNISTDataModule
-from lvae.pictures import PNG_DPI, PictureSink
+from lvae.figures.canvas import PNG_DPI
+from lvae.sink import PictureSink
 
 SCALARS = ["uncertainty/mean", "uncertainty/active_units", "uncertainty/spearman_disagreement",
            "uncertainty/spearman_recon", "uncertainty/spearman_ink", "uncertainty/neg_elbo_spearman_disagreement"]

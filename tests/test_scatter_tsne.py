@@ -12,10 +12,10 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from PIL import Image
 from wandb_run import OfflineRun, read_run
 
-from callbacks.latent_scatter import LatentScatter
-from callbacks.tsne_embedding import TSNEEmbedding
+from lvae.callbacks.latent_scatter import LatentScatter
+from lvae.callbacks.tsne_embedding import TSNEEmbedding
 from lvae import VAE, ConfigError, MNISTDataModule
-from lvae.pictures import PNG_DPI
+from lvae.figures.canvas import PNG_DPI
 
 # The fixture's validation split holds 30 inputs: t-SNE needs more than 3 x perplexity points.
 SMALL_TSNE = {"perplexity": 5.0, "max_points": 200, "n_prior": 16}
@@ -205,3 +205,28 @@ def test_bad_values_are_refused_naming_the_argument():
         TSNEEmbedding(affinity_method="brute")
     with pytest.raises(ConfigError, match=r"TSNEEmbedding.prior_n_iter=0 must be >= 1"):
         TSNEEmbedding(prior_n_iter=0)
+
+
+def test_a_resumed_run_starts_from_the_last_drawn_map_even_if_the_checkpoint_predates_it(mnist_root, tmp_path):
+    # Drawn in the drawing process: last.ckpt of epoch 1 is written while epoch 1's map is still being computed.
+    def run(max_epochs: int, ckpt_path=None) -> TSNEEmbedding:
+        tsne = TSNEEmbedding(**SMALL_TSNE)
+        fit(tmp_path, mnist_root, [tsne], latent_dim=4, loggers=[CSVLogger(tmp_path, name="", version="")],
+            max_epochs=max_epochs, checkpoint=True, ckpt_path=ckpt_path)
+        return tsne
+
+    run(2)
+    assert (tmp_path / "latents" / "tsne" / "map_001.npz").is_file()  # written beside epoch_001.png
+    resumed = run(3, ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    state = resumed.state_dict()
+    assert (state["embedding_epoch"], state["init_epoch"]) == (2, 1)  # from epoch 1's map, whatever the checkpoint
+
+
+def test_a_one_dimensional_latent_space_is_drawn_along_one_axis(mnist_root, tmp_path):
+    scatter, tsne = LatentScatter(background=False), TSNEEmbedding(**SMALL_TSNE, background=False)
+    with pytest.warns(UserWarning, match=r"TSNEEmbedding: no t-SNE for epoch 0: a 1-D latent space has nothing"):
+        trainer = fit(tmp_path, mnist_root, [scatter, tsne], latent_dim=1, loggers=[CSVLogger(tmp_path)])
+    latents = Path(trainer.log_dir) / "latents"
+    assert sorted(p.name for p in (latents / "scatter").glob("*.png")) == ["epoch_000.png", "epoch_001.png"]
+    assert not (latents / "tsne").exists()
+    assert scatter.state_dict()["view"] == "z1"
