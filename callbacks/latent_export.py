@@ -20,6 +20,10 @@ class LatentExport(Callback):
     gathers every rank's rows and orders them by index, so the file is complete and the same for any number
     of processes. The split is chosen with ``--data.predict_split`` (test by default).
 
+    Any VAE: lvae's `VAE.predict_step` returns the rows; for another module the callback encodes each predicted
+    batch ``(x, y)`` or ``(x, y, index)`` with its ``encode(x) -> (mu, logvar)``, and takes the dataset indices of a
+    batch without them from Lightning's predict batch sampler (the indices its prediction writers get).
+
     Args:
         path: the .npz file to write; by default ``latents_<split>.npz`` in the run folder.
     """
@@ -44,7 +48,26 @@ class LatentExport(Callback):
     @override
     def on_predict_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any,
                              batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._rows.append({k: v.detach() for k, v in outputs.items()})
+        if isinstance(outputs, dict) and {"mu", "logvar", "label", "index"} <= outputs.keys():
+            self._rows.append({k: outputs[k].detach() for k in ("mu", "logvar", "label", "index")})
+            return
+        x, *rest = batch if isinstance(batch, (list, tuple)) else (batch,)
+        with torch.inference_mode():
+            mu, logvar = pl_module.encode(x)
+        label = rest[0] if rest else torch.zeros(len(x), dtype=torch.long)
+        index = rest[1] if len(rest) > 1 else self._indices(trainer, batch_idx, dataloader_idx)
+        self._rows.append({"mu": mu.detach(), "logvar": logvar.detach(), "label": torch.as_tensor(label).to(mu.device),
+                           "index": torch.as_tensor(index).to(mu.device)})
+
+    @staticmethod
+    def _indices(trainer: "L.Trainer", batch_idx: int, dataloader_idx: int) -> list[int]:
+        loaders = trainer.predict_dataloaders
+        loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+        seen = getattr(getattr(loader, "batch_sampler", None), "seen_batch_indices", None)
+        if not seen:
+            raise ValueError("LatentExport cannot tell which dataset inputs a predicted batch holds: give batches "
+                             "(x, y, index), or predict from a torch DataLoader")
+        return seen[batch_idx]
 
     @override
     def on_predict_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:

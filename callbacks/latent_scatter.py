@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, unusable
+from lvae.latents import Latents, as_pictures, unusable
 from lvae.metrics import uncertainty as posterior_uncertainty
 from lvae.picture_callback import PictureCallback
 
@@ -201,7 +201,7 @@ class LatentScatter(PictureCallback):
         return Job("lvae.figures.scatter:draw", dict(
             name=name, path=str(self.sink.png_path(name, epoch)), figsize=self.figsize, axes_rect=self.axes_rect,
             points=points, labels=labels, sizes=sizes, alpha=alpha, limits=limits, axis_labels=(xlabel, ylabel),
-            thumb_points=points[thumbs], thumb_images=latents.image[thumbs].numpy(), thumb_labels=labels[thumbs],
+            thumb_points=points[thumbs], thumb_images=as_pictures(latents.image[thumbs]), thumb_labels=labels[thumbs],
             title=title, detail=detail))
 
     def _limits(self, points: np.ndarray) -> tuple[Optional[Limits], bool]:
@@ -237,7 +237,8 @@ class LatentScatter(PictureCallback):
         u = posterior_uncertainty(latents.logvar[:n])
         z = latents.mu.shape[1]
         columns = ["index", "label", "uncertainty", "image", *[f"mu_{d}" for d in range(z)]]
-        rows = [[int(latents.index[i]), int(latents.label[i]), float(u[i]), wandb.Image(latents.image[i].numpy()),
+        pictures = as_pictures(latents.image[:n])  # (n, H, W) or (n, H, W, 3)
+        rows = [[int(latents.index[i]), int(latents.label[i]), float(u[i]), wandb.Image(pictures[i]),
                  *latents.mu[i].tolist()] for i in range(n)]
         self.sink.log_table(self.table_key, columns, rows, epoch)
 

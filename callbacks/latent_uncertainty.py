@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, unusable
+from lvae.latents import Latents, grid_picture, unusable
 from lvae.metrics import (active_dims, active_units, kl_per_dim, neighbour_disagreement, per_class_mean, pixel_mass,
                           spearman, uncertainty)
 from lvae.picture_callback import PictureCallback
@@ -57,15 +57,19 @@ class LatentUncertainty(PictureCallback):
         self.bins = bins
 
     def measure(self, latents: Latents) -> dict[str, float]:
-        """The epoch's numbers, keyed as they are logged."""
+        """The epoch's numbers, keyed as they are logged. Those a module cannot give are left out: the correlations
+        with the reconstruction error and the negative ELBO need lvae's likelihood, ink needs grey images."""
         u = uncertainty(latents.logvar)  # (N,)
         disagreement = neighbour_disagreement(latents.mu, latents.label, self.k_neighbours)  # (N,) in [0, 1]
         values = {"uncertainty/mean": float(u.mean()),
                   "uncertainty/active_units": float(active_units(latents.mu)),
-                  "uncertainty/spearman_disagreement": spearman(u, disagreement),
-                  "uncertainty/spearman_recon": spearman(u, latents.recon),
-                  "uncertainty/spearman_ink": spearman(u, pixel_mass(latents.image)),
-                  "uncertainty/neg_elbo_spearman_disagreement": spearman(latents.neg_elbo, disagreement)}
+                  "uncertainty/spearman_disagreement": spearman(u, disagreement)}
+        if latents.recon is not None:
+            values["uncertainty/spearman_recon"] = spearman(u, latents.recon)
+        if latents.image.shape[1] == 1:
+            values["uncertainty/spearman_ink"] = spearman(u, pixel_mass(latents.image))
+        if latents.neg_elbo is not None:
+            values["uncertainty/neg_elbo_spearman_disagreement"] = spearman(latents.neg_elbo, disagreement)
         values.update({f"uncertainty/class_{c}": m for c, m in per_class_mean(u, latents.label).items()})
         return values
 
@@ -92,19 +96,24 @@ class LatentUncertainty(PictureCallback):
         # process.
         u = uncertainty(latents.logvar)  # (N,)
         n, of = min(self.n_show, len(latents)), f"of {len(latents)}"
-        rho = (f"Spearman of u(x) with neighbour label disagreement "
-               f"{values['uncertainty/spearman_disagreement']:+.2f}, recon error "
-               f"{values['uncertainty/spearman_recon']:+.2f}, ink {values['uncertainty/spearman_ink']:+.2f}")
-        rho_elbo = (f"Spearman of -ELBO with neighbour label disagreement "
-                    f"{values['uncertainty/neg_elbo_spearman_disagreement']:+.2f}")
+        rho = ", ".join(f"{name} {values[key]:+.2f}" for name, key in (
+            ("neighbour label disagreement", "uncertainty/spearman_disagreement"),
+            ("recon error", "uncertainty/spearman_recon"), ("ink", "uncertainty/spearman_ink")) if key in values)
+        shown = [(f"The {n} lowest u(x) {of}", f"Spearman of u(x) with {rho}", "u(x)", u, False),
+                 (f"The {n} highest u(x) {of}", "", "u(x)", u, True)]
+        if latents.neg_elbo is not None:
+            shown.append((f"The {n} highest negative ELBO {of}", f"Spearman of -ELBO with neighbour label disagreement "
+                          f"{values['uncertainty/neg_elbo_spearman_disagreement']:+.2f}", "-ELBO", latents.neg_elbo,
+                          True))
+        else:
+            shown[1] = (*shown[1][:1], "no negative ELBO: the model exposes no likelihood to lvae", *shown[1][2:])
         grids = []
-        for headline, note, score, scores, largest in ((f"The {n} lowest u(x) {of}", rho, "u(x)", u, False),
-                                                       (f"The {n} highest u(x) {of}", rho, "u(x)", u, True),
-                                                       (f"The {n} highest negative ELBO {of}", rho_elbo, "-ELBO",
-                                                        latents.neg_elbo, True)):
+        for headline, note, score, scores, largest in shown:
             rows = scores.topk(n, largest=largest).indices  # (n,) most extreme first
-            pixels = make_grid(latents.image[rows].unsqueeze(1), nrow=self.nrow, padding=2, pad_value=128)[0]
-            grids.append(dict(headline=headline, note=note, score=score, pixels=pixels.numpy(),
+            pixels = grid_picture(make_grid(latents.image[rows], nrow=self.nrow, padding=2, pad_value=128),
+                                  latents.image.shape[1])
+            grids.append(dict(headline=headline, note=note, score=score, pixels=pixels,
+                              cell=tuple(latents.image.shape[2:]),
                               labels=latents.label[rows].tolist(), values=scores[rows].tolist()))
         counts, edges = np.histogram(u.numpy(), bins=self.bins)
         return Job("lvae.figures.uncertainty:draw", dict(

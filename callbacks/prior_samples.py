@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents
+from lvae.latents import Latents, as_pictures, decode_images, grid_picture
 from lvae.picture_callback import PictureCallback
 
 
@@ -103,20 +103,20 @@ class PriorSamples(PictureCallback):
             return None
         self._check_prior()
         z = self.z
-        to_model = {"device": pl_module.device, "dtype": pl_module.dtype}
-        with torch.inference_mode():
-            samples = pl_module.decode(z.to(**to_model)).float().cpu()  # (n, 1, 28, 28)
-            manifold_z = self._manifold_z() if z.shape[1] == 2 else None
-            manifold = None if manifold_z is None else pl_module.decode(manifold_z.to(**to_model)).float().cpu()
+        shape = None if latents is None else tuple(latents.image.shape[1:])
+        samples = decode_images(pl_module, z, shape)  # (n, C, H, W)
+        channels = samples.shape[1]
         # The grids are put together here (cheap tensor work); the drawing process only draws them.
-        grid = make_grid(samples, nrow=self.nrow, padding=2, pad_value=0.5)[0]  # (H, W), grey lines between cells
+        grid = make_grid(samples, nrow=self.nrow, padding=2, pad_value=0.5)  # grey lines between cells
         args = dict(paths={n: str(self.sink.png_path(n, epoch)) for n in self.names}, figsizes=self.figsizes,
-                    epoch=epoch, seed=self.seed, n=len(samples), grid=grid.numpy())
-        if manifold is not None:
+                    epoch=epoch, seed=self.seed, n=len(samples), grid=grid_picture(grid, channels))
+        if z.shape[1] == 2:
             # The validation means show where the data sits relative to the prior draws.
-            s = self.manifold_steps
-            args.update(manifold=make_grid(manifold, nrow=s, padding=0)[0].numpy(), quantiles=manifold_z[:s, 0].numpy(),
-                        z=z.numpy(), samples=samples[:, 0].numpy(), mu=None if latents is None else latents.mu.numpy())
+            s, manifold_z = self.manifold_steps, self._manifold_z()
+            manifold = make_grid(decode_images(pl_module, manifold_z, shape), nrow=s, padding=0)
+            args.update(manifold=grid_picture(manifold, channels), quantiles=manifold_z[:s, 0].numpy(), z=z.numpy(),
+                        samples=as_pictures((samples * 255).round().to(torch.uint8)),
+                        mu=None if latents is None else latents.mu.numpy())
         return Job("lvae.figures.prior:draw", args)
 
 

@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, unusable
+from lvae.latents import Latents, as_pictures, decode_images, unusable
 from lvae.picture_callback import PictureCallback
 from lvae.tsne import TSNESteps
 
@@ -145,14 +145,13 @@ class TSNEEmbedding(PictureCallback):
                            "(model.latent_points, limit_val_batches)")
             return None
         z = self.prior_z(latents.mu.shape[1])
-        with torch.inference_mode():
-            decoded = pl_module.decode(z.to(device=pl_module.device, dtype=pl_module.dtype))  # (P, 1, 28, 28)
+        decoded = decode_images(pl_module, z, tuple(latents.image.shape[1:]))  # (P, C, H, W)
         path = self.sink.png_path("tsne", epoch)
         start, init_epoch = self._start(latents.index, epoch, path.parent)
         return Job("lvae.figures.tsne:map_and_draw", dict(
             mu=latents.mu.double().numpy(), index=latents.index.numpy(), labels=latents.label.numpy(), start=start,
             init_epoch=init_epoch, steps=self.settings, z=z.double().numpy(),
-            prior_images=decoded.float().cpu()[:, 0].numpy(), path=str(path), epoch=epoch))  # (P, 28, 28) images
+            prior_images=as_pictures((decoded * 255).round().to(torch.uint8)), path=str(path), epoch=epoch))
 
     @override
     def apply(self, state: dict[str, Any]) -> None:

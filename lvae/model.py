@@ -309,7 +309,7 @@ class VAE(L.LightningModule):
         if self.latents.enabled:
             # The negative ELBO is left for `validation_latents`: only the followed subset needs it.
             self.latents.add(index=index, label=y, mu=mu, logvar=logvar, recon=recon, kl=kl,
-                             image=(x.view(-1, 28, 28) * 255).round().byte())
+                             image=(x * 255).round().byte())  # (B, C, H, W) uint8
 
     def neg_elbo(self, x: Tensor, mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None) -> Tensor:
         """Per-input negative ELBO (B,) in nats, the reconstruction term averaged over `elbo_samples` draws
@@ -336,7 +336,7 @@ class VAE(L.LightningModule):
         with torch.inference_mode():
             for start in range(0, len(rows["index"]), chunk):
                 index = rows["index"][start:start + chunk].to(self.device)
-                x = rows["image"][start:start + chunk].to(self.device).unsqueeze(1).float().div(255)  # (B, 1, 28, 28)
+                x = rows["image"][start:start + chunk].to(self.device).float().div(255)  # (B, C, H, W)
                 mu = rows["mu"][start:start + chunk].to(self.device)
                 logvar = rows["logvar"][start:start + chunk].to(self.device)
                 eps = self.eval_noise(index, "val", 1 + self.hparams.elbo_samples)[1:]  # (S, B, Z)

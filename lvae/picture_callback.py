@@ -16,7 +16,7 @@ from typing_extensions import override
 from lvae.checkpoints import RunCheckpoint
 from lvae.drawing import DrawingProcess, Drawn, Job, run_job
 from lvae.errors import ConfigError
-from lvae.latents import Latents
+from lvae.latents import FollowedInputs, Latents
 from lvae.sink import PictureSink
 
 # How long an interrupted run (Ctrl-C, or SIGTERM from a scheduler whose grace period is tens of seconds) waits for
@@ -25,11 +25,12 @@ INTERRUPT_GRACE_SECONDS = 15.0
 
 
 class _Shared:
-    """The drawing process of one trainer and the callbacks using it: the first to set up starts it (lazily, on its
-    first job), the last to tear down closes it."""
+    """What the picture callbacks of one trainer share: the drawing process (started by the first job, closed by
+    the last callback to tear down) and, for a module lvae did not write, the followed validation inputs."""
 
     def __init__(self) -> None:
         self.drawing = DrawingProcess()
+        self.followed = FollowedInputs()
         self.users: set[int] = set()
 
 
@@ -71,11 +72,10 @@ class PictureCallback(Callback):
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         root = trainer.log_dir or trainer.default_root_dir  # a broadcast: resolved here, on every rank, once
         self.sink = PictureSink(trainer, Path(root))
-        if not (self.background and trainer.is_global_zero):
-            return
         self._shared = _SHARED.setdefault(trainer, _Shared())
         self._shared.users.add(id(self))
-        if stage in ("fit", "validate"):  # starts the process and imports while the first epoch trains
+        if self.background and trainer.is_global_zero and stage in ("fit", "validate"):
+            # Starts the drawing process and imports the figures while the first epoch trains.
             self._shared.drawing.submit(Job("lvae.drawing:import_modules", {"modules": self.figure_modules}))
 
     @override
@@ -100,7 +100,7 @@ class PictureCallback(Callback):
     def on_validation_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if not self._due(trainer):
             return
-        latents = pl_module.validation_latents()  # a collective: every rank takes part, rank zero draws
+        latents = self.latents(trainer, pl_module)  # a collective: every rank takes part, rank zero draws
         if not trainer.is_global_zero:
             return
         self.join()
@@ -113,9 +113,18 @@ class PictureCallback(Callback):
         if job is not None:
             self._send(job, epoch)
 
+    def latents(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> Optional[Latents]:
+        """This epoch's latents, read once for every picture: lvae's `VAE` (or any module with a
+        `validation_latents()`) collects them during validation; for any other module the followed validation inputs
+        are encoded with its `encode`. A collective: every rank calls it."""
+        collected = getattr(pl_module, "validation_latents", None)
+        if callable(collected):
+            return collected()
+        return self._shared.followed.latents(trainer, pl_module)
+
     def _send(self, job: Callable[[], Drawn], epoch: int) -> None:
         """Run `job` in the drawing process (or here, without `background`); its result is logged when ready."""
-        if self._shared is not None:
+        if self.background:
             try:
                 self._pending = (self._shared.drawing.submit(job), epoch)
             except Exception as err:  # e.g. a job that cannot be pickled
@@ -158,7 +167,7 @@ class PictureCallback(Callback):
                 self._log(drawn, epoch)
             except Exception as err:  # a failed or cancelled job, or a dead process; Ctrl-C is not caught
                 self._warn(epoch, err)
-        if self._shared is not None:
+        if self._shared is not None and self.background:
             self._shared.drawing.settle()
 
     def _warn(self, epoch: int, err: BaseException) -> None:

@@ -153,9 +153,9 @@ def handmade_latents(labels: list[int]) -> Latents:
     label = torch.tensor(labels)
     offset = torch.linspace(-1, 1, n)
     mu = torch.stack([label * 5.0 + offset, 0.05 * offset, torch.zeros(n)], dim=1)  # var 25.4, 0.0009, 0
-    image = torch.zeros(n, 28, 28, dtype=torch.uint8)
+    image = torch.zeros(n, 1, 28, 28, dtype=torch.uint8)  # (N, C, H, W)
     for i in range(n):
-        image[i, 0, : n - i] = 255  # 12 - i pixels of ink
+        image[i, 0, 0, : n - i] = 255  # 12 - i pixels of ink
     return Latents(epoch=0, index=torch.arange(n), label=label, mu=mu, logvar=variance.log(), recon=100 * u,
                    kl=torch.ones(n), neg_elbo=100 * u + 1, image=image)
 

@@ -4,8 +4,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.offsetbox import OffsetImage
 
 PNG_DPI = 100
 Limits = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax
@@ -36,3 +38,11 @@ def label_handles(labels: np.ndarray, names: Optional[Sequence[str]] = None) -> 
     return [Line2D([], [], marker="o", linestyle="", color=class_colour(c),
                    label=str(names[int(c)]) if names is not None and int(c) < len(names) else str(int(c)))
             for c in np.unique(labels)]
+
+
+def thumbnail(image: np.ndarray, pixels: float) -> OffsetImage:
+    """An input drawn `pixels` wide at a point: `image` is (H, W) grey or (H, W, 3) colour, uint8."""
+    zoom = pixels / max(image.shape[:2])
+    if image.ndim == 2:
+        return OffsetImage(image, cmap="gray", norm=Normalize(0, 255), zoom=zoom)
+    return OffsetImage(image, zoom=zoom)

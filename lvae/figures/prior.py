@@ -4,10 +4,10 @@ from typing import Optional
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+from matplotlib.offsetbox import AnnotationBbox
 
 from lvae.drawing import Drawn
-from lvae.figures.canvas import save_figure
+from lvae.figures.canvas import save_figure, thumbnail
 
 
 def draw(paths: dict[str, str], figsizes: dict[str, tuple[float, float]], epoch: int, seed: int, n: int,
@@ -15,10 +15,11 @@ def draw(paths: dict[str, str], figsizes: dict[str, tuple[float, float]], epoch:
          z: Optional[np.ndarray] = None, samples: Optional[np.ndarray] = None,
          mu: Optional[np.ndarray] = None) -> Drawn:
     """The drawing job of `PriorSamples` (runs in the drawing process): the sample grid (H, W) and, for Z=2, the
-    manifold grid, the quantiles (S,) of its axes, and the draws z (n, 2) with their images (n, 28, 28)."""
+    manifold grid, the quantiles (S,) of its axes, and the draws z (n, 2) with their images (n, H, W[, 3]) uint8.
+    The grids are (H, W) grey or (H, W, 3) colour, in [0, 1]."""
     fig = Figure(figsize=figsizes["prior_samples"])
     ax = fig.add_axes((0.02, 0.02, 0.96, 0.86))
-    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_axis_off()
     title = f"{n} fixed draws z ~ N(0, I), decoded\nepoch {epoch}, seed {seed}"
     fig.suptitle(title, fontsize=10)
@@ -36,10 +37,12 @@ def _draw_manifold(manifold: np.ndarray, q: np.ndarray, figsize: tuple[float, fl
     s = len(q)
     fig = Figure(figsize=figsize)
     ax = fig.add_axes((0.1, 0.08, 0.86, 0.82))
-    ax.imshow(manifold, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")  # (28*S, 28*S)
+    ax.imshow(manifold, cmap="gray" if manifold.ndim == 2 else None, vmin=0.0, vmax=1.0,
+              interpolation="nearest")  # (H*S, W*S[, 3])
+    cell_h, cell_w = manifold.shape[0] / s, manifold.shape[1] / s
     ticks = list(range(0, s, max(1, s // 5))) + [s - 1]
-    ax.set_xticks([28 * i + 13.5 for i in ticks], [f"{q[i]:.2f}" for i in ticks], fontsize=8)
-    ax.set_yticks([28 * i + 13.5 for i in ticks], [f"{-q[i]:.2f}" for i in ticks], fontsize=8)
+    ax.set_xticks([cell_w * (i + 0.5) - 0.5 for i in ticks], [f"{q[i]:.2f}" for i in ticks], fontsize=8)
+    ax.set_yticks([cell_h * (i + 0.5) - 0.5 for i in ticks], [f"{-q[i]:.2f}" for i in ticks], fontsize=8)
     ax.set_xlabel("z_1")
     ax.set_ylabel("z_2")
     title = f"Decoded latent manifold, epoch {epoch}\nz on a {s}x{s} grid of N(0, 1) quantiles"
@@ -56,8 +59,8 @@ def _draw_positions(z: np.ndarray, samples: np.ndarray, mu: Optional[np.ndarray]
         ax.legend(loc="upper right", fontsize=8, markerscale=4)
     ax.scatter(z[:, 0], z[:, 1], s=4, c="tab:red")
     for (x, y), image in zip(z.tolist(), samples):
-        thumb = OffsetImage(image, cmap="gray", zoom=0.65)
-        ax.add_artist(AnnotationBbox(thumb, (x, y), frameon=True, pad=0.05, bboxprops={"edgecolor": "tab:red"}))
+        ax.add_artist(AnnotationBbox(thumbnail(image, 18), (x, y), frameon=True, pad=0.05,
+                                     bboxprops={"edgecolor": "tab:red"}))
     limit = max(3.0, float(np.abs(z).max()) + 0.5)
     ax.set_xlim(-limit, limit)
     ax.set_ylim(-limit, limit)

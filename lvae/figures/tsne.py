@@ -5,13 +5,12 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+from matplotlib.offsetbox import AnnotationBbox
 
 from lvae.drawing import Drawn
-from lvae.figures.canvas import class_colour, label_handles, save_figure
+from lvae.figures.canvas import class_colour, label_handles, save_figure, thumbnail
 from lvae.tsne import TSNESteps, knn_label_agreement
 
 
@@ -56,8 +55,8 @@ def _draw_tsne(steps: TSNESteps, points: np.ndarray, labels: np.ndarray, prior: 
     ax.scatter(points[:, 0], points[:, 1], s=size, c=class_colour(labels), alpha=0.8,
                linewidths=0, rasterized=True)
     for (x, y), image in zip(prior, prior_images):
-        image = OffsetImage(image, cmap="gray", norm=Normalize(0.0, 1.0), zoom=0.6)
-        box = AnnotationBbox(image, (x, y), frameon=True, pad=0.05, bboxprops={"edgecolor": "black", "linewidth": 1.0})
+        box = AnnotationBbox(thumbnail(image, 17), (x, y), frameon=True, pad=0.05,
+                             bboxprops={"edgecolor": "black", "linewidth": 1.0})
         ax.add_artist(box)
     if len(prior):
         # Annotation boxes do not widen the axes: make room for prior draws placed beyond the data.

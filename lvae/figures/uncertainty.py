@@ -18,9 +18,10 @@ class Grid(NamedTuple):
     """One labelled grid of the picture: the inputs of most extreme score, most extreme first."""
 
     headline: str
-    note: str  # the title's second line: the correlations that go with this score
+    note: str  # the title's second line: the correlations that go with this score ("" for none)
     score: str  # the score's name
-    pixels: np.ndarray  # (H, W) uint8, make_grid's rows of 28 x 28 cells with 2 px of grey between
+    pixels: np.ndarray  # (H, W) or (H, W, 3) uint8, make_grid's rows of cells with 2 px of grey between
+    cell: tuple[int, int]  # one input's height and width
     labels: list[int]
     values: list[float]
 
@@ -49,7 +50,7 @@ def draw(path: str, figsize: tuple[float, float], epoch: int, counts: np.ndarray
     _hist(fig.add_axes(HIST), counts, edges, mean, active.sum())
     _kl(fig.add_axes(KL), kl, active)
     _grids(fig, grids, nrow)
-    notes = ". ".join(dict.fromkeys(grid.note for grid in grids))  # the two u(x) grids share theirs
+    notes = ". ".join(grid.note for grid in grids if grid.note)
     captions = " ".join(f"{grid.headline}: labels {' '.join(map(str, grid.labels))}; "
                         f"{grid.score} {' '.join(f'{v:.3g}' for v in grid.values)}." for grid in grids)
     return Drawn(pictures=[("uncertainty", save_figure(fig, path), f"Epoch {epoch}: {summary}. {notes}. {captions}")])
@@ -96,28 +97,36 @@ def _grids(fig: Figure, grids: list[Grid], nrow: int) -> None:
     for k, grid in enumerate(grids):
         # 11 px: matplotlib's 8 pt at 100 dpi
         draw.multiline_text((column.width / 2, k * slot), f"{grid.headline} (label yellow, {grid.score} cyan)\n"
-                            f"{grid.note}", fill="black", font=_font(11), anchor="ma", align="center")
+                            f"{grid.note}".rstrip(), fill="black", font=_font(11), anchor="ma", align="center")
         picture = _labelled(grid, nrow, column.width, slot - GRID_TITLE_PX - 6)  # 6 px apart from the next title
         column.paste(picture, ((column.width - picture.width) // 2, k * slot + GRID_TITLE_PX))
     fig.figimage(np.asarray(column), xo=int(left), yo=int(bottom), origin="upper")
 
 
 def _labelled(grid: Grid, nrow: int, width: int, height: int) -> Image.Image:
-    """`grid`'s pixels with each cell's label (yellow) and value (cyan), as large as fits `width` x `height`."""
-    pad, cell = (0, 28) if len(grid.labels) == 1 else (2, 30)  # make_grid leaves a lone image unpadded
+    """`grid`'s pixels with each cell's label (yellow) and value (cyan) on dark boxes, readable on any image, as
+    large as fits `width` x `height`."""
+    cell_h, cell_w = grid.cell
+    pad = 0 if len(grid.labels) == 1 else 2  # make_grid leaves a lone image unpadded
     fit = min(width / grid.pixels.shape[1], height / grid.pixels.shape[0])
     # Whole pixels keep the digits sharp; a grid of many rows that does not fit at one pixel a pixel shrinks.
     scale = math.floor(fit) if fit >= 1 else fit
     size = (round(grid.pixels.shape[1] * scale), round(grid.pixels.shape[0] * scale))
     picture = Image.fromarray(grid.pixels).convert("RGB")
     picture = picture.resize(size, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX)
-    draw = ImageDraw.Draw(picture)
+    draw = ImageDraw.Draw(picture, "RGBA")
     # the text shrinks with the cells (60 px at the default 16 inputs in rows of 8), so that it stays inside
-    label_font, value_font = _font(min(13.0, 0.22 * 30 * scale), bold=True), _font(min(10.0, 0.16 * 30 * scale))
+    side = min(cell_h, cell_w) + 2
+    label_font, value_font = _font(min(13.0, 0.22 * side * scale), bold=True), _font(min(10.0, 0.16 * side * scale))
     for i, (label, value) in enumerate(zip(grid.labels, grid.values)):
-        x, y = pad + cell * (i % nrow), pad + cell * (i // nrow)  # the cell's top-left pixel, unscaled
-        draw.text(((x + 1) * scale, (y + 1) * scale), str(label), fill="yellow", font=label_font)
-        draw.text(((x + 27) * scale, (y + 27) * scale), f"{value:.3g}", fill="cyan", font=value_font, anchor="rb")
+        x, y = pad + (cell_w + pad) * (i % nrow), pad + (cell_h + pad) * (i // nrow)  # the cell's top-left, unscaled
+        for text, at, font, colour, anchor in ((str(label), ((x + 1) * scale, (y + 1) * scale), label_font, "yellow",
+                                                 "la"),
+                                                (f"{value:.3g}", ((x + cell_w - 1) * scale, (y + cell_h - 1) * scale),
+                                                 value_font, "cyan", "rb")):
+            box = draw.textbbox(at, text, font=font, anchor=anchor)
+            draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=(0, 0, 0, 170))
+            draw.text(at, text, fill=colour, font=font, anchor=anchor)
     return picture
 
 

@@ -1,0 +1,49 @@
+"""lvae's pictures on a VAE that lvae did not write: a plain LightningModule with only `encode` and `decode`, a plain
+`Trainer` and a plain DataLoader of `(x, y)` batches, in one process and in two (gloo)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, cli_env
+
+PICTURES = ("scatter", "tsne", "prior_samples", "uncertainty")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    out = {}
+    for devices in (1, 2):
+        folder = tmp_path_factory.mktemp(f"foreign{devices}")
+        proc = subprocess.run([sys.executable, str(REPO / "tests" / "foreign_vae.py"), str(folder), str(devices)],
+                              cwd=folder, env=cli_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert "was skipped" not in proc.stderr, proc.stderr[-4000:]
+        out[devices] = folder
+    return out
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_every_picture_is_drawn_each_epoch_for_a_module_lvae_did_not_write(runs: dict[int, Path], devices: int):
+    latents = runs[devices] / "latents"
+    for name in PICTURES:
+        assert sorted(p.name for p in (latents / name).glob("epoch_*.png")) == ["epoch_000.png", "epoch_001.png"], name
+
+
+def test_the_followed_inputs_are_the_same_in_one_and_two_processes(runs: dict[int, Path]) -> None:
+    for epoch in (0, 1):
+        one, two = (torch.load(runs[d] / f"followed_{epoch}.pt") for d in (1, 2))
+        assert one["index"].tolist() == list(range(45))  # every validation input once, in order
+        assert torch.equal(one["index"], two["index"])
+    assert one["mu"].shape == (45, 3)  # Z read from the means: the module has no hparams.latent_dim
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_predict_exports_a_foreign_modules_latents_in_order(runs: dict[int, Path], devices: int) -> None:
+    exported = np.load(runs[devices] / "latents.npz")
+    assert exported["index"].tolist() == list(range(45))  # complete and ordered, also from 2 uneven shares
+    direct = torch.load(runs[devices] / "direct_mu.pt").numpy()
+    np.testing.assert_allclose(exported["mu"], direct, rtol=1e-5, atol=1e-5)
