@@ -336,5 +336,5 @@ class ImageFolderDataModule(ImageDataModule):
         held = (f"held in memory as uint8 ({size / 2**20:.1f} MiB)" if keep else
                 f"streamed from the files by {hp.num_workers} workers ({size / 2**20:.1f} MiB exceeds "
                 f"data.memory_budget={hp.memory_budget})")
-        rank_zero_info(f"{hp.root}: {len(classes) if classes else 'no'} classes, "
+        rank_zero_info(f"{hp.root}: {f'{len(classes)} classes' if classes else 'unlabelled'}, "
                        + ", ".join(f"{k} {n}" for k, n in parts.items()) + f", {held}")

@@ -149,7 +149,7 @@ def test_streamed_loader_resumes_mid_epoch_with_exactly_the_remaining_inputs(bot
     in_memory.sampler.set_epoch(1)
     in_memory_batches = iter(in_memory)
     next(in_memory_batches), next(in_memory_batches)
-    assert state == in_memory.state_dict() == {"epoch": 1, "batches_done": 2}  # the in-memory path's state
+    assert state == in_memory.state_dict()  # the same position as the in-memory path's after the same 2 batches
     resumed = streamed.train_dataloader()
     resumed.load_state_dict(state)
     rest = [index for _, _, index in resumed]
