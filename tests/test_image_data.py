@@ -8,11 +8,11 @@ import tarfile
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 import numpy as np
 import pytest
 import torch
 from jsonargparse import ArgumentError, ArgumentParser
+from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 from torchvision import datasets
 
@@ -52,7 +52,7 @@ def grey_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def folder_module(root: Path, **kwargs) -> ImageFolderDataModule:
-    args = dict(image_size=16, batch_size=8, val_fraction=0.25, num_workers=0) | kwargs
+    args = {"image_size": 16, "batch_size": 8, "val_fraction": 0.25, "num_workers": 0} | kwargs
     dm = ImageFolderDataModule(str(root), **args)
     dm.setup("fit")
     return dm
@@ -127,7 +127,7 @@ def both_paths(colour_folder: Path) -> tuple[ImageFolderDataModule, ImageFolderD
 
 
 def test_images_over_the_memory_budget_are_streamed_as_the_same_batches(both_paths) -> None:
-    held, streamed = both_paths
+    _, streamed = both_paths
     assert isinstance(streamed.splits["train"], torch.utils.data.Dataset)  # nothing decoded is kept
     for split in ("train", "val"):
         loaders = [dm.train_dataloader() if split == "train" else dm.val_dataloader() for dm in both_paths]
@@ -319,7 +319,7 @@ def test_cifar10_is_read_by_torchvision_and_held_in_memory(cifar_dir: Path, fixt
     assert images.dtype == torch.uint8 and images.shape == (30, 3, 32, 32)
     assert torch.equal(images[:, 0], (10 * labels)[:, None, None].expand(-1, 32, 32).to(torch.uint8))
     assert set(images[:, 1].unique().tolist()) == {100} and set(images[:, 2].unique().tolist()) == {200}
-    x, y, index = dm.on_after_batch_transfer(next(iter(dm.test_dataloader())), 0)
+    x, _, index = dm.on_after_batch_transfer(next(iter(dm.test_dataloader())), 0)
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and torch.equal(index, torch.arange(8))
 
 
