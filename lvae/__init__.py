@@ -7,10 +7,11 @@ from lvae.errors import CheckpointError, ConfigError, DataFilesError, Divergence
 
 # Imported on first use (PEP 562): the drawing process imports `lvae.figures`, and importing the model here would
 # pull in Lightning, about 6 s of CPU taken from training on 2 cores.
-_LAZY = {"VAE": "lvae.model", "MNISTDataModule": "lvae.data", "Latents": "lvae.latents"}
+_LAZY = {"VAE": "lvae.model", "MNISTDataModule": "lvae.data", "Latents": "lvae.latents",
+         "ImageFolderDataModule": "lvae.image_folder", "CIFAR10DataModule": "lvae.cifar"}
 
-__all__ = ["VAE", "MNISTDataModule", "Latents", "LVAEError", "ConfigError", "DataFilesError", "CheckpointError",
-           "DivergenceError"]
+__all__ = ["VAE", "MNISTDataModule", "ImageFolderDataModule", "CIFAR10DataModule", "Latents", "LVAEError",
+           "ConfigError", "DataFilesError", "CheckpointError", "DivergenceError"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,340 @@
+"""Colour or grey images of any size: folders of your own pictures, and what every image data module shares.
+
+Images are decoded once (PIL, through torchvision's folder reader), their centred square resized to `image_size`
+and converted to `channels`. When all of them fit `memory_budget` they are held as one uint8 tensor and served as
+whole batches (`InMemoryBatches`, as MNIST is); otherwise DataLoader workers decode each batch from the files again,
+in the same order, rank shares and mid-epoch resume (`StreamedBatches`).
+"""
+
+import math
+from pathlib import Path
+from typing import Iterator, Literal, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
+from lightning.pytorch.utilities import rank_zero_info
+from PIL import Image, ImageOps
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension, make_dataset
+from typing_extensions import override
+
+from lvae.data import Batch, InMemoryBatches
+from lvae.errors import ConfigError, DataFilesError
+
+LAYOUT = ("Expected one sub-folder per class holding that class's images (root/cat/001.png, root/dog/002.jpg, ...), "
+          "or, for unlabelled images, the images directly in the folder (root/001.png, ...). Image files end in "
+          f"{', '.join(IMG_EXTENSIONS)}.")
+MODES = {1: "L", 3: "RGB"}  # channels -> PIL mode
+CHUNK = 256  # images one worker decodes per task while checking every file
+
+
+def refuse_unless(ok: bool, arg: str, value: object, rule: str) -> None:
+    """A bad value given from Python (the CLI's parser refuses typed arguments itself) as a ConfigError."""
+    if not ok:
+        raise ConfigError(f"data.{arg}={value!r} {rule}")
+
+
+def split_off(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Positions (train, val) of n inputs, round(n * fraction) held out by a seeded permutation; each sorted."""
+    n_val = round(n * fraction)
+    if not 0 < n_val < n:
+        raise ConfigError(f"data.val_fraction={fraction} leaves {n_val} of {n} training inputs for validation; "
+                          "choose a fraction that keeps both splits non-empty")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+def decode(path: str, size: int, channels: int) -> Tensor:
+    """One image file as uint8 (C, size, size): converted to grey or RGB, its centred square resized."""
+    mode = MODES[channels]
+    with Image.open(path) as img:
+        img.draft(mode, (size, size))  # JPEG only: decode at the smallest scale still >= size, far faster for photos
+        img = ImageOps.fit(img.convert(mode), (size, size), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.array(img)).reshape(size, size, channels).permute(2, 0, 1)  # (C, S, S)
+
+
+def scan(root: Path, arg: str) -> tuple[list[str], list[int], Optional[list[str]]]:
+    """The image files under `root`, their labels and the class names, in torchvision's ImageFolder layout.
+
+    Images directly in `root`, without class folders, are one unlabelled set: classes None, every label 0.
+    Anything else raises DataFilesError saying what was found; `arg` is the argument named in messages.
+    """
+    if not root.is_dir():
+        raise DataFilesError(f"data.{arg}={root}: no such folder. {LAYOUT}")
+    entries = sorted(root.iterdir())
+    loose = [str(p) for p in entries if p.is_file() and has_file_allowed_extension(p.name, IMG_EXTENSIONS)]
+    if not any(p.is_dir() for p in entries):
+        if not loose:
+            found = [p.name for p in entries]
+            what = f"holds no image files (found {', '.join(found[:5])}{', ...' if len(found) > 5 else ''})" \
+                if found else "is empty"
+            raise DataFilesError(f"data.{arg}={root} {what}. {LAYOUT}")
+        return loose, [0] * len(loose), None
+    classes, class_to_idx = find_classes(root)
+    if loose:
+        raise DataFilesError(f"data.{arg}={root} holds both class folders ({', '.join(classes)}) and images outside "
+                             f"them ({len(loose)}, e.g. {loose[0]}); put every image into its class folder, or all of "
+                             f"them directly in {root} for an unlabelled set. {LAYOUT}")
+    samples = make_dataset(root, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    counts = np.bincount([label for _, label in samples], minlength=len(classes))
+    empty = [str(root / name) for name, count in zip(classes, counts) if count == 0]
+    if empty:
+        raise DataFilesError(f"data.{arg}={root}: these class folders hold no image files: {', '.join(empty)}. "
+                             f"Remove them or add their images. {LAYOUT}")
+    if len(classes) == 1:
+        raise DataFilesError(f"data.{arg}={root} holds a single class folder ({classes[0]}, {counts[0]} images), so "
+                             f"every label would be the same. Put unlabelled images directly in {root} (they are "
+                             f"drawn without label colours), or add a folder per class. {LAYOUT}")
+    return [path for path, _ in samples], [label for _, label in samples], classes
+
+
+class ImageFiles(Dataset):
+    """Image files decoded one at a time: item i is (image uint8 (C, S, S), label, i)."""
+
+    def __init__(self, files: list[str], labels: Tensor, size: int, channels: int):
+        self.files, self.labels, self.size, self.channels = files, labels, size, channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
+        try:
+            image = decode(self.files[i], self.size, self.channels)
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, zlib.error, ... for a bad file
+            raise DataFilesError(f"{self.files[i]} cannot be read as an image ({type(err).__name__}: {err})") from err
+        return image, self.labels[i], i
+
+    def slice(self, start: int, stop: int) -> "ImageFiles":
+        return ImageFiles(self.files[start:stop], self.labels[start:stop], self.size, self.channels)
+
+
+class _DecodedChunks(Dataset):
+    """Chunk k of some ImageFiles decoded: (images uint8 (m, C, S, S), messages naming its unreadable files).
+
+    A bad file becomes a message instead of an exception, so one pass names every bad file, not just the first.
+    """
+
+    def __init__(self, files: ImageFiles):
+        self.files = files
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.files) / CHUNK)
+
+    def __getitem__(self, k: int) -> tuple[Tensor, list[str]]:
+        span = range(k * CHUNK, min((k + 1) * CHUNK, len(self.files)))
+        images = torch.zeros((len(span), self.files.channels, self.files.size, self.files.size), dtype=torch.uint8)
+        errors = []
+        for j, i in enumerate(span):
+            try:
+                images[j] = self.files[i][0]
+            except DataFilesError as err:
+                errors.append(str(err))
+        return images, errors
+
+
+def decode_all(files: ImageFiles, workers: int, keep: bool) -> Optional[Tensor]:
+    """Decode every file once in `workers` processes; return the images (N, C, S, S) uint8 if `keep`.
+
+    Raises one DataFilesError naming every unreadable file.
+    """
+    out = torch.empty((len(files), files.channels, files.size, files.size), dtype=torch.uint8) if keep else None
+    errors: list[str] = []
+    # batch_size=None: a task is a whole decoded chunk, which comes back from a worker through shared memory.
+    for k, (images, bad) in enumerate(DataLoader(_DecodedChunks(files), batch_size=None, num_workers=workers)):
+        if out is not None:
+            out[k * CHUNK: k * CHUNK + len(images)] = images
+        errors += bad
+    if errors:
+        raise DataFilesError(f"{len(errors)} of {len(files)} image files cannot be read; fix or remove them:\n  "
+                             + "\n  ".join(errors))
+    return out
+
+
+class StreamedBatches:
+    """Batches decoded from the files by DataLoader workers, for images that do not fit in memory.
+
+    Each epoch is planned by InMemoryBatches over the positions themselves, so the order, the disjoint rank shares,
+    the step count and the mid-epoch resume are those of the in-memory path.
+    """
+
+    def __init__(self, files: ImageFiles, batch_size: int, shuffle: bool, seed: int, num_workers: int,
+                 pin_memory: bool):
+        positions = torch.arange(len(files))
+        self.plan = InMemoryBatches(positions, positions, batch_size, shuffle, seed)
+        self.sampler = self.plan.sampler  # Lightning calls its set_epoch every epoch
+        self.batch_sampler = None  # Lightning inspects both attributes of anything with a sampler
+        self._batches: list[list[int]] = []  # this epoch's positions for this rank, batch by batch
+        self.loader = DataLoader(files, batch_sampler=self._batches, num_workers=num_workers,
+                                 persistent_workers=num_workers > 0, pin_memory=pin_memory)
+        self._done = 0  # batches of the current epoch handed out
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self) -> Iterator[Batch]:
+        # The plan leaves out the batches a resumed checkpoint had already trained on.
+        self._batches[:] = [index.tolist() for _, _, index in self.plan]
+        self._done = len(self.plan) - len(self._batches)
+        # Workers decode ahead of training; counting what is handed out here keeps the saved position exact.
+        for images, labels, index in self.loader:
+            self._done += 1
+            yield images, labels, index
+
+    def state_dict(self) -> dict[str, int]:
+        return {**self.plan.state_dict(), "batches_done": self._done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.plan.load_state_dict(state)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """What lvae's image data modules share: splits of uint8 images, served as batches `(x, y, index)`.
+
+    x is uint8 (B, C, H, W) until the transfer to the device, then float in [0, 1]; y the labels (B,); index each
+    input's position in its split (B,). A subclass sets `image_shape` (C, H, W) in `__init__`, from its arguments
+    alone (the CLI hands it to the model before anything is read), and fills `splits` and `_classes` in `setup`.
+    A split is held as (images (N, C, H, W) uint8, labels (N,)), or as ImageFiles to stream.
+    Hyperparameters used here: batch_size, split_seed, predict_split, and num_workers when streaming.
+    """
+
+    image_shape: tuple[int, int, int]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.splits: dict[str, "tuple[Tensor, Tensor] | ImageFiles"] = {}
+        self._classes: Optional[list[str]] = None
+
+    @property
+    def classes(self) -> Optional[list[str]]:
+        """The class names in label order, for legends; None for unlabelled images. Known after `setup`."""
+        if not self.splits:
+            raise RuntimeError(f"{type(self).__name__}.classes is known after setup()")
+        return self._classes
+
+    def _loader(self, split: str, shuffle: bool) -> "InMemoryBatches | StreamedBatches":
+        if split not in self.splits:
+            raise ConfigError(f"{type(self).__name__} has no {split} split; see data.test_root")
+        data, hp = self.splits[split], self.hparams
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if isinstance(data, ImageFiles):
+            return StreamedBatches(data, hp.batch_size, shuffle, hp.split_seed, hp.num_workers,
+                                   pin_memory=device.type == "cuda")
+        images, labels = data
+        if device.type == "cuda":
+            # Moved once, then every batch is indexed on the device.
+            images, labels = images.to(device), labels.to(device)
+            self.splits[split] = (images, labels)
+        return InMemoryBatches(images, labels, hp.batch_size, shuffle, hp.split_seed)
+
+    @override
+    def train_dataloader(self) -> "InMemoryBatches | StreamedBatches":
+        return self._loader("train", shuffle=True)
+
+    @override
+    def val_dataloader(self) -> "InMemoryBatches | StreamedBatches":
+        return self._loader("val", shuffle=False)
+
+    @override
+    def test_dataloader(self) -> "InMemoryBatches | StreamedBatches":
+        return self._loader("test", shuffle=False)
+
+    @override
+    def predict_dataloader(self) -> "InMemoryBatches | StreamedBatches":
+        return self._loader(self.hparams.predict_split, shuffle=False)
+
+    @override
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        images, labels, index = batch
+        # uint8 travels (4x less to move); the model sees floats in [0, 1], (B, C, H, W).
+        return images.float().div_(255), labels, index
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Your own images: one sub-folder per class (torchvision's ImageFolder layout), or all directly in `root`.
+
+    Images directly in `root`, with no class folders, are one unlabelled set (`classes` None, every label 0), drawn
+    without label colours. Every file is decoded once in `setup`, and all unreadable files are named before
+    training. Non-square images are cropped to their centred square.
+
+    Args:
+        root: the folder of images, e.g. ``my_images`` with ``my_images/cat/*.jpg`` and ``my_images/dog/*.png``.
+        image_size: side in pixels every image is resized to.
+        channels: 1 converts to grey, 3 to RGB.
+        batch_size: inputs per step and per process.
+        val_fraction: share of ``root``'s images held out for validation (fixed by ``split_seed``).
+        split_seed: seed of the train/validation split and of the shuffling.
+        memory_budget: MiB the decoded uint8 images may take in memory; above it they are decoded again from the
+            files every epoch by ``num_workers`` processes (0 always streams).
+        num_workers: processes that decode the files in ``setup``, and every batch when streaming.
+        test_root: a second folder, in the same layout with the same classes, for ``lvae test`` and
+            ``predict_split=test``; without it there is no test split.
+        predict_split: which split ``lvae predict`` encodes.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: PositiveInt = 32,
+        channels: Literal[1, 3] = 3,
+        batch_size: PositiveInt = 128,
+        val_fraction: OpenUnitInterval = 0.1,
+        split_seed: int = 0,
+        memory_budget: NonNegativeInt = 2048,
+        num_workers: NonNegativeInt = 2,
+        test_root: Optional[str] = None,
+        predict_split: Literal["train", "val", "test"] = "val",
+    ):
+        super().__init__()
+        # Plain types in the hyperparameters: checkpoints must load with weights_only=True.
+        root, test_root = str(root), None if test_root is None else str(test_root)
+        image_size, channels, batch_size, split_seed = int(image_size), int(channels), int(batch_size), int(split_seed)
+        memory_budget, num_workers, val_fraction = int(memory_budget), int(num_workers), float(val_fraction)
+        predict_split = str(predict_split)
+        refuse_unless(image_size >= 1, "image_size", image_size, "must be a positive integer")
+        refuse_unless(channels in MODES, "channels", channels, "must be 1 (grey) or 3 (RGB)")
+        refuse_unless(batch_size >= 1, "batch_size", batch_size, "must be a positive integer")
+        refuse_unless(0 < val_fraction < 1, "val_fraction", val_fraction, "must lie strictly between 0 and 1")
+        refuse_unless(memory_budget >= 0, "memory_budget", memory_budget, "must be >= 0 (MiB; 0 always streams)")
+        refuse_unless(num_workers >= 0, "num_workers", num_workers, "must be >= 0")
+        refuse_unless(predict_split in ("train", "val", "test"), "predict_split", predict_split,
+                      "is not one of ['test', 'train', 'val']")
+        refuse_unless(predict_split != "test" or test_root is not None, "predict_split", predict_split,
+                      "needs data.test_root, a folder of test images; or choose train or val")
+        self.save_hyperparameters()
+        self.image_shape = (channels, image_size, image_size)
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        files, labels, classes = scan(Path(hp.root), "root")
+        train, val = split_off(len(files), hp.val_fraction, hp.split_seed)
+        order = [*train.tolist(), *val.tolist()]
+        parts = {"train": len(train), "val": len(val)}
+        files, labels = [files[i] for i in order], [labels[i] for i in order]
+        if hp.test_root is not None:
+            test_files, test_labels, test_classes = scan(Path(hp.test_root), "test_root")
+            if test_classes != classes:
+                raise DataFilesError(f"data.test_root={hp.test_root} has classes {test_classes} but data.root="
+                                     f"{hp.root} has {classes}; both need the same class folders")
+            files, labels, parts["test"] = files + test_files, labels + test_labels, len(test_files)
+        # Decoded in split order, so each split in memory is a slice of one tensor, not a copy.
+        everything = ImageFiles(files, torch.tensor(labels), hp.image_size, hp.channels)
+        size = len(files) * math.prod(self.image_shape)
+        keep = size <= hp.memory_budget * 2**20
+        images = decode_all(everything, hp.num_workers, keep)
+        start = 0
+        for name, n in parts.items():
+            part = everything.slice(start, start + n)
+            self.splits[name] = (images[start:start + n], part.labels) if images is not None else part
+            start += n
+        self._classes = classes
+        held = (f"held in memory as uint8 ({size / 2**20:.1f} MiB)" if keep else
+                f"streamed from the files by {hp.num_workers} workers ({size / 2**20:.1f} MiB exceeds "
+                f"data.memory_budget={hp.memory_budget})")
+        rank_zero_info(f"{hp.root}: {f'{len(classes)} classes' if classes else 'unlabelled'}, "
+                       + ", ".join(f"{k} {n}" for k, n in parts.items()) + f", {held}")
