@@ -105,35 +105,42 @@ class Job:
         self._ending.set()
         _open_job = None
         subprocess_script._launch_process_observer = self._lightning_watch
+        ended = self._explain(err)
+        if err is not None or ended is not None:
+            self._end_children()  # none outlives rank zero's error, as after Lightning's Ctrl-C
+        if ended is not None:
+            raise ended from None
+
+    def _explain(self, err: Optional[BaseException]) -> Optional[BaseException]:
+        """The `ProcessStopped` to leave with, a quiet exit, or None to let `err` (or success) through."""
         if err is not None and (not isinstance(err, Exception) or isinstance(err, LVAEError)):
-            return  # Ctrl-C, SIGTERM, or an error that already says what went wrong
+            return None  # Ctrl-C, SIGTERM, or an error that already says what went wrong
         lost = lost_connection(err)
         stopped = self._stopped_child(wait=PARENT_SECONDS if lost is not None else 0.0)
         if stopped is None and lost is None:
-            return
+            return None
         if self._started_by_rank_zero():
             if not self._parent_gone(wait=PARENT_SECONDS):
-                raise SystemExit(ProcessStopped.exit_code) from None  # rank zero is alive and speaks for the job
+                return SystemExit(ProcessStopped.exit_code)  # rank zero is alive and speaks for the job
             who = "rank 0"
         elif stopped is not None:
             who = stopped
         else:
             rank = f"rank {self.trainer.global_rank}" if self.trainer is not None else "this process"
             who = f"{rank} lost its connection to it: {first_sentence(lost)}" if lost is not None else rank
-        self._end_children()
-        raise ProcessStopped(self.describe(who)) from None
+        return ProcessStopped(self.describe(who))
 
     def describe(self, who: str) -> str:
         """The message: who stopped, when, what the checkpoints on disk hold and how to continue."""
-        when = ""
-        if self.trainer is not None:
-            when = f" during epoch {self.trainer.current_epoch}, step {self.trainer.global_step}"
-        return f"a process of the job stopped ({who}){when}, so the job was ended. {self._checkpoints()}"
+        if self.trainer is None:  # stopped before training was set up
+            return f"a process of the job stopped ({who}), so the job was ended. Run the command again."
+        return (f"a process of the job stopped ({who}) during epoch {self.trainer.current_epoch}, step "
+                f"{self.trainer.global_step}, so the job was ended. {self._checkpoints(self.trainer)}")
 
-    def _checkpoints(self) -> str:
-        callback = self.trainer.checkpoint_callback if self.trainer is not None else None
-        if callback is None or getattr(callback, "dirpath", None) is None:
-            return "This run keeps no checkpoints; start it again."
+    def _checkpoints(self, trainer: "L.Trainer") -> str:
+        callback = trainer.checkpoint_callback
+        if trainer.state.fn != "fit" or callback is None or getattr(callback, "dirpath", None) is None:
+            return "Run the command again."
         last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
         if not last.is_file():
             return f"No checkpoint was written yet ({last} does not exist); start the run again."

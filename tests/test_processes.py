@@ -109,7 +109,8 @@ def test_a_rank_zero_that_no_error_reaches_is_ended_with_the_message(tmp_path: P
     # its own watch there. Here rank zero sleeps, as it would inside an NCCL collective that waits for its timeout.
     from lightning.pytorch.strategies.launchers import subprocess_script
 
-    assert "_launch_process_observer(self.procs)" in inspect.getsource(subprocess_script._SubprocessScriptLauncher.launch)
+    launch = inspect.getsource(subprocess_script._SubprocessScriptLauncher.launch)
+    assert "_launch_process_observer(self.procs)" in launch
     script = ("import subprocess, sys, time\n"
               "from lightning.pytorch.strategies.launchers import subprocess_script\n"
               "from lvae import processes\n"
@@ -165,7 +166,7 @@ def torchrun_job(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     # resumed fit starts after its epoch: the kill waits for epoch 1's pictures.
     killed = torchrun_two_nodes(cwd, "twonodes", *args, "--trainer.max_epochs", "50",
                                 marker(cwd / "marks", step=5, hold=1), kill="marks/rank1.pid",
-                                drawn=tuple(f"runs/torchrun-twonodes/latents/{name}/epoch_001.png" for name in PICTURES))
+                                drawn=tuple(f"runs/torchrun-twonodes/latents/{n}/epoch_001.png" for n in PICTURES))
     wandb_runs = list((cwd / "runs").glob("*/wandb/offline-run-*"))
     advice = re.search(r"Continue with (--run_id \S+ --ckpt_path last)$", "".join(out for _, out in killed), re.M)
     resumed = torchrun_two_nodes(cwd, "twonodes", *args, "--trainer.max_epochs", "3",
