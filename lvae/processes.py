@@ -1,11 +1,12 @@
 """When a process of a DDP job stops (killed, out of memory, a crash on one rank), the job ends within a bounded
 time with one message: which process stopped, what the checkpoints on disk hold and how to continue.
 
-Lightning's launcher starts ranks 1.. from rank zero and watches them with a thread (`_ChildProcessObserver`) that
-SIGKILLs every process, rank zero included, within 5 s of one exiting with an error: too soon for rank zero to
-close its W&B run, stop its drawing process or say anything. While a `Job` is open, that watch is lvae's instead:
-rank zero is given `GRACE_SECONDS` to end by itself, which with gloo it does at its next collective (the dead
-peer's connection resets within milliseconds), and is ended only if it has not.
+Lightning's launcher starts ranks 1.. from rank zero and watches them with a thread (`_ChildProcessObserver`, started
+by the private `_launch_process_observer`) that SIGKILLs every process, rank zero included, within 5 s of one
+exiting with an error: too soon for rank zero to close its W&B run, stop its drawing process or say anything.
+While a `Job` is open, that watch is lvae's instead: rank zero is given `GRACE_SECONDS` to end by itself, which with
+gloo it does at its next collective (the dead peer's connection resets within milliseconds), and is ended only if
+it has not.
 """
 
 import multiprocessing
@@ -29,7 +30,7 @@ from lvae.errors import LVAEError
 
 GRACE_SECONDS = 10.0  # from a rank stopping to rank zero leaving the Job: 1-3 s measured on 2 busy cores
 POLL_SECONDS = 0.2
-WANDB_CLOSE_SECONDS = 5.0
+WANDB_CLOSE_SECONDS = 5.0  # closing an offline run takes about 1 s; a hung one must not stop the job ending
 PARENT_SECONDS = 1.0  # a child may see its connections reset a moment before it sees its parent (rank zero) gone
 
 
