@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from lvae import noise, processes
 from lvae.checkpoints import AtomicCheckpointIO, RunCheckpoint, check_checkpoint, find_last_checkpoint
 from lvae.data import MNISTDataModule
 from lvae.errors import ConfigError, LVAEError
@@ -226,14 +227,19 @@ class LVAECLI(LightningCLI):
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return self._instantiate_trainer(config, extra)
+        trainer = self._instantiate_trainer(config, extra)
+        subcommand = self.config[self.subcommand]
+        noise.quiet_trainer(trainer, resuming=self.subcommand == "fit" and subcommand.get("ckpt_path") is not None)
+        processes.track(trainer, subcommand.get("run_id"))
+        return trainer
 
 
 def main(args: Any = None) -> None:
     """Entry point of the `lvae` console script and of `python -m lvae`."""
     previous = os.environ.get(RUN_ID_ENV)
     try:
-        LVAECLI(args=args)
+        with noise.quiet(), processes.Job():  # a DDP process that stops ends the job with one message
+            LVAECLI(args=args)
     except LVAEError as err:
         print(f"lvae: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

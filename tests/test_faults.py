@@ -38,6 +38,7 @@ MESSAGES = {
     "perplexity": "TSNEEmbedding.perplexity=500.0 is too large for",
     "picture fails": "was skipped",  # tests/test_pictures.py
     "untrusted checkpoint": "is refused: it holds",
+    "dead process": "a process of the job stopped",  # tests/test_processes.py
 }
 
 
