@@ -14,6 +14,8 @@ from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lvae.divergence import latents_diverged
+
 
 @dataclass(frozen=True)
 class Latents:
@@ -40,7 +42,9 @@ class Latents:
 
 def unusable(latents: Optional[Latents], min_points: int, finite: tuple[str, ...] = ("mu",)) -> Optional[str]:
     """Why `latents` cannot make a picture coloured by label (None when they can): the one check every
-    picture callback shares, so each skips with a warning instead of raising."""
+    picture callback shares, so each skips with a warning in lvae's words instead of raising. Means or
+    log-variances that the divergence rule calls absurd (`lvae.divergence`) are refused for every picture,
+    e.g. "the means reach 3e+31 (limit 10,000): the model has diverged"."""
     if latents is None:
         return "no validation latents were collected (model.latent_points=0, or no validation batches)"
     if len(latents) < min_points:
@@ -48,6 +52,9 @@ def unusable(latents: Optional[Latents], min_points: int, finite: tuple[str, ...
     for name in finite:
         if not bool(torch.isfinite(getattr(latents, name)).all()):
             return f"latents.{name} holds NaN or infinite values"
+    absurd = latents_diverged(float(latents.mu.abs().max()), float(latents.logvar.max()))
+    if absurd is not None:
+        return f"{absurd}: the model has diverged"
     if len(latents.label.unique()) < 2:
         return f"every input has label {int(latents.label[0])}; a picture coloured by label needs two or more"
     return None
