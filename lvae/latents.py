@@ -49,12 +49,16 @@ def unusable(latents: Optional[Latents], min_points: int, finite: tuple[str, ...
         return "no validation latents were collected (model.latent_points=0, or no validation batches)"
     if len(latents) < min_points:
         return f"{len(latents)} validation inputs are too few (this picture needs {min_points})"
-    for name in finite:
+    # Every picture reads the means and log-variances; what the rest holds is a consequence when these diverged.
+    for name in ("mu", "logvar"):
         if not bool(torch.isfinite(getattr(latents, name)).all()):
-            return f"latents.{name} holds NaN or infinite values"
+            return f"latents.{name} holds NaN or infinite values: the model has diverged"
     absurd = latents_diverged(float(latents.mu.abs().max()), float(latents.logvar.max()))
     if absurd is not None:
         return f"{absurd}: the model has diverged"
+    for name in finite:
+        if not bool(torch.isfinite(getattr(latents, name)).all()):
+            return f"latents.{name} holds NaN or infinite values"
     if len(latents.label.unique()) < 2:
         return f"every input has label {int(latents.label[0])}; a picture coloured by label needs two or more"
     return None

@@ -164,7 +164,7 @@ def latents(mu: torch.Tensor, logvar: torch.Tensor) -> Latents:
     (3e31, 0.0, "the means reach 3e+31 (limit 10,000): the model has diverged"),
     (-3e31, 0.0, "the means reach 3e+31 (limit 10,000): the model has diverged"),
     (1.0, 76.1, "the log-variances reach 76.1 (limit 20): the model has diverged"),
-    (1.0, NAN, "the log-variances are NaN: the model has diverged"),
+    (1.0, NAN, "latents.logvar holds NaN or infinite values: the model has diverged"),
     (0.9 * MU_LIMIT, -40.0, None),
 ])
 def test_pictures_of_diverged_latents_are_refused_in_lvaes_words(mu: float, logvar: float, reason) -> None:
@@ -172,7 +172,15 @@ def test_pictures_of_diverged_latents_are_refused_in_lvaes_words(mu: float, logv
     z[3, 1] = mu
     logvar_values = torch.zeros(8, 4)
     logvar_values[5, 2] = logvar
-    assert unusable(latents(z, logvar_values), min_points=2) == reason
+    for finite in (("mu",), ("mu", "logvar", "recon", "neg_elbo")):  # what the pictures ask for
+        assert unusable(latents(z, logvar_values), min_points=2, finite=finite) == reason
+
+
+def test_the_cause_is_named_rather_than_its_consequences() -> None:
+    broken = latents(torch.full((8, 4), 3e31), torch.zeros(8, 4))
+    broken.neg_elbo[:] = math.inf  # the KL of such means overflows
+    assert unusable(broken, min_points=2, finite=("mu", "logvar", "recon", "neg_elbo")) == \
+        "the means reach 3e+31 (limit 10,000): the model has diverged"
 
 
 def test_readme_states_the_limits() -> None:
