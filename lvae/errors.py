@@ -26,6 +26,6 @@ class CheckpointError(LVAEError):
 
 
 class DivergenceError(LVAEError, FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The run diverged: a loss, mean or log-variance that `lvae.divergence` calls absurd, or NaN."""
 
     exit_code = 1

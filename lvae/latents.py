@@ -17,6 +17,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from lvae.divergence import latents_diverged
+
 
 @dataclass(frozen=True)
 class Latents:
@@ -43,11 +45,20 @@ class Latents:
 
 def unusable(latents: Optional[Latents], min_points: int, finite: tuple[str, ...] = ("mu",)) -> Optional[str]:
     """Why `latents` cannot make a picture coloured by label (None when they can): the one check every
-    picture callback shares, so each skips with a warning instead of raising."""
+    picture callback shares, so each skips with a warning in lvae's words instead of raising. Means or
+    log-variances that the divergence rule calls absurd (`lvae.divergence`) are refused for every picture,
+    e.g. "the means reach 3e+31 (limit 10,000): the model has diverged"."""
     if latents is None:
         return "no validation latents were collected (model.latent_points=0, or no validation batches)"
     if len(latents) < min_points:
         return f"{len(latents)} validation inputs are too few (this picture needs {min_points})"
+    # Every picture reads the means and log-variances; what the rest holds is a consequence when these diverged.
+    for name in ("mu", "logvar"):
+        if not bool(torch.isfinite(getattr(latents, name)).all()):
+            return f"latents.{name} holds NaN or infinite values: the model has diverged"
+    absurd = latents_diverged(float(latents.mu.abs().max()), float(latents.logvar.max()))
+    if absurd is not None:
+        return f"{absurd}: the model has diverged"
     for name in finite:
         if getattr(latents, name) is not None and not bool(torch.isfinite(getattr(latents, name)).all()):
             return f"latents.{name} holds NaN or infinite values"

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Normal
-from torchmetrics import MeanMetric
+from torchmetrics import MaxMetric, MeanMetric
 from typing_extensions import override
 
 from lvae.checkpoints import check_class_paths, load_checkpoint
+from lvae.divergence import divergence_message, diverged, vitals
 from lvae.errors import ConfigError, DivergenceError
 from lvae.latents import LatentCollection, Latents
 
@@ -93,6 +94,13 @@ class VAE(L.LightningModule):
     Losses are per image, in nats: the Bernoulli negative log-likelihood of the pixels (summed over pixels)
     plus ``beta`` times the analytic KL of q(z|x) to N(0, I).
 
+    Fit stops with a `DivergenceError` when the run has diverged (`lvae.divergence`): a loss that is NaN,
+    infinite or above 54,343 nats per image (100 times the 543 of an untrained model), means with |mu| above
+    1e4 or log-variances above 20, whichever comes first. Each training step is judged one step late, so the
+    check never waits for the device; each validation epoch on the whole validation set; and every checkpoint,
+    before it is written, on the weights it holds (scored on the last training batch), so none holds diverged
+    weights. A resume with another ``lr`` trains with that ``lr``, not the one in the checkpoint's optimiser.
+
     Args:
         latent_dim: Z, the size of the latent code.
         architecture: ``"mlp"`` (784-hidden-Z, the classic example) or ``"conv"`` (a small convolutional pair).
@@ -145,9 +153,13 @@ class VAE(L.LightningModule):
         # nan_strategy="disable": torchmetrics would otherwise drop NaN values and report a finite mean.
         self.metrics = nn.ModuleDict({f"{s}_{p}": MeanMetric(nan_strategy="disable") for s in STAGES for p in PARTS})
         self.test_nll = MeanMetric(nan_strategy="disable")
+        # The largest |mu| and logvar of a validation epoch, for the divergence rule.
+        self.val_extremes = nn.ModuleDict({k: MaxMetric(nan_strategy="disable") for k in ("mu", "logvar")})
         self.latents = LatentCollection(latent_points)
         self._loss_parts = torch.compile(self._loss_parts_eager) if compile else self._loss_parts_eager
-        self._pending_check: Optional[tuple[Tensor, Tensor, Tensor, int, int]] = None
+        self._pending_check: Optional[tuple[Tensor, int, int]] = None
+        self._last_batch: Optional[Tensor] = None
+        self._saved_lr: Optional[float] = None
         self._eval_noise: dict[tuple[str, int], Tensor] = {}
 
     @classmethod
@@ -194,8 +206,11 @@ class VAE(L.LightningModule):
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # KL(N(mu, var) || N(0, I)), (B,)
         return mu, logvar, recon, kl
 
+    def _objective(self, recon: Tensor, kl: Tensor) -> Tensor:
+        return recon + self.hparams.beta * kl  # (B,)
+
     def _update_metrics(self, stage: str, recon: Tensor, kl: Tensor) -> Tensor:
-        loss = recon + self.hparams.beta * kl  # (B,)
+        loss = self._objective(recon, kl)
         for part, value in (("loss", loss), ("recon", recon), ("kl", kl)):
             self.metrics[f"{stage}_{part}"].update(value.detach())  # on the device, no sync
         if stage != "train":
@@ -217,33 +232,40 @@ class VAE(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         x, _, _ = batch
         self._raise_if_diverged()
-        _, _, recon, kl = self._loss_parts(x)
+        mu, logvar, recon, kl = self._loss_parts(x)
         loss = self._update_metrics("train", recon, kl)
         # Read back one step later, so the check never waits for the device (no sync in the hot path).
-        self._pending_check = (loss.detach(), recon.detach().mean(), kl.detach().mean(), self.current_epoch,
-                               self.global_step)
+        self._pending_check = (vitals(loss, recon, kl, mu, logvar), self.current_epoch, self.global_step)
+        self._last_batch = x  # what on_save_checkpoint scores the weights on
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:  # only the steps Lightning hands to the loggers
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def _raise_if_diverged(self) -> None:
-        """Stop with a message naming the step and the loss parts when the last step's loss was NaN or inf."""
+        """Stop with the divergence message when the last training step had diverged."""
         if self._pending_check is None:
             return
-        loss, recon, kl, epoch, step = self._pending_check
+        values, epoch, step = self._pending_check
         self._pending_check = None
-        if bool(torch.isfinite(loss)):
+        self._stop_if(diverged("loss", *values.tolist()), epoch, step)
+
+    def _stop_if(self, what: Optional[str], epoch: int, step: int, where: str = "") -> None:
+        if what is not None:
+            raise DivergenceError(divergence_message(epoch, step, what + where, self.hparams.lr))
+
+    def _raise_if_weights_diverged(self) -> None:
+        """Score the current weights on the last training batch (at the means, no noise drawn: the random
+        stream stays as it was) and stop if they have diverged; the lagged check has not seen them yet."""
+        if self._last_batch is None:
             return
-        bad = [f"{name}={value.item():.4g}" for name, value in (("recon", recon), ("kl", kl))
-               if not torch.isfinite(value)]
-        raise DivergenceError(
-            f"training diverged at epoch {epoch}, step {step}: loss={loss.item()} "
-            f"(non-finite parts: {', '.join(bad) or 'none; beta * kl overflowed'}). No checkpoint was written from "
-            f"non-finite weights; last.ckpt and the best checkpoint keep the last finite state. Lower the learning "
-            f"rate (now --model.lr {self.hparams.lr}) or clip gradients (--trainer.gradient_clip_val 1.0), then "
-            f"resume with --ckpt_path last."
-        )
+        x = self._last_batch
+        with torch.no_grad():
+            mu, logvar, recon, kl = self._loss_parts_eager(x, torch.zeros(len(x), self.hparams.latent_dim,
+                                                                          device=x.device))
+            values = vitals(self._objective(recon, kl).mean(), recon, kl, mu, logvar)
+        self._stop_if(diverged("loss", *values.tolist()), self.current_epoch, self.global_step,
+                      where=", with the weights about to be saved")
 
     @override
     def on_validation_start(self) -> None:
@@ -255,31 +277,42 @@ class VAE(L.LightningModule):
 
     @override
     def on_validation_epoch_end(self) -> None:
-        # Finite weights can still give NaN on some inputs; checkpoints are saved right after this hook.
+        # The whole validation set judges the weights that the checkpoints saved right after this hook hold.
         if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
             return
-        val_loss = self.metrics["val_loss"].compute()  # synced across ranks; cached for the log call
-        if not torch.isfinite(val_loss):
-            raise DivergenceError(
-                f"training diverged at epoch {self.current_epoch}, step {self.global_step}: val/loss={val_loss.item()} "
-                f"on the validation set. No checkpoint was written from these weights; last.ckpt and the best "
-                f"checkpoint keep the last finite state. Lower the learning rate (now --model.lr {self.hparams.lr}) "
-                f"or clip gradients (--trainer.gradient_clip_val 1.0), then resume with --ckpt_path last.")
+        # Synced across ranks, so every rank decides alike; the means are cached for the log call.
+        values = [self.metrics[f"val_{part}"].compute().item() for part in PARTS]
+        values += [self.val_extremes[k].compute().item() for k in ("mu", "logvar")]
+        self._stop_if(diverged("val/loss", *values), self.current_epoch, self.global_step,
+                      where=", on the validation set")
 
     @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Every checkpoint passes through here: never write one after a non-finite step.
+        # Every checkpoint passes through here: never write one after a diverged step, nor diverged weights.
         self._raise_if_diverged()
+        self._raise_if_weights_diverged()
         checkpoint["latent_subset"] = self.latents.state_dict()
 
     @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "latent_subset" in checkpoint:
             self.latents.load_state_dict(checkpoint["latent_subset"])
+        self._saved_lr = checkpoint.get("hyper_parameters", {}).get("lr")
+
+    @override
+    def on_train_start(self) -> None:
+        # Lightning restores the optimiser with the lr it was saved with: a new --model.lr on resume, the fix the
+        # divergence message gives, would be ignored.
+        if self._saved_lr is not None and self._saved_lr != self.hparams.lr:
+            for optimizer in self.trainer.optimizers:
+                for group in optimizer.param_groups:
+                    group["lr"] = self.hparams.lr
 
     @override
     def on_validation_epoch_start(self) -> None:
         self.latents.reset(self.current_epoch)
+        for extreme in self.val_extremes.values():
+            extreme.reset()
 
     def eval_noise(self, index: Tensor, stage: str, draws: int = 1) -> Tensor:
         """Standard-normal draws (draws, B, Z) that depend only on each input's dataset index and the stage.
@@ -306,6 +339,8 @@ class VAE(L.LightningModule):
         eps = self.eval_noise(index, "val")  # (1, B, Z): draw 0 gives val/loss, draws 1..S the negative ELBO
         mu, logvar, recon, kl = self._loss_parts(x, eps[0])
         self._update_metrics("val", recon, kl)
+        self.val_extremes["mu"].update(mu.detach().abs().amax())
+        self.val_extremes["logvar"].update(logvar.detach().amax())
         if self.latents.enabled:
             # The negative ELBO is left for `validation_latents`: only the followed subset needs it.
             self.latents.add(index=index, label=y, mu=mu, logvar=logvar, recon=recon, kl=kl,

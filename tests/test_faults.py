@@ -24,6 +24,8 @@ from lvae.checkpoints import AtomicCheckpointIO
 
 MESSAGES = {
     "divergence": "training diverged at epoch",
+    "finite divergence": "over 54,343 nats per image, 100 times the 543 of an untrained model",  # test_divergence.py
+    "diverged pictures": "the model has diverged",  # test_divergence.py
     "sigint": "interrupted at epoch",
     "sigkill": "removing",
     "truncated": "is truncated",
@@ -45,25 +47,6 @@ MESSAGES = {
 def finite_weights(path: Path) -> bool:
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
-
-
-def test_divergence_stops_at_once_and_keeps_finite_checkpoints(mnist_root: Path, tmp_path: Path) -> None:
-    # A checkpoint after every step (no monitor: Lightning defers monitored step checkpoints to validation),
-    # so there are good ones on disk when the loss turns NaN within a few steps.
-    proc = run_lvae(small_fit_args(mnist_root, "--model.lr", "100", "--checkpoint.every_n_train_steps", "1",
-                                   "--checkpoint.monitor", "null"), tmp_path, check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    found = re.search(rf"{MESSAGES['divergence']} (\d+), step (\d+): loss=(\S+) \(non-finite parts: ([^)]*)\)",
-                      proc.stderr)
-    assert found, proc.stderr[-3000:]
-    assert "--trainer.gradient_clip_val" in proc.stderr and "--model.lr 100" in proc.stderr
-    assert "kl=" in found.group(4) or "recon=" in found.group(4)
-    (run,) = run_dirs(tmp_path / "runs")
-    checkpoints = sorted((run / "checkpoints").glob("*.ckpt"))
-    assert checkpoints and all(finite_weights(p) for p in checkpoints)
-    # last.ckpt is the state the diverged step started from: the last finite one.
-    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert last["global_step"] == int(found.group(2))
 
 
 def test_last_checkpoint_is_the_last_epoch_even_when_val_loss_does_not_improve(mnist_root: Path, tmp_path: Path):

@@ -1,0 +1,58 @@
+"""When a run has diverged: the one rule that the training loop, the checkpoints and the pictures share, and
+the message the user reads.
+
+A run has diverged when its loss is NaN or infinite, or far above what an untrained model scores, or when the
+means or log-variances of q(z|x) reach values no healthy posterior has, even while the loss looks fine.
+Each limit is one-sided: a loss may be negative (a Gaussian likelihood) and the log-variances may head to
+minus infinity (beta = 0); only too large is absurd. The margins over what healthy runs reach are in
+bench/README.md ("divergence.py").
+"""
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+# A decoder that says p = 0.5 for each of the 28 x 28 pixels, as an untrained one roughly does, scores D ln 2
+# nats per image.
+UNTRAINED_LOSS = 28 * 28 * math.log(2)  # 543.4
+LOSS_LIMIT = 100 * UNTRAINED_LOSS  # 54,343 nats per image
+MU_LIMIT = 1e4  # healthy runs keep |mu| below 30, beta = 0 included
+LOGVAR_LIMIT = 20.0  # healthy runs stay below 5; a posterior std of e^10 prior units is no posterior
+
+
+def vitals(loss: Tensor, recon: Tensor, kl: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """What the rule reads of one batch, (5,) on the device without a sync: the mean loss, recon and kl, the
+    largest |mu| and the largest logvar. `loss` is the batch mean, the others per input."""
+    return torch.stack([loss, recon.mean(), kl.mean(), mu.abs().amax(), logvar.amax()]).detach()
+
+
+def latents_diverged(mu_max: float, logvar_max: float) -> Optional[str]:
+    """"the means reach 3e+31 (limit 10,000)" and the like, or None when the means and log-variances are sane.
+    `mu_max` is the largest |mu|, `logvar_max` the largest logvar; NaN counts as diverged."""
+    for name, value, limit in (("means", mu_max, MU_LIMIT), ("log-variances", logvar_max, LOGVAR_LIMIT)):
+        if math.isnan(value):
+            return f"the {name} are NaN"
+        if value > limit:
+            return f"the {name} reach {value:.3g} (limit {limit:,g})"
+    return None
+
+
+def diverged(name: str, loss: float, recon: float, kl: float, mu_max: float, logvar_max: float) -> Optional[str]:
+    """What has diverged, naming the value (`name` is "loss" or "val/loss"), or None when nothing has."""
+    if not math.isfinite(loss):
+        bad = [f"{part}={value:.4g}" for part, value in (("recon", recon), ("kl", kl)) if not math.isfinite(value)]
+        return f"{name}={loss} (non-finite parts: {', '.join(bad) or 'none; beta * kl overflowed'})"
+    if loss > LOSS_LIMIT:
+        return (f"{name}={loss:.4g} (recon={recon:.4g}, kl={kl:.4g}), over {LOSS_LIMIT:,.0f} nats per image, 100 "
+                f"times the {UNTRAINED_LOSS:.0f} of an untrained model")
+    return latents_diverged(mu_max, logvar_max)
+
+
+def divergence_message(epoch: int, step: int, what: str, lr: float) -> str:
+    """The one message for every way a run diverges: the step, what diverged, what is kept and the fix."""
+    return (f"training diverged at epoch {epoch}, step {step}: {what}. No checkpoint was written from these "
+            f"weights: last.ckpt and the best checkpoint are the last sane ones. Lower the learning rate (now "
+            f"--model.lr {lr}) or clip gradients (--trainer.gradient_clip_val 1.0), then resume with --ckpt_path "
+            f"last.")
