@@ -26,7 +26,9 @@ sys.path.insert(0, str(REPO))
 
 from lvae import DivergenceError, MNISTDataModule  # noqa: E402
 from lvae.data import read_idx_pair, write_idx  # noqa: E402
-from lvae.divergence import LOGVAR_LIMIT, LOSS_LIMIT, MU_LIMIT  # noqa: E402
+from lvae.divergence import LOGVAR_LIMIT, LOSS_FACTOR, MU_LIMIT, untrained_loss  # noqa: E402
+
+LOSS_LIMIT = LOSS_FACTOR * untrained_loss(28 * 28)
 from lvae.model import VAE  # noqa: E402
 
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist-t10k"

@@ -14,10 +14,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-# A decoder that says p = 0.5 for each of the 28 x 28 pixels, as an untrained one roughly does, scores D ln 2
-# nats per image.
-UNTRAINED_LOSS = 28 * 28 * math.log(2)  # 543.4
-LOSS_LIMIT = 100 * UNTRAINED_LOSS  # 54,343 nats per image
+# A decoder that says p = 0.5 for each of an image's D pixel values, as an untrained one roughly does, scores D ln 2
+# nats per image: 543.4 for MNIST's 28 x 28. A loss above 100 times that has diverged.
+LOSS_FACTOR = 100
+
+
+def untrained_loss(pixels: int) -> float:
+    return pixels * math.log(2)
 MU_LIMIT = 1e4  # healthy runs keep |mu| below 30, beta = 0 included
 LOGVAR_LIMIT = 20.0  # healthy runs stay below 5; a posterior std of e^10 prior units is no posterior
 
@@ -39,14 +42,17 @@ def latents_diverged(mu_max: float, logvar_max: float) -> Optional[str]:
     return None
 
 
-def diverged(name: str, loss: float, recon: float, kl: float, mu_max: float, logvar_max: float) -> Optional[str]:
-    """What has diverged, naming the value (`name` is "loss" or "val/loss"), or None when nothing has."""
+def diverged(name: str, loss: float, recon: float, kl: float, mu_max: float, logvar_max: float,
+             pixels: int = 28 * 28) -> Optional[str]:
+    """What has diverged, naming the value (`name` is "loss" or "val/loss"), or None when nothing has. `pixels` is
+    D, the number of pixel values per image."""
     if not math.isfinite(loss):
         bad = [f"{part}={value:.4g}" for part, value in (("recon", recon), ("kl", kl)) if not math.isfinite(value)]
         return f"{name}={loss} (non-finite parts: {', '.join(bad) or 'none; beta * kl overflowed'})"
-    if loss > LOSS_LIMIT:
-        return (f"{name}={loss:.4g} (recon={recon:.4g}, kl={kl:.4g}), over {LOSS_LIMIT:,.0f} nats per image, 100 "
-                f"times the {UNTRAINED_LOSS:.0f} of an untrained model")
+    untrained = untrained_loss(pixels)
+    if loss > LOSS_FACTOR * untrained:
+        return (f"{name}={loss:.4g} (recon={recon:.4g}, kl={kl:.4g}), over {LOSS_FACTOR * untrained:,.0f} nats per "
+                f"image, {LOSS_FACTOR} times the {untrained:.0f} of an untrained model")
     return latents_diverged(mu_max, logvar_max)
 
 

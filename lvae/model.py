@@ -1,110 +1,93 @@
-"""The VAE: encoder/decoder pairs, the per-image loss in nats, and the importance-weighted test bound."""
+"""The VAE: its encoder and decoder (lvae's or your own), the per-image loss in nats, and the importance-weighted
+test bound."""
 
+import functools
+import importlib
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Normal
+from torch.distributions import Normal
 from torchmetrics import MaxMetric, MeanMetric
 from typing_extensions import override
 
 from lvae.checkpoints import check_class_paths, load_checkpoint
 from lvae.divergence import divergence_message, diverged, vitals
 from lvae.errors import ConfigError, DivergenceError
-from lvae.latents import LatentCollection, Latents
+from lvae.latents import LatentCollection, Latents, kl_to_prior
+from lvae.networks import ARCHITECTURES, ImageShape
 
-PIXELS = 28 * 28
+# A network is built as factory(latent_dim, image_shape, **init_args): in a config, a class_path and its init_args.
+NetworkFactory = Callable[[int, tuple[int, int, int]], nn.Module]
 STAGES = ("train", "val", "test")
 PARTS = ("loss", "recon", "kl")
 EVAL_NOISE_BLOCK = 4096
 EVAL_NOISE_SEEDS = {"val": 1, "test": 2}
+LIKELIHOODS = ("bernoulli", "gaussian")
 
 
-class MLPEncoder(nn.Module):
-    """784-hidden-(mu, logvar), as in the classic PyTorch VAE example."""
-
-    def __init__(self, latent_dim: int, hidden_dim: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(PIXELS, hidden_dim), nn.ReLU())
-        self.mu = nn.Linear(hidden_dim, latent_dim)
-        self.logvar = nn.Linear(hidden_dim, latent_dim)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.body(x)  # (B, hidden)
-        return self.mu(h), self.logvar(h)  # (B, Z) each
+def describe_network(factory: Union[None, dict, NetworkFactory]) -> Optional[dict[str, Any]]:
+    """A network factory as plain values, ``{"class_path": ..., "init_args": {...}}``, as a config names it: what
+    a checkpoint's hyperparameters hold (they load as tensors and plain values only)."""
+    if factory is None or isinstance(factory, dict):
+        return factory
+    init_args: dict[str, Any] = {}
+    if isinstance(factory, functools.partial):  # a class with its init_args, as jsonargparse or the user binds it
+        init_args = dict(factory.keywords)
+        factory = next((f for f in (factory.func, *factory.args) if isinstance(f, type)), factory.func)
+    return {"class_path": f"{factory.__module__}.{factory.__qualname__}", "init_args": init_args}
 
 
-class MLPDecoder(nn.Module):
-    """latent-hidden-784 Bernoulli logits."""
-
-    def __init__(self, latent_dim: int, hidden_dim: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, PIXELS))
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)  # (B, 784) logits
-
-
-class ConvEncoder(nn.Module):
-    """Two stride-2 convolutions (28 -> 14 -> 7) then a hidden layer and the two heads."""
-
-    def __init__(self, latent_dim: int, hidden_dim: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, 14, 14)
-            nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),  # (B, 64, 7, 7)
-            nn.Flatten(), nn.Linear(64 * 7 * 7, hidden_dim), nn.ReLU(),
-        )
-        self.mu = nn.Linear(hidden_dim, latent_dim)
-        self.logvar = nn.Linear(hidden_dim, latent_dim)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.body(x.view(-1, 1, 28, 28))
-        return self.mu(h), self.logvar(h)
+def network_factory(described: Union[dict, NetworkFactory]) -> NetworkFactory:
+    """The factory a description (`describe_network`) names; a factory is taken as it is."""
+    if not isinstance(described, dict):
+        return described
+    module, _, name = described["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"class_path {described['class_path']!r} cannot be imported ({err}); make sure its module "
+                          "is on PYTHONPATH") from None
+    return functools.partial(cls, **described.get("init_args", {}))
 
 
-class ConvDecoder(nn.Module):
-    """The mirror of ConvEncoder with transposed convolutions (7 -> 14 -> 28)."""
-
-    def __init__(self, latent_dim: int, hidden_dim: int):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim), nn.ReLU(),
-            nn.Linear(hidden_dim, 64 * 7 * 7), nn.ReLU(),
-            nn.Unflatten(1, (64, 7, 7)),
-            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, 14, 14)
-            nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1),  # (B, 1, 28, 28)
-            nn.Flatten(),
-        )
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)  # (B, 784) logits
-
-
-ARCHITECTURES = {"mlp": (MLPEncoder, MLPDecoder), "conv": (ConvEncoder, ConvDecoder)}
+def _name(factory: NetworkFactory) -> str:
+    return describe_network(factory)["class_path"]
 
 
 class VAE(L.LightningModule):
-    """A variational autoencoder on 28x28 grey images with a Bernoulli decoder and a N(0, I) prior.
+    """A variational autoencoder with a N(0, I) prior, on images of any shape (C, H, W) in [0, 1].
 
-    Losses are per image, in nats: the Bernoulli negative log-likelihood of the pixels (summed over pixels)
-    plus ``beta`` times the analytic KL of q(z|x) to N(0, I).
+    The encoder and decoder are lvae's MLP or conv pair (`architecture`, `hidden_dim`) or networks of your own
+    (`encoder`, `decoder`: built as ``encoder(latent_dim, image_shape, **init_args)``, see `lvae.networks`); one dry
+    forward pass at construction refuses networks whose outputs have the wrong shape, naming the shapes.
+
+    Losses are per image, in nats: the negative log-likelihood of the pixels (summed over pixels and channels)
+    plus ``beta`` times the analytic KL of q(z|x) to N(0, I). The likelihood is Bernoulli (grey pixels as
+    Bernoulli targets, the classic example's convention) or Gaussian with a learned scale per channel, for natural
+    images; its loss can be negative. Either way `decode` returns the mean image in [0, 1].
 
     Fit stops with a `DivergenceError` when the run has diverged (`lvae.divergence`): a loss that is NaN,
-    infinite or above 54,343 nats per image (100 times the 543 of an untrained model), means with |mu| above
-    1e4 or log-variances above 20, whichever comes first. Each training step is judged one step late, so the
-    check never waits for the device; each validation epoch on the whole validation set; and every checkpoint,
-    before it is written, on the weights it holds (scored on the last training batch), so none holds diverged
-    weights. A resume with another ``lr`` trains with that ``lr``, not the one in the checkpoint's optimiser.
+    infinite or above 100 times what an untrained model scores (D ln 2 nats for D pixel values: 54,343 on MNIST),
+    means with |mu| above 1e4 or log-variances above 20, whichever comes first. Each training step is judged one
+    step late, so the check never waits for the device; each validation epoch on the whole validation set; and
+    every checkpoint, before it is written, on the weights it holds (scored on the last training batch), so none
+    holds diverged weights. A resume with another ``lr`` trains with that ``lr``, not the one in the checkpoint's
+    optimiser.
 
     Args:
         latent_dim: Z, the size of the latent code.
-        architecture: ``"mlp"`` (784-hidden-Z, the classic example) or ``"conv"`` (a small convolutional pair).
-        hidden_dim: width of the hidden layer.
+        architecture: ``"mlp"`` (pixels-hidden-Z, the classic example) or ``"conv"`` (a small convolutional pair,
+            for images whose height and width are divisible by 4); used when `encoder`/`decoder` are not given.
+        hidden_dim: width of the built-in networks' hidden layer.
+        encoder: your own encoder, ``class_path`` + ``init_args`` in a config (overrides `architecture`).
+        decoder: your own decoder, the same way.
+        image_shape: (C, H, W) of the images; the CLI takes it from the data module.
+        likelihood: ``"bernoulli"`` or ``"gaussian"`` (a learned scale per channel).
         beta: weight of the KL term (1 is the ELBO).
         lr: Adam learning rate.
         iwae_samples: k, the importance samples per image for ``test/nll`` (the IWAE bound).
@@ -119,6 +102,10 @@ class VAE(L.LightningModule):
         latent_dim: PositiveInt = 20,
         architecture: Literal["mlp", "conv"] = "mlp",
         hidden_dim: PositiveInt = 400,
+        encoder: Optional[NetworkFactory] = None,
+        decoder: Optional[NetworkFactory] = None,
+        image_shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (1, 28, 28),
+        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
         beta: NonNegativeFloat = 1.0,
         lr: PositiveFloat = 1e-3,
         iwae_samples: PositiveInt = 100,
@@ -132,6 +119,7 @@ class VAE(L.LightningModule):
         latent_dim, hidden_dim, iwae_samples, elbo_samples, latent_points = (
             int(latent_dim), int(hidden_dim), int(iwae_samples), int(elbo_samples), int(latent_points))
         beta, lr, architecture, compile = float(beta), float(lr), str(architecture), bool(compile)
+        likelihood, image_shape = str(likelihood), tuple(int(v) for v in image_shape)
         # The parser checks these for CLI users; Python users get the same refusal here.
         for key, value in (("latent_dim", latent_dim), ("hidden_dim", hidden_dim), ("iwae_samples", iwae_samples),
                            ("elbo_samples", elbo_samples)):
@@ -139,6 +127,11 @@ class VAE(L.LightningModule):
                 raise ConfigError(f"model.{key}={value} must be a positive integer")
         if architecture not in ARCHITECTURES:
             raise ConfigError(f"model.architecture={architecture!r} is not one of {sorted(ARCHITECTURES)}")
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise ConfigError(f"model.image_shape={list(image_shape)} must be [channels, height, width], e.g. "
+                              "[1, 28, 28]")
+        if likelihood not in LIKELIHOODS:
+            raise ConfigError(f"model.likelihood={likelihood!r} is not one of {list(LIKELIHOODS)}")
         if beta < 0:
             raise ConfigError(f"model.beta={beta} must be >= 0 (1 is the ELBO)")
         if lr <= 0:
@@ -146,9 +139,18 @@ class VAE(L.LightningModule):
         if latent_points < 0:
             raise ConfigError(f"model.latent_points={latent_points} must be >= 0 (0 switches collection off)")
         self.save_hyperparameters()
-        encoder, decoder = ARCHITECTURES[architecture]
-        self.encoder = encoder(latent_dim, hidden_dim)
-        self.decoder = decoder(latent_dim, hidden_dim)
+        for key in ("encoder", "decoder"):  # a class or a bound one becomes its class_path and init_args
+            self.hparams[key] = describe_network(self.hparams.get(key))
+        self.hparams["image_shape"] = list(image_shape)
+        built_in = functools.partial(ARCHITECTURES[architecture][0], hidden_dim=hidden_dim), \
+            functools.partial(ARCHITECTURES[architecture][1], hidden_dim=hidden_dim)
+        encoder = built_in[0] if encoder is None else network_factory(encoder)
+        decoder = built_in[1] if decoder is None else network_factory(decoder)
+        self.encoder = encoder(latent_dim, image_shape)
+        self.decoder = decoder(latent_dim, image_shape)
+        self._check_networks(encoder, decoder)
+        # The Gaussian's scale per channel, learned: softplus(raw_scale + ln(e - 1)), positive and 1 at the start.
+        self.raw_scale = nn.Parameter(torch.zeros(image_shape[0])) if likelihood == "gaussian" else None
         # Per-image means accumulated on the device and synced across ranks once per epoch by torchmetrics.
         # nan_strategy="disable": torchmetrics would otherwise drop NaN values and report a finite mean.
         self.metrics = nn.ModuleDict({f"{s}_{p}": MeanMetric(nan_strategy="disable") for s in STAGES for p in PARTS})
@@ -162,6 +164,40 @@ class VAE(L.LightningModule):
         self._saved_lr: Optional[float] = None
         self._eval_noise: dict[tuple[str, int], Tensor] = {}
 
+    @property
+    def image_shape(self) -> ImageShape:
+        return tuple(self.hparams.image_shape)
+
+    @property
+    def _pixels(self) -> int:
+        return math.prod(self.image_shape)  # D, the pixel values a likelihood scores
+
+    def _check_networks(self, encoder: NetworkFactory, decoder: NetworkFactory) -> None:
+        """One dry forward pass of two blank images: a network with the wrong output shape is refused here, with
+        the shapes named, not in the middle of an epoch."""
+        z, shape = self.hparams.latent_dim, (2, *self.image_shape)
+        with torch.no_grad():
+            try:
+                out = self.encoder(torch.zeros(shape))
+            except Exception as err:
+                raise ConfigError(f"model.encoder ({_name(encoder)}) fails on images of shape {shape}: "
+                                  f"{type(err).__name__}: {err}") from None
+            if not (isinstance(out, (tuple, list)) and len(out) == 2 and
+                    all(isinstance(t, Tensor) and tuple(t.shape) == (2, z) for t in out)):
+                got = ", ".join(str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
+                                for t in (out if isinstance(out, (tuple, list)) else [out]))
+                raise ConfigError(f"model.encoder ({_name(encoder)}) maps images {shape} to {got}; lvae needs "
+                                  f"(mu, logvar), each (2, {z}) = (batch, model.latent_dim)")
+            try:
+                logits = self.decoder(out[0])
+            except Exception as err:
+                raise ConfigError(f"model.decoder ({_name(decoder)}) fails on z of shape (2, {z}): "
+                                  f"{type(err).__name__}: {err}") from None
+            if not isinstance(logits, Tensor) or tuple(logits.shape) not in (shape, (2, math.prod(shape[1:]))):
+                got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+                raise ConfigError(f"model.decoder ({_name(decoder)}) maps z (2, {z}) to {got}; lvae needs logits of "
+                                  f"the images' shape {shape} (or flattened, (2, {math.prod(shape[1:])}))")
+
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
                              strict: Optional[bool] = None, **kwargs: Any) -> "VAE":
@@ -174,26 +210,42 @@ class VAE(L.LightningModule):
 
     # ----- what a user reaches for -----
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and log-variance of q(z|x), each (B, Z), for images (B, 1, 28, 28) or (B, 784) in [0, 1]."""
+        """Mean and log-variance of q(z|x), each (B, Z), for images (B, C, H, W) in [0, 1]."""
         return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Pixel probabilities (B, 1, 28, 28) for latent codes (B, Z)."""
-        return torch.sigmoid(self.decoder(z)).view(-1, 1, 28, 28)
+        """The mean image (B, C, H, W) in [0, 1] for latent codes (B, Z)."""
+        return torch.sigmoid(self._logits(z))
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Decode n draws z ~ N(0, I) from the prior: (n, 1, 28, 28)."""
+        """Decode n draws z ~ N(0, I) from the prior: (n, C, H, W)."""
         z = torch.randn(n, self.hparams.latent_dim, generator=generator, device="cpu").to(self.device)
         return self.decode(z)
 
     @override
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Reconstruction probabilities (B, 1, 28, 28) from one posterior draw, with mu and logvar."""
+        """The mean reconstruction (B, C, H, W) from one posterior draw, with mu and logvar."""
         mu, logvar = self.encoder(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return self.decode(z), mu, logvar
 
     # ----- the loss -----
+    def _logits(self, z: Tensor) -> Tensor:
+        """The decoder's output for z (..., Z), shaped as images (..., C, H, W) (a decoder may flatten them)."""
+        return self.decoder(z.flatten(0, -2)).reshape(*z.shape[:-1], *self.image_shape)
+
+    def _nll(self, logits: Tensor, x: Tensor) -> Tensor:
+        """-log p(x | z) per image, in nats: logits (..., C, H, W) of the decoder, images x broadcast to them."""
+        x = x.expand_as(logits)
+        if self.raw_scale is None:
+            # From logits: log(sigmoid) would lose precision where the decoder is confident.
+            nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+        else:  # a Gaussian around the mean image, with one learned scale per channel
+            scale = F.softplus(self.raw_scale + math.log(math.e - 1)).view(-1, 1, 1)  # (C, 1, 1)
+            nll = F.gaussian_nll_loss(torch.sigmoid(logits), x, scale.pow(2).expand_as(logits), full=True,
+                                      reduction="none")
+        return nll.flatten(-3).sum(-1)
+
     def _loss_parts_eager(self, x: Tensor, eps: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """mu, logvar (B, Z) and the per-image reconstruction NLL and KL (B,), in nats.
 
@@ -201,10 +253,7 @@ class VAE(L.LightningModule):
         mu, logvar = self.encoder(x)
         eps = torch.randn_like(mu) if eps is None else eps
         z = mu + eps * torch.exp(0.5 * logvar)  # reparameterised draw, (B, Z)
-        # From logits: log(sigmoid) would lose precision where the decoder is confident.
-        recon = F.binary_cross_entropy_with_logits(self.decoder(z), x.flatten(1), reduction="none").sum(1)
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # KL(N(mu, var) || N(0, I)), (B,)
-        return mu, logvar, recon, kl
+        return mu, logvar, self._nll(self._logits(z), x), kl_to_prior(mu, logvar)
 
     def _objective(self, recon: Tensor, kl: Tensor) -> Tensor:
         return recon + self.hparams.beta * kl  # (B,)
@@ -248,7 +297,7 @@ class VAE(L.LightningModule):
             return
         values, epoch, step = self._pending_check
         self._pending_check = None
-        self._stop_if(diverged("loss", *values.tolist()), epoch, step)
+        self._stop_if(diverged("loss", *values.tolist(), pixels=self._pixels), epoch, step)
 
     def _stop_if(self, what: Optional[str], epoch: int, step: int, where: str = "") -> None:
         if what is not None:
@@ -264,7 +313,7 @@ class VAE(L.LightningModule):
             mu, logvar, recon, kl = self._loss_parts_eager(x, torch.zeros(len(x), self.hparams.latent_dim,
                                                                           device=x.device))
             values = vitals(self._objective(recon, kl).mean(), recon, kl, mu, logvar)
-        self._stop_if(diverged("loss", *values.tolist()), self.current_epoch, self.global_step,
+        self._stop_if(diverged("loss", *values.tolist(), pixels=self._pixels), self.current_epoch, self.global_step,
                       where=", with the weights about to be saved")
 
     @override
@@ -283,7 +332,7 @@ class VAE(L.LightningModule):
         # Synced across ranks, so every rank decides alike; the means are cached for the log call.
         values = [self.metrics[f"val_{part}"].compute().item() for part in PARTS]
         values += [self.val_extremes[k].compute().item() for k in ("mu", "logvar")]
-        self._stop_if(diverged("val/loss", *values), self.current_epoch, self.global_step,
+        self._stop_if(diverged("val/loss", *values, pixels=self._pixels), self.current_epoch, self.global_step,
                       where=", on the validation set")
 
     @override
@@ -351,12 +400,8 @@ class VAE(L.LightningModule):
         (or over the given standard-normal draws `eps`, (S, B, Z))."""
         if eps is None:
             eps = torch.randn(self.hparams.elbo_samples, *mu.shape, device=mu.device)
-        s = len(eps)
         z = mu + eps * torch.exp(0.5 * logvar)  # (S, B, Z)
-        logits = self.decoder(z.flatten(0, 1)).view(s, -1, PIXELS)  # (S, B, 784)
-        recon = F.binary_cross_entropy_with_logits(logits, x.flatten(1).expand(s, -1, -1), reduction="none")
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
-        return recon.sum(2).mean(0) + kl
+        return self._nll(self._logits(z), x).mean(0) + kl_to_prior(mu, logvar)
 
     def validation_latents(self) -> Optional[Latents]:
         """This epoch's collected latents, gathered across ranks once. Every rank must call it (a collective)."""
@@ -392,13 +437,10 @@ class VAE(L.LightningModule):
         mu, logvar = self.encoder(x)
         q = Normal(mu, torch.exp(0.5 * logvar))
         prior = Normal(torch.zeros_like(mu), torch.ones_like(mu))
-        target = x.flatten(1)
         log_w = []
-        for start in range(0, k, chunk):  # chunks bound the (k, B, 784) logits in memory
+        for start in range(0, k, chunk):  # chunks bound the (k, B, C, H, W) logits in memory
             z = q.sample((min(chunk, k - start),))  # (k', B, Z)
-            logits = self.decoder(z.flatten(0, 1)).view(*z.shape[:2], PIXELS)  # (k', B, 784)
-            # Grey pixels as Bernoulli targets, as in the training loss (the classic example's convention).
-            log_px = Bernoulli(logits=logits, validate_args=False).log_prob(target).sum(-1)
+            log_px = -self._nll(self._logits(z), x)  # (k', B)
             log_w.append(log_px + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1))  # (k', B)
         return -(torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k))
 

@@ -136,7 +136,7 @@ def test_per_input_negative_elbo_is_computed_for_the_followed_inputs(mnist_root:
     trainer.fit(model, MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
     latents = seen["latents"]
     assert len(latents) == 20 and len(latents.neg_elbo) == 20  # the followed subset of the 30 validation inputs
-    x = latents.image.unsqueeze(1).float() / 255
+    x = latents.image.float() / 255  # (N, C, H, W)
     model.eval()
     with torch.inference_mode():
         # Draws 1..4 of each input's evaluation noise: the same number on any number of processes.
