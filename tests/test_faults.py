@@ -38,6 +38,13 @@ MESSAGES = {
     "perplexity": "TSNEEmbedding.perplexity=500.0 is too large for",
     "picture fails": "was skipped",  # tests/test_pictures.py
     "untrusted checkpoint": "is refused: it holds",
+    # tests/test_runs.py
+    "continue the run": "Continue with --run_id",
+    "other values": "which differs from this command on keys that define a run",
+    "run id taken": "a run id is never reused for another run",
+    "named run started": "has no checkpoint yet; starting it from the beginning",
+    "mid-epoch batches": "the rest of that epoch needs the batches it started with",
+    "bad value": "for the accepted options.",
 }
 
 
@@ -58,6 +65,7 @@ def test_divergence_stops_at_once_and_keeps_finite_checkpoints(mnist_root: Path,
     assert "--trainer.gradient_clip_val" in proc.stderr and "--model.lr 100" in proc.stderr
     assert "kl=" in found.group(4) or "recon=" in found.group(4)
     (run,) = run_dirs(tmp_path / "runs")
+    assert f"--run_id {run.name} --ckpt_path last" in proc.stderr  # this run, not whichever ran last
     checkpoints = sorted((run / "checkpoints").glob("*.ckpt"))
     assert checkpoints and all(finite_weights(p) for p in checkpoints)
     # last.ckpt is the state the diverged step started from: the last finite one.
@@ -117,7 +125,7 @@ def test_sigkill_mid_epoch_leaves_whole_checkpoints_and_last_resumes(mnist_root:
     assert "Traceback" not in resumed.stderr
 
 
-@pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 1), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_ends_cleanly_with_last_checkpoint_and_complete_wandb_run(
         mnist_root: Path, tmp_path: Path, sig: int, exit_code: int) -> None:
     proc = start_fit(mnist_root, tmp_path)
