@@ -17,8 +17,9 @@ from conftest import REPO, cli_env, run_dirs, run_lvae, small_fit_args, toy_digi
 from test_faults import MESSAGES  # what the README's table quotes
 from wandb_run import read_run, records
 
+from lvae import ConfigError
 from lvae.checkpoints import RUN_KEYS
-from lvae.data import saved_train_position
+from lvae.data import InMemoryBatches, saved_train_position
 
 
 def fit(data: Path, cwd: Path, *extra: str, check: bool = True, env: dict | None = None):
@@ -299,3 +300,22 @@ def test_a_new_batch_size_in_the_middle_of_an_epoch_is_refused(interrupted: dict
     assert f"{MESSAGES['mid-epoch batches']}: --data.batch_size 64 on 1 process(es) (now 32)" in refused.stderr
     assert "--trainer.max_epochs 1" in refused.stderr
     assert not interrupted["refused_wrote"]
+
+
+def test_a_half_finished_epoch_continues_only_with_the_batches_it_started_with(monkeypatch) -> None:
+    images, labels = torch.zeros(100, 28, 28, dtype=torch.uint8), torch.arange(100)
+    state = InMemoryBatches(images, labels, 10, shuffle=True, seed=0, trained=lambda: 4).state_dict()  # 4 of 10
+    same = InMemoryBatches(images, labels, 10, shuffle=True, seed=0)
+    same.load_state_dict(state)
+    rest = torch.cat([index for _, _, index in same])
+    assert torch.equal(rest, same.sampler.order()[40:])  # the epoch's order after its 4 finished steps
+    monkeypatch.setattr(InMemoryBatches, "_rank_world", staticmethod(lambda: (0, 2)))  # now 2 processes
+    with pytest.raises(ConfigError, match=re.escape("--data.batch_size 10 on 1 process(es) (now 10 on 2)")):
+        InMemoryBatches(images, labels, 10, shuffle=True, seed=0).load_state_dict(state)
+
+
+def test_without_a_logger_the_pictures_still_go_into_the_run_folder(data: Path, tmp_path: Path) -> None:
+    fit(data, tmp_path, "--trainer.logger", "false",
+        "--trainer.callbacks+=" + json.dumps({"class_path": "callbacks.PriorSamples"}))
+    (run,) = run_dirs(tmp_path / "runs")
+    assert (run / "latents" / "prior_samples" / "epoch_000.png").is_file()
