@@ -3,9 +3,7 @@ overwritten, one command starts or continues a run, a run stopped by Ctrl-C mid-
 stopped, evaluations stay with their run, a refused command writes nothing, and mistakes are answered quickly."""
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
