@@ -1,23 +1,33 @@
-"""Checkpoints that are always whole, found and checked before use, and written when a run is interrupted."""
+"""Checkpoints that are always whole, found and checked before use, and written when a run is interrupted; a
+resumed run that continues exactly where its checkpoint stopped."""
 
 import os
 import pickle
+import random
 import re
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+import numpy as np
 import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lvae.errors import CheckpointError
 
-ARCHITECTURE_KEYS = ("latent_dim", "architecture", "hidden_dim")
+# The keys that define a run: the model's shape and the data's identity. Continuing a run with another value for
+# one of these would make it another run under the same name, so a resume that changes one is refused; everything
+# else (data_dir, lr, max_epochs, batch size, num_workers, callbacks) may change when a run continues.
+RUN_KEYS = ("model.latent_dim", "model.architecture", "model.hidden_dim",
+            "data.dataset", "data.val_fraction", "data.split_seed")
+ARCHITECTURE_KEYS = tuple(key.split(".")[1] for key in RUN_KEYS if key.startswith("model."))
 PARTIAL = ".partial"
 # What LightningCLI writes into a module's hyperparameters to rebuild it; Lightning imports and calls it on load.
 LIGHTNING_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module", "pytorch_lightning.cli.instantiate_module")
@@ -109,17 +119,60 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, plus: Ctrl-C or SIGTERM during fit writes `last.ckpt` with the state at the
-    interruption, and partial files left by a killed run are removed when the run continues."""
+    interruption, made of whole training steps, and partial files left by a killed run are removed when the run
+    continues.
+
+    Ctrl-C that arrives during a training step is held until the step is done (Lightning holds SIGTERM the same
+    way): a checkpoint then never records an optimizer step as not taken, so a resumed run trains every batch
+    exactly once."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._in_step = False
+        self._interrupt_pending = False
 
     _interrupt_saved: Optional[int] = None  # the step whose interruption last.ckpt holds
 
     @override
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
+        # Only when training: `lvae validate` may run beside a fit of the same run, whose write is not stale.
+        if stage == "fit" and trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
             for stale in Path(self.dirpath).glob(f".*{PARTIAL}"):
                 rank_zero_warn(f"removing {stale}, a checkpoint a killed run did not finish writing")
                 stale.unlink()
+
+    @override
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        super().on_train_start(trainer, pl_module)
+        # Only over Python's own Ctrl-C handling: a process started with SIGINT ignored keeps ignoring it.
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if not self._in_step or self._interrupt_pending:  # a second Ctrl-C does not wait for a step that hangs
+            raise KeyboardInterrupt
+        self._interrupt_pending = True
+
+    def _restore_sigint(self) -> None:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    @override
+    def on_train_batch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: Any,
+                             batch_idx: int) -> None:
+        self._in_step = True
+
+    @override
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._in_step = False
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._interrupt_pending:
+            self._interrupt_pending = False
+            raise KeyboardInterrupt
 
     # Lightning 2.6 writes last.ckpt only at a step where a top-k checkpoint was written: after an epoch whose
     # val/loss did not improve, last.ckpt would stay behind and --ckpt_path last would resume from the past.
@@ -141,6 +194,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     @override
     def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+        self._restore_sigint()
         # Also mid-validation: trainer.training is False there, but the run being interrupted is a fit.
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == "fit":
             self.save_interrupted(trainer)
@@ -158,7 +212,59 @@ class RunCheckpoint(ModelCheckpoint):
             rank_zero_warn(f"interrupted, and no checkpoint could be written ({err}); {path} is the last one")
             return
         rank_zero_info(f"lvae: interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved "
-                       f"{path}. Continue with --ckpt_path last.")
+                       f"{path}. Continue with {continue_flags(path)}.")
+
+    @override
+    def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        self._restore_sigint()
+
+
+def continue_flags(last: Path) -> str:
+    """The flags that continue the run whose last checkpoint is `last`: the run named when it is a run folder's."""
+    if last.parent.name == "checkpoints" and last.name == "last.ckpt":
+        return f"--run_id {last.parent.parent.name} --ckpt_path last"
+    return f"--ckpt_path {last}"
+
+
+class RandomState(Callback):
+    """Keeps the random generators' state (torch, CUDA, NumPy, Python) in every checkpoint and restores it when
+    training resumes, so a resumed run draws the same training noise as a run that was never stopped (on one
+    process; under DDP each rank continues from rank zero's state)."""
+
+    def __init__(self) -> None:
+        self._loaded: Optional[dict[str, Any]] = None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+                "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                          "has_gauss": has_gauss, "gauss": gauss},
+                "python": random.getstate()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict
+
+    @override
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        # Here rather than on load: the checkpoint's state belongs right before training goes on, after the
+        # sanity check and everything else a resumed run does first.
+        if self._loaded is None:
+            return
+        state, self._loaded = self._loaded, None
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        random.setstate(state["python"])
+
+
+def last_checkpoints(root: Path) -> list[Path]:
+    """Every run's `last.ckpt` under `root`, the most recently written first."""
+    return sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def find_last_checkpoint(root: Path, run_id: Optional[str]) -> tuple[Path, str]:
@@ -166,19 +272,19 @@ def find_last_checkpoint(root: Path, run_id: Optional[str]) -> tuple[Path, str]:
     if run_id:
         path = root / run_id / "checkpoints" / "last.ckpt"
         if not path.is_file():
-            runs = sorted(p.parent.parent.name for p in root.glob("*/checkpoints/last.ckpt"))
+            runs = sorted(p.parent.parent.name for p in last_checkpoints(root))
             raise CheckpointError(f"--ckpt_path last: run {run_id!r} has no {path}. Runs under {root} with a last "
                                   f"checkpoint: {', '.join(runs) or 'none'}")
         return path, run_id
-    candidates = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    candidates = last_checkpoints(root)
     if not candidates:
         raise CheckpointError(f"--ckpt_path last: no run under {root} has a checkpoints/last.ckpt to resume; start "
                               "a new run without --ckpt_path, or set --trainer.default_root_dir to the runs' folder")
-    return candidates[-1], candidates[-1].parent.parent.name
+    return candidates[0], candidates[0].parent.parent.name
 
 
-def check_checkpoint(path: str, model: Namespace) -> None:
-    """Refuse a missing file, a non-checkpoint, or a checkpoint of another architecture, naming both values."""
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """A `--ckpt_path` file's contents; refuses a missing file or one that is not a Lightning checkpoint."""
     if not Path(path).is_file():
         raise CheckpointError(f"--ckpt_path {path}: no such file")
     try:
@@ -191,10 +297,54 @@ def check_checkpoint(path: str, model: Namespace) -> None:
                               f"{first_line})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict)")
-    trained = checkpoint.get("hyper_parameters", {})
+    return checkpoint
+
+
+def check_checkpoint(path: str, model: Namespace) -> None:
+    """Refuse a missing file, a non-checkpoint, or a checkpoint of another architecture, naming both values."""
+    trained = read_checkpoint(path).get("hyper_parameters", {})
     wrong = [f"model.{key}: checkpoint {trained[key]!r}, config {model[key]!r}"
              for key in ARCHITECTURE_KEYS if key in trained and trained[key] != model[key]]
     if wrong:
         fix = " ".join(f"--model.{key} {trained[key]}" for key in ARCHITECTURE_KEYS if key in trained)
         raise CheckpointError(f"--ckpt_path {path} was trained with another model ({'; '.join(wrong)}). Use the "
                               f"checkpoint's values ({fix}) or the config saved beside it.")
+
+
+def run_differences(checkpoint: dict[str, Any], config: Namespace) -> list[tuple[str, Any, Any]]:
+    """(key, the run's value, the command's value) for each key of RUN_KEYS on which they differ."""
+    saved = {"model": checkpoint.get("hyper_parameters") or {}, "data": checkpoint.get("datamodule_hyper_parameters")
+             or {}}
+    differences = []
+    for key in RUN_KEYS:
+        section, name = key.split(".")
+        if name in saved[section] and saved[section][name] != config.get(key):
+            differences.append((key, saved[section][name], config.get(key)))
+    return differences
+
+
+def check_continues(path: Path, given: str, config: Namespace, root: Path) -> dict[str, Any]:
+    """The checkpoint `path` of a run under `root`, after refusing to continue that run with a command that differs
+    from it on a key of RUN_KEYS: the keys are named with both values, and so is the newest run that agrees."""
+    checkpoint = read_checkpoint(str(path))
+    differences = run_differences(checkpoint, config)
+    if not differences:
+        return checkpoint
+
+    def agrees(other: Path) -> bool:
+        try:
+            return not run_differences(load_checkpoint(other), config)
+        except Exception:  # unreadable: not a run to offer
+            return False
+
+    run = path.parent.parent.name
+    named = "; ".join(f"{key}: {ran} (run) vs {now} (now)" for key, ran, now in differences)
+    own = " ".join(f"--{key} {ran}" for key, ran, _ in differences)
+    other = next((p.parent.parent.name for p in last_checkpoints(root) if p != path and agrees(p)), None)
+    ways = [f"Continue it with its own values ({own})"]
+    if other:
+        ways.append(f"continue the newest run that agrees with this command (--run_id {other} --ckpt_path last)")
+    ways.append("start a new run (without --ckpt_path)")
+    raise CheckpointError(f"--ckpt_path {given} would continue run {run}, which differs from this command on keys that "
+                          f"define a run ({named}). {'; or '.join(ways)}. The keys that define a run: "
+                          f"{', '.join(RUN_KEYS)}.")

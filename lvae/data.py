@@ -5,11 +5,12 @@ tensor; a batch is then one index operation instead of decoding a PIL image per 
 not the model, decides the speed of this small VAE).
 """
 
+import functools
 import gzip
 import math
 import shutil
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Optional
 
 import lightning as L
 import numpy as np
@@ -119,14 +120,16 @@ class InMemoryBatches:
     Each step takes a global batch of `batch_size * world_size` inputs from the epoch's order and gives every
     rank its own slice (sizes differ by at most one), so every input is seen exactly once per epoch and every
     rank runs the same number of steps. A last global batch too small to give each rank an input is merged into
-    the one before it.
+    the one before it. `trained` counts the steps of the current epoch that finished (the trainer's count); a
+    checkpoint records it, so a resumed run continues the epoch after the last finished step.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool, seed: int):
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool, seed: int,
+                 trained: Optional[Callable[[], int]] = None):
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.sampler = EpochOrder(len(images), shuffle, seed)
         self.batch_sampler = None  # Lightning inspects both attributes of anything with a sampler
-        self._done = 0  # batches of the current epoch handed out
+        self.trained = trained
         self._skip: dict[int, int] = {}  # epoch -> batches to pass over once, after a mid-epoch resume
 
     @staticmethod
@@ -154,21 +157,51 @@ class InMemoryBatches:
         # Skip only within the epoch the resumed checkpoint was saved in.
         skip = self._skip.get(self.sampler.epoch, 0)
         self._skip = {}
-        for step, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
-            if step < skip:
-                continue  # already trained on before the interruption this run resumes from
-            self._done = step + 1
+        for start, stop in list(zip(bounds[:-1], bounds[1:]))[skip:]:
             index = torch.tensor_split(order[start:stop], world)[rank]  # (B,)
             yield self.images[index], self.labels[index], index
 
-    # Lightning saves this with a mid-epoch checkpoint, so a resumed run continues the same epoch's order
-    # where it stopped instead of starting the epoch again.
+    # Lightning saves this with every checkpoint of fit, so a run resumed mid-epoch continues that epoch's order
+    # after its last finished step instead of starting the epoch again. Finished steps, not batches handed out:
+    # a signal can land between handing out a batch and finishing its step, and that batch must be trained.
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches_done": self._done}
+        return {"epoch": self.sampler.epoch, "batches_done": self.trained() if self.trained else 0,
+                "batches": len(self), "batch_size": self.batch_size, "world_size": self._rank_world()[1]}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        check_same_batches(state, self.batch_size, self._rank_world()[1])
         self.sampler.set_epoch(state["epoch"])
         self._skip = {state["epoch"]: state["batches_done"]}
+
+
+def trained_steps(trainer: "L.Trainer") -> int:
+    """Lightning's count of the current epoch's steps whose optimizer step is done: the count its own loop resumes
+    after, what a training loader's state records (a private loop API; tests/test_runs.py fails when it changes)."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+def saved_train_position(checkpoint: dict[str, Any]) -> Optional[dict[str, int]]:
+    """The training loader's `InMemoryBatches.state_dict` in a checkpoint of fit, if it holds one (Lightning keeps
+    the states of the fit loop's loaders under loops/fit_loop/state_dict/combined_loader)."""
+    states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader") or [None]
+    return states[0]
+
+
+def check_same_batches(state: dict[str, int], batch_size: int, world_size: Optional[int]) -> None:
+    """Refuse to continue a half-finished epoch with other batches than it started with (`world_size` None: not
+    known yet). The trainer counts the epoch in steps, so the rest of it must be cut into the same batches."""
+    done, total = state["batches_done"], state.get("batches", 0)
+    if not 0 < done < total:
+        return  # saved at an epoch's end: the next epoch may use any batches
+    saved_size, saved_world = state.get("batch_size", batch_size), state.get("world_size", world_size)
+    if saved_size == batch_size and world_size in (None, saved_world):
+        return
+    now = f"{batch_size}" + ("" if world_size is None else f" on {world_size}")
+    raise ConfigError(
+        f"the checkpoint stopped in the middle of epoch {state['epoch']} ({done} of {total} steps); the rest of that "
+        f"epoch needs the batches it started with: --data.batch_size {saved_size} on {saved_world} process(es) "
+        f"(now {now}). To change them, finish the epoch first (add --trainer.max_epochs {state['epoch'] + 1}), "
+        "then continue with the new values.")
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -228,7 +261,10 @@ class MNISTDataModule(L.LightningDataModule):
 
     @override
     def prepare_data(self) -> None:
-        """Make the four IDX files present: unpack local .gz copies, else let torchvision download."""
+        """Make the four IDX files present (unpack local .gz copies, else let torchvision download) and check them.
+
+        Lightning calls this before it sets up loggers and callbacks, so bad or missing files are refused before a
+        run folder or a W&B run exists."""
         for name in self._missing():
             packed = self.raw_folder / f"{name}.gz"
             if packed.is_file():
@@ -236,8 +272,12 @@ class MNISTDataModule(L.LightningDataModule):
                 with gzip.open(packed, "rb") as src, open(part, "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 part.rename(self.raw_folder / name)
-        if not self._missing():
-            return
+        if self._missing():
+            self._download()
+        for split in ("train", "t10k"):
+            check_idx_pair(*(self.raw_folder / name for name in idx_files(split)))
+
+    def _download(self) -> None:
         reason = "download=false"
         if self.hparams.download:
             before = set(self.raw_folder.rglob("*")) if self.raw_folder.exists() else set()
@@ -299,7 +339,8 @@ class MNISTDataModule(L.LightningDataModule):
             # ~50 MB for all of MNIST: move it once, then every batch is indexed on the device.
             images, labels = images.to(device), labels.to(device)
             self.splits[split] = (images, labels)
-        return InMemoryBatches(images, labels, self.hparams.batch_size, shuffle, self.hparams.split_seed)
+        trained = functools.partial(trained_steps, self.trainer) if split == "train" else None
+        return InMemoryBatches(images, labels, self.hparams.batch_size, shuffle, self.hparams.split_seed, trained)
 
     @override
     def train_dataloader(self) -> "InMemoryBatches | DataLoader":

@@ -57,8 +57,8 @@ def diverged(name: str, loss: float, recon: float, kl: float, mu_max: float, log
 
 
 def divergence_message(epoch: int, step: int, what: str, lr: float) -> str:
-    """The one message for every way a run diverges: the step, what diverged, what is kept and the fix."""
+    """The one message for every way a run diverges: the step, what diverged, what is kept and the fix. The CLI adds
+    how to continue this run, naming it, when it has a checkpoint."""
     return (f"training diverged at epoch {epoch}, step {step}: {what}. No checkpoint was written from these "
-            f"weights: last.ckpt and the best checkpoint are the last sane ones. Lower the learning rate (now "
-            f"--model.lr {lr}) or clip gradients (--trainer.gradient_clip_val 1.0), then resume with --ckpt_path "
-            f"last.")
+            f"weights. Lower the learning rate (now --model.lr {lr}) or clip gradients "
+            f"(--trainer.gradient_clip_val 1.0).")

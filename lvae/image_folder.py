@@ -6,9 +6,10 @@ whole batches (`InMemoryBatches`, as MNIST is); otherwise DataLoader workers dec
 in the same order, rank shares and mid-epoch resume (`StreamedBatches`).
 """
 
+import functools
 import math
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import lightning as L
 import numpy as np
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension, make_dataset
 from typing_extensions import override
 
-from lvae.data import Batch, InMemoryBatches
+from lvae.data import Batch, InMemoryBatches, trained_steps
 from lvae.errors import ConfigError, DataFilesError
 
 LAYOUT = ("Expected one sub-folder per class holding that class's images (root/cat/001.png, root/dog/002.jpg, ...), "
@@ -161,15 +162,14 @@ class StreamedBatches:
     """
 
     def __init__(self, files: ImageFiles, batch_size: int, shuffle: bool, seed: int, num_workers: int,
-                 pin_memory: bool):
+                 pin_memory: bool, trained: Optional[Callable[[], int]] = None):
         positions = torch.arange(len(files))
-        self.plan = InMemoryBatches(positions, positions, batch_size, shuffle, seed)
+        self.plan = InMemoryBatches(positions, positions, batch_size, shuffle, seed, trained)
         self.sampler = self.plan.sampler  # Lightning calls its set_epoch every epoch
         self.batch_sampler = None  # Lightning inspects both attributes of anything with a sampler
         self._batches: list[list[int]] = []  # this epoch's positions for this rank, batch by batch
         self.loader = DataLoader(files, batch_sampler=self._batches, num_workers=num_workers,
                                  persistent_workers=num_workers > 0, pin_memory=pin_memory)
-        self._done = 0  # batches of the current epoch handed out
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -177,14 +177,11 @@ class StreamedBatches:
     def __iter__(self) -> Iterator[Batch]:
         # The plan leaves out the batches a resumed checkpoint had already trained on.
         self._batches[:] = [index.tolist() for _, _, index in self.plan]
-        self._done = len(self.plan) - len(self._batches)
-        # Workers decode ahead of training; counting what is handed out here keeps the saved position exact.
-        for images, labels, index in self.loader:
-            self._done += 1
-            yield images, labels, index
+        yield from self.loader
 
+    # The plan's position: the trainer's count of finished steps, however far ahead the workers decode.
     def state_dict(self) -> dict[str, int]:
-        return {**self.plan.state_dict(), "batches_done": self._done}
+        return self.plan.state_dict()
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.plan.load_state_dict(state)
@@ -219,15 +216,16 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(f"{type(self).__name__} has no {split} split; see data.test_root")
         data, hp = self.splits[split], self.hparams
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        trained = functools.partial(trained_steps, self.trainer) if split == "train" else None
         if isinstance(data, ImageFiles):
             return StreamedBatches(data, hp.batch_size, shuffle, hp.split_seed, hp.num_workers,
-                                   pin_memory=device.type == "cuda")
+                                   pin_memory=device.type == "cuda", trained=trained)
         images, labels = data
         if device.type == "cuda":
             # Moved once, then every batch is indexed on the device.
             images, labels = images.to(device), labels.to(device)
             self.splits[split] = (images, labels)
-        return InMemoryBatches(images, labels, hp.batch_size, shuffle, hp.split_seed)
+        return InMemoryBatches(images, labels, hp.batch_size, shuffle, hp.split_seed, trained)
 
     @override
     def train_dataloader(self) -> "InMemoryBatches | StreamedBatches":

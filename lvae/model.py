@@ -13,6 +13,7 @@ from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat,
 from torch import Tensor, nn
 from torch.distributions import Normal
 from torchmetrics import MaxMetric, MeanMetric
+from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lvae.checkpoints import check_class_paths, load_checkpoint
@@ -351,11 +352,18 @@ class VAE(L.LightningModule):
     @override
     def on_train_start(self) -> None:
         # Lightning restores the optimiser with the lr it was saved with: a new --model.lr on resume, the fix the
-        # divergence message gives, would be ignored.
-        if self._saved_lr is not None and self._saved_lr != self.hparams.lr:
-            for optimizer in self.trainer.optimizers:
-                for group in optimizer.param_groups:
-                    group["lr"] = self.hparams.lr
+        # divergence message gives, would be ignored. A schedule keeps its shape, rescaled by new/old.
+        trained, lr, self._saved_lr = self._saved_lr, self.hparams.lr, None
+        if trained is None or trained == lr:
+            return
+        for optimizer in self.trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] *= lr / trained
+                if "initial_lr" in group:
+                    group["initial_lr"] *= lr / trained
+        for config in self.trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [base * lr / trained for base in config.scheduler.base_lrs]
+        rank_zero_info(f"lvae: model.lr {trained} -> {lr}: applied to the restored optimizer")
 
     @override
     def on_validation_epoch_start(self) -> None:

@@ -58,8 +58,23 @@ def quiet_trainer(trainer: "L.Trainer", resuming: bool) -> None:
             _make_dir(logger.save_dir)
 
 
+_made: list[Path] = []  # run folders made ahead of W&B, topmost first: removed again if the command is refused
+
+
 @rank_zero_only
 def _make_dir(path: "str | None") -> None:
     # wandb warns "git root <dir> does not exist" when its run folder is not there yet; only rank zero starts W&B.
     if path:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        path = Path(path)
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        path.mkdir(parents=True, exist_ok=True)
+        _made.extend(reversed(missing))
+
+
+def unmake_dirs() -> None:
+    """Remove the folders `_make_dir` made that are still empty: a command refused before it wrote anything (bad
+    data files, say) leaves nothing behind."""
+    while _made:
+        folder = _made.pop()
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()

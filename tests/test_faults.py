@@ -41,6 +41,13 @@ MESSAGES = {
     "picture fails": "was skipped",  # tests/test_pictures.py
     "untrusted checkpoint": "is refused: it holds",
     "dead process": "a process of the job stopped",  # tests/test_processes.py
+    # tests/test_runs.py
+    "continue the run": "Continue with --run_id",
+    "other values": "which differs from this command on keys that define a run",
+    "run id taken": "a run id is never reused for another run",
+    "named run started": "has no checkpoint yet; starting it from the beginning",
+    "mid-epoch batches": "the rest of that epoch needs the batches it started with",
+    "bad value": "for the accepted options.",
 }
 
 
@@ -101,7 +108,7 @@ def test_sigkill_mid_epoch_leaves_whole_checkpoints_and_last_resumes(mnist_root:
     assert "Traceback" not in resumed.stderr
 
 
-@pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 1), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_ends_cleanly_with_last_checkpoint_and_complete_wandb_run(
         mnist_root: Path, tmp_path: Path, sig: int, exit_code: int) -> None:
     proc = start_fit(mnist_root, tmp_path)

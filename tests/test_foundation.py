@@ -104,8 +104,8 @@ def test_test_subcommand_reports_loss_and_iwae_nll(fitted_run: Path, mnist_root:
     proc = run_lvae(["test", "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu",
                      "--model.iwae_samples", "20", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], fitted_run)
     assert "test/nll" in proc.stdout and "test/loss" in proc.stdout
-    (test_run,) = [r for r in run_dirs(fitted_run / "runs") if r != run]  # a test run gets its own folder
-    (wandb_run,) = read_run(test_run)
+    assert run_dirs(fitted_run / "runs") == [run]  # the test of a run's checkpoint stays with the run
+    (wandb_run,) = read_run(run / "test")
     nll, loss = wandb_run.values("test/nll")[0], wandb_run.values("test/loss")[0]
     assert 0 < nll <= loss * 1.001  # the IWAE bound is tighter than the single-sample ELBO
 
