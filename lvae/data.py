@@ -249,6 +249,13 @@ class MNISTDataModule(L.LightningDataModule):
         self.dataset_class = DATASETS[dataset]
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
 
+    image_shape = (1, 28, 28)  # (C, H, W) of every MNIST-format image
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names in label order, as torchvision's dataset names them (for legends)."""
+        return list(self.dataset_class.classes)
+
     @property
     def raw_folder(self) -> Path:
         return Path(self.hparams.data_dir) / self.dataset_class.__name__ / "raw"

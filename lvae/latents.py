@@ -177,6 +177,18 @@ def grid_picture(grid: Tensor, channels: int) -> np.ndarray:
     return grid[0].numpy() if channels == 1 else grid.permute(1, 2, 0).numpy()
 
 
+def label_names(trainer: "L.Trainer") -> Optional[list[str]]:
+    """The class names of the labels, for legends: the data module's `classes` (lvae's data modules, following
+    torchvision's datasets), else the validation dataset's; None when neither names them."""
+    datamodule = getattr(trainer, "datamodule", None)
+    names = getattr(datamodule, "classes", None) if datamodule is not None else None
+    if names is None:
+        loader = trainer.val_dataloaders
+        loader = loader[0] if isinstance(loader, (list, tuple)) and loader else loader
+        names = getattr(getattr(loader, "dataset", None), "classes", None)
+    return [str(name) for name in names] if names else None
+
+
 def kl_to_prior(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per input, (N, Z) -> (N,), in nats: the one formula lvae uses."""
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
