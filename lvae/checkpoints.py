@@ -22,12 +22,14 @@ from typing_extensions import override
 
 from lvae.errors import CheckpointError
 
-# The keys that define a run: the model's shape and the data's identity. Continuing a run with another value for
-# one of these would make it another run under the same name, so a resume that changes one is refused; everything
-# else (data_dir, lr, max_epochs, batch size, num_workers, callbacks) may change when a run continues.
-RUN_KEYS = ("model.latent_dim", "model.architecture", "model.hidden_dim",
-            "data.dataset", "data.val_fraction", "data.split_seed")
-ARCHITECTURE_KEYS = tuple(key.split(".")[1] for key in RUN_KEYS if key.startswith("model."))
+# The keys that define a run: the model's class and shape and the data's class and identity. Continuing a run with
+# another value for one of these would make it another run under the same name, so a resume that changes one is
+# refused; everything else (data_dir, lr, max_epochs, batch size, num_workers, callbacks) may change when a run
+# continues. A key that a module does not have (a model of your own) is not compared.
+RUN_KEYS = ("model.class_path", "model.latent_dim", "model.architecture", "model.hidden_dim", "model.encoder",
+            "model.decoder", "model.image_shape", "model.likelihood",
+            "data.class_path", "data.dataset", "data.root", "data.image_size", "data.channels", "data.val_fraction",
+            "data.split_seed")
 PARTIAL = ".partial"
 # What LightningCLI writes into a module's hyperparameters to rebuild it; Lightning imports and calls it on load.
 LIGHTNING_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module", "pytorch_lightning.cli.instantiate_module")
@@ -300,27 +302,80 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
-def check_checkpoint(path: str, model: Namespace) -> None:
-    """Refuse a missing file, a non-checkpoint, or a checkpoint of another architecture, naming both values."""
-    trained = read_checkpoint(path).get("hyper_parameters", {})
-    wrong = [f"model.{key}: checkpoint {trained[key]!r}, config {model[key]!r}"
-             for key in ARCHITECTURE_KEYS if key in trained and trained[key] != model[key]]
-    if wrong:
-        fix = " ".join(f"--model.{key} {trained[key]}" for key in ARCHITECTURE_KEYS if key in trained)
-        raise CheckpointError(f"--ckpt_path {path} was trained with another model ({'; '.join(wrong)}). Use the "
-                              f"checkpoint's values ({fix}) or the config saved beside it.")
+def section_values(config: Namespace, section: str) -> dict[str, Any]:
+    """A module's config (`model` or `data`) as plain values: its init_args, and its class_path under "class_path"
+    (LightningCLI's subclass mode: ``{class_path, init_args}``)."""
+    value = config.get(section)
+    if not isinstance(value, Namespace):
+        return {}
+    values = value.get("init_args", value)
+    plain = values.as_dict() if isinstance(values, Namespace) else dict(values or {})
+    if value.get("class_path"):
+        plain["class_path"] = value.class_path
+    return plain
 
 
-def run_differences(checkpoint: dict[str, Any], config: Namespace) -> list[tuple[str, Any, Any]]:
-    """(key, the run's value, the command's value) for each key of RUN_KEYS on which they differ."""
-    saved = {"model": checkpoint.get("hyper_parameters") or {}, "data": checkpoint.get("datamodule_hyper_parameters")
-             or {}}
+def class_names(class_path: str) -> set[str]:
+    """The names a config's class goes by: its module path and, when its package exports it, the shorter one
+    (lvae.model.VAE and lvae.VAE). Only the user's own config is imported here, never a checkpoint's."""
+    import importlib
+
+    names = {class_path}
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return names
+    names.add(f"{cls.__module__}.{cls.__qualname__}")
+    top = cls.__module__.split(".")[0]
+    try:
+        if getattr(importlib.import_module(top), cls.__name__, None) is cls:
+            names.add(f"{top}.{cls.__name__}")
+    except ImportError:
+        pass
+    return names
+
+
+def run_differences(checkpoint: dict[str, Any], config: Namespace,
+                    keys: tuple[str, ...] = RUN_KEYS) -> list[tuple[str, Any, Any]]:
+    """(key, the checkpoint's value, the command's value) for each of `keys` on which they differ; a key either side
+    lacks is not compared (a user's module has its own arguments)."""
+    saved = {"model": checkpoint.get("hyper_parameters") or {},
+             "data": checkpoint.get("datamodule_hyper_parameters") or {}}
     differences = []
-    for key in RUN_KEYS:
+    for key in keys:
         section, name = key.split(".")
-        if name in saved[section] and saved[section][name] != config.get(key):
-            differences.append((key, saved[section][name], config.get(key)))
+        now = section_values(config, section)
+        ran = saved[section].get("_class_path" if name == "class_path" else name, None)
+        if ran is None or name not in now:
+            continue
+        if name == "class_path":
+            same = ran in class_names(now[name])
+        else:
+            same = _plain(ran) == _plain(now[name])
+        if not same:
+            differences.append((key, ran, now[name]))
     return differences
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and lists compare alike (YAML gives lists, Python tuples)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def check_checkpoint(path: str, config: Namespace) -> None:
+    """Refuse a missing file, a non-checkpoint, or a checkpoint of another model, naming both values."""
+    wrong = [(key, ran, now) for key, ran, now in run_differences(read_checkpoint(path), config)
+             if key.startswith("model.")]
+    if wrong:
+        named = "; ".join(f"{key}: checkpoint {ran!r}, config {now!r}" for key, ran, now in wrong)
+        fix = " ".join(f"--{key} {ran}" for key, ran, _ in wrong if key != "model.class_path")
+        raise CheckpointError(f"--ckpt_path {path} was trained with another model ({named}). Use the "
+                              f"checkpoint's values ({fix or 'its model class'}) or the config saved beside it.")
 
 
 def check_continues(path: Path, given: str, config: Namespace, root: Path) -> dict[str, Any]:

@@ -7,8 +7,12 @@ scatter these (a WandbLogger ignores default_root_dir), make ``--ckpt_path last`
 an unrelated run, and refuse to run twice in one folder; this module is where those are put right.
 """
 
+import importlib
+import importlib.resources
+import inspect
 import netrc
 import os
+import re
 import secrets
 import sys
 import time
@@ -17,8 +21,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
+import lightning as L
 import yaml
-from jsonargparse import Namespace
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -27,9 +32,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lvae import noise, processes
-from lvae.checkpoints import (AtomicCheckpointIO, RandomState, RunCheckpoint,
+from lvae.checkpoints import (AtomicCheckpointIO, RandomState, RunCheckpoint, section_values,
                               check_checkpoint, check_continues, continue_flags, find_last_checkpoint)
-from lvae.data import MNISTDataModule, check_same_batches, saved_train_position
+from lvae.data import check_same_batches, saved_train_position
 from lvae.errors import CheckpointError, ConfigError, DivergenceError, LVAEError
 from lvae.model import VAE
 
@@ -53,8 +58,74 @@ SUBCOMMANDS = {
 }
 PRINTS = (f" Add {PRINT_CONFIG} to print the configuration this command would run with (run id, run folder, W&B mode "
           "and checkpoint folder filled in) and exit.")
+class LVAEHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, with a type's list of known subclasses cut short: for a network argument it lists every
+    torch.nn.Module subclass that is imported, hundreds of them."""
+
+    @override
+    def _get_help_string(self, action: Any) -> str:
+        text = super()._get_help_string(action)
+        head, found, rest = text.partition(", known subclasses: ")
+        if found:
+            names = rest.rstrip(")").split(", ")
+            if len(names) > 8:
+                text = f"{head}{found}{', '.join(names[:8])}, ... ({len(names) - 8} more))"
+        return text
+
+
+CONFIGS = importlib.resources.files("lvae.configs")  # installed with lvae: `--config mnist` names configs/mnist.yaml
+# With no --config every command has configs/mnist.yaml's callbacks: every picture is on.
+DEFAULT_CALLBACKS = CONFIGS / "mnist.yaml"
 PARSER_KWARGS = {"prog": "lvae", "description": DESCRIPTION, "print_config": None,
-                 **{name: {"description": text + PRINTS, "print_config": None} for name, text in SUBCOMMANDS.items()}}
+                 **{name: {"description": text + PRINTS, "print_config": None, "formatter_class": LVAEHelpFormatter}
+                    for name, text in SUBCOMMANDS.items()}}
+
+
+def packaged_config(name: str) -> str:
+    """`--config NAME`: a file, or else the config of that name installed with lvae (mnist, mnist_z2, ...)."""
+    if Path(name).exists() or "/" in name:
+        return name
+    packaged = CONFIGS / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if not packaged.is_file():
+        known = sorted(p.name[:-5] for p in CONFIGS.iterdir() if p.name.endswith(".yaml"))
+        raise ConfigError(f"--config {name}: no such file, and no config of that name comes with lvae (it has "
+                          f"{', '.join(known)}, in {CONFIGS})")
+    return str(packaged)
+
+
+PARSER_KEY = re.compile(r'Parser key "([^"]+)":')
+# The parts of jsonargparse's nested message for a class argument that say nothing about what went wrong.
+STRUCTURE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+             "Expected a <class 'NoneType'>", "Not a valid subclass", "Subclass types expect", "- a class path",
+             "- a dict", "Problem with given class_path")
+OLD_CALLBACKS = re.compile(r"(?<![\w.])callbacks\.([A-Z]\w*)")
+
+
+def condense(message: str) -> list[str]:
+    """jsonargparse's message, cut to what went wrong. For a class argument (--model, --data, a network, a callback)
+    it nests the real error inside one per alternative type: say the full key and the innermost reason instead,
+    with the fix where lvae knows it (a module not on PYTHONPATH, a class path from before lvae.callbacks)."""
+    lines = message.strip().splitlines()
+    if "Problem with given class_path" not in message and "expects a function or a callable class" not in message:
+        return lines
+    keys = [found.group(1) for line in lines if (found := PARSER_KEY.search(line))]
+    reasons = [line for line in lines if line.strip() and not PARSER_KEY.search(line)
+               and not any(part in line for part in STRUCTURE)]
+    deepest = max(reasons, key=lambda line: len(line) - len(line.lstrip())) if reasons else lines[0]
+    reason = re.sub(r"\. Got value: .*$", "", deepest.strip().lstrip("- "))
+    reason = re.sub(r"^Type .* expects a function or a callable class: ", "", reason)
+    said = [f'Parser key "{".".join(keys)}": {reason}']
+    old = OLD_CALLBACKS.search(message)
+    missing = re.search(r"No module named '([^']+)'", reason)
+    if old:
+        said.append(f"callbacks.{old.group(1)} is now lvae.callbacks.{old.group(1)}: in your config, write "
+                    "`class_path: lvae.callbacks.` where it says `class_path: callbacks.`")
+    elif missing:
+        paths = re.findall(r"class_path[=:]? ?'([^']+)'", message)
+        class_path = next((path for path in paths if path.startswith(missing.group(1))), missing.group(1))
+        said.append(f"class_path {class_path} cannot be imported: is its module on PYTHONPATH? Run lvae from the "
+                    "folder that holds it, or add that folder to PYTHONPATH.")
+    return said
 
 
 class LVAEArgumentParser(LightningArgumentParser):
@@ -67,7 +138,7 @@ class LVAEArgumentParser(LightningArgumentParser):
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        lines = message.strip().splitlines()
+        lines = condense(message)
         if len(lines) > ERROR_LINES:
             lines = [*lines[:ERROR_LINES - 1], "  ..."]
         sys.stderr.write(f"{prog}: error: " + "\n".join(lines) + f"\nSee '{prog} --help' for the accepted options.\n")
@@ -92,6 +163,40 @@ class RunConfig(SaveConfigCallback):
         resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": resolved})
+
+
+DEFAULT_IMAGE_SHAPE = (1, 28, 28)  # VAE's own default
+DEFAULT_CLASSES = {"model": "lvae.VAE", "data": "lvae.MNISTDataModule"}
+
+
+def import_class(class_path: str) -> Any:
+    """The class a config names (the parser has already imported it, so this cannot fail or run anything new)."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def own_defaults(spec: Namespace) -> dict[str, Any]:
+    """`spec` ({class_path, init_args}) with every argument its class has a default for set to that default; those
+    without one (a folder's root) keep the value given."""
+    cls = import_class(spec.class_path)
+    required = {name for name, param in inspect.signature(cls).parameters.items()
+                if param.default is inspect.Parameter.empty}
+    own = LightningArgumentParser()
+    own.add_class_arguments(cls, "init_args", fail_untyped=False)
+    init_args = {key: value for key, value in own.get_defaults().init_args.items() if key not in required}
+    given = spec.get("init_args") or Namespace()
+    init_args.update({key: given[key] for key in required if key in given})
+    return {"class_path": spec.class_path, "init_args": init_args}
+
+
+def plain_numbers(config: Namespace) -> None:
+    """Values parsed as jsonargparse's PositiveInt & co become plain numbers. When --model or --data names another
+    class than the default, jsonargparse carries the default's values over as those types, which its own YAML dump
+    (the run's config.yaml, the hyperparameters) cannot write."""
+    for key, value in config.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or type(value) in (int, float):
+            continue
+        config[key] = int(value) if isinstance(value, int) else float(value)
 
 
 def new_run_id() -> str:
@@ -174,8 +279,11 @@ class LVAECLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True):
         self._print_config = False
         self._checkpoint_run: Optional[str] = None  # the run under the runs folder whose checkpoint this command reads
-        super().__init__(VAE, MNISTDataModule, save_config_callback=RunConfig, args=args, run=run,
-                         seed_everything_default=0, parser_class=LVAEArgumentParser, parser_kwargs=PARSER_KWARGS)
+        # Subclass mode over any LightningModule and LightningDataModule: --model and --data take a class of your
+        # own; lvae's VAE and MNISTDataModule are the defaults.
+        super().__init__(L.LightningModule, L.LightningDataModule, save_config_callback=RunConfig, args=args, run=run,
+                         seed_everything_default=0, parser_class=LVAEArgumentParser, parser_kwargs=PARSER_KWARGS,
+                         subclass_mode_model=True, subclass_mode_data=True)
 
     @override
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any],
@@ -204,6 +312,9 @@ class LVAECLI(LightningCLI):
             "checkpoint.enable_version_counter": False,
             "trainer.default_root_dir": "runs",
             "trainer.max_epochs": 10,
+            "model": {"class_path": DEFAULT_CLASSES["model"]},
+            "data": {"class_path": DEFAULT_CLASSES["data"]},
+            "trainer.callbacks": yaml.safe_load(DEFAULT_CALLBACKS.read_text())["trainer"]["callbacks"],
         })
 
     @override
@@ -214,9 +325,26 @@ class LVAECLI(LightningCLI):
         # Answered once lvae has filled in the run's id, folders and W&B mode: jsonargparse's own --print_config
         # prints before that, with placeholders (save_dir: ., dirpath: null) the run never uses.
         given = list(sys.argv[1:] if args is None else args)
+        for i, arg in enumerate(given):
+            if arg == "--config" and i + 1 < len(given):
+                given[i + 1] = packaged_config(given[i + 1])
+            elif arg.startswith("--config="):
+                given[i] = "--config=" + packaged_config(arg.split("=", 1)[1])
         kept = [arg for arg in given if arg != PRINT_CONFIG]
         self._print_config = len(kept) < len(given)
         self.config = parser.parse_args(kept)
+        # `--data lvae.ImageFolderDataModule` would otherwise keep every MNISTDataModule default the new class also
+        # takes (jsonargparse carries a replaced class's arguments over, defaults included): predict_split=test
+        # instead of the folder's val. Parsed again with the chosen classes as the defaults, only the values a user
+        # gave are carried over.
+        subcommand = self.config.get("subcommand")
+        target = self._parser(subcommand) if subcommand else parser
+        config = self.config[subcommand] if subcommand else self.config
+        chosen = {key: own_defaults(config[key]) for key in ("model", "data")
+                  if config.get(key) and config[key].class_path != DEFAULT_CLASSES[key]}
+        if chosen:
+            target.set_defaults(chosen)
+            self.config = parser.parse_args(kept)
 
     @override
     def _parse_ckpt_path(self) -> None:
@@ -228,7 +356,10 @@ class LVAECLI(LightningCLI):
         the keys that define it (RUN_KEYS)."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
-        if config is None or not config.get("ckpt_path"):
+        if config is None:
+            return
+        self._take_image_shape_from_data(config)  # before the checkpoint is compared with the config
+        if not config.get("ckpt_path"):
             return
         root = Path(config.trainer.default_root_dir or "runs")
         run_id = config.run_id or os.environ.get(RUN_ID_ENV)
@@ -249,9 +380,9 @@ class LVAECLI(LightningCLI):
             checkpoint = check_continues(Path(config.ckpt_path), given, config, root)
             position = saved_train_position(checkpoint)
             if position:
-                check_same_batches(position, config.data.batch_size, None)
+                check_same_batches(position, section_values(config, "data").get("batch_size"), None)
         else:
-            check_checkpoint(config.ckpt_path, config.model)
+            check_checkpoint(config.ckpt_path, config)
 
     def _start_named_run(self, run_dir: Path, config: Namespace) -> None:
         """`--run_id X --ckpt_path last` before run X has a checkpoint: start it, so that one command starts or
@@ -269,6 +400,9 @@ class LVAECLI(LightningCLI):
         config = self.config[self.subcommand]
         if self.subcommand == "fit" and config.trainer.max_epochs == 0:
             raise ConfigError("trainer.max_epochs=0 trains nothing; give at least 1 (or -1 for no limit)")
+        for key in ("model", "data"):
+            plain_numbers(config[key])
+        self._take_image_shape_from_data(config)
         if config.trainer.logger in (None, True):
             default = self._parser(self.subcommand).parse_object({"trainer": {"logger": DEFAULT_LOGGER}})
             config.trainer.logger = default.trainer.logger
@@ -296,6 +430,24 @@ class LVAECLI(LightningCLI):
         if self._print_config:
             sys.stdout.write(self._parser(self.subcommand).dump(config, skip_none=False))
             sys.exit(0)
+
+    @staticmethod
+    def _take_image_shape_from_data(config: Namespace) -> None:
+        """lvae's VAE takes its image shape (C, H, W) from the data module, so the user never types it twice; a model
+        of your own is left as it is, and need not take an `image_shape`."""
+        model_class, data_class = (import_class(config[key].class_path) for key in ("model", "data"))
+        if not (isinstance(model_class, type) and issubclass(model_class, VAE)):
+            return
+        shape = getattr(data_class, "image_shape", None)
+        if shape is None:  # known only once the module is built from its arguments (e.g. an image folder's size)
+            shape = getattr(data_class(**config.data.init_args.as_dict()), "image_shape", None)
+        if shape is None:
+            return
+        given = list(config.model.init_args.get("image_shape") or DEFAULT_IMAGE_SHAPE)
+        if given not in (list(DEFAULT_IMAGE_SHAPE), list(shape)):
+            raise ConfigError(f"model.image_shape={given} differs from the data's image shape {list(shape)}; leave "
+                              "model.image_shape out: lvae takes it from the data module")
+        config.model.init_args.image_shape = tuple(shape)
 
     def _configure_loggers(self, config: Namespace, run_dir: Path, run_id: str, wandb_id: str) -> None:
         loggers = config.trainer.logger

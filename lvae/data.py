@@ -191,8 +191,8 @@ def check_same_batches(state: dict[str, int], batch_size: int, world_size: Optio
     """Refuse to continue a half-finished epoch with other batches than it started with (`world_size` None: not
     known yet). The trainer counts the epoch in steps, so the rest of it must be cut into the same batches."""
     done, total = state["batches_done"], state.get("batches", 0)
-    if not 0 < done < total:
-        return  # saved at an epoch's end: the next epoch may use any batches
+    if not 0 < done < total or batch_size is None:
+        return  # saved at an epoch's end: the next epoch may use any batches (or not lvae's loader)
     saved_size, saved_world = state.get("batch_size", batch_size), state.get("world_size", world_size)
     if saved_size == batch_size and world_size in (None, saved_world):
         return

@@ -204,8 +204,16 @@ class VAE(L.LightningModule):
                              strict: Optional[bool] = None, **kwargs: Any) -> "VAE":
         """Lightning's `load_from_checkpoint`, for untrusted files: the checkpoint is read as tensors and plain
         values only, and its hyperparameters may name only Lightning's own instantiator and `lvae.*` classes. Any
-        other class (a network of your own) is passed in by keyword, e.g. ``encoder=MyEncoder``."""
-        check_class_paths(load_checkpoint(checkpoint_path).get("hyper_parameters", {}), kwargs, str(checkpoint_path))
+        other class (a network of your own) is passed in by keyword, e.g. ``encoder=MyEncoder``, and is then built
+        with the checkpoint's init_args."""
+        hparams = load_checkpoint(checkpoint_path).get("hyper_parameters", {})
+        check_class_paths(hparams, kwargs, str(checkpoint_path))
+        for key in ("encoder", "decoder"):
+            # The class you pass is the checkpoint's own: build it with the checkpoint's init_args.
+            saved, given = hparams.get(key), kwargs.get(key)
+            if isinstance(saved, dict) and isinstance(given, type) and \
+                    saved.get("class_path") == describe_network(given)["class_path"]:
+                kwargs[key] = saved
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
                                             strict=strict, weights_only=True, **kwargs)
 

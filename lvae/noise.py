@@ -5,6 +5,8 @@ hint), still come through; a test runs a healthy fit and fails on any other warn
 """
 
 import logging
+import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,9 +74,11 @@ def _make_dir(path: "str | None") -> None:
 
 
 def unmake_dirs() -> None:
-    """Remove the folders `_make_dir` made that are still empty: a command refused before it wrote anything (bad
-    data files, say) leaves nothing behind."""
+    """Remove the folders `_make_dir` made, with what this command wrote in them (W&B's offline files): a command
+    refused before any work (a bad image file found while loading, say) leaves nothing behind."""
+    wandb = sys.modules.get("wandb")
+    if _made and wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=2)  # its files are closed before they are removed
     while _made:
-        folder = _made.pop()
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        folder = _made.pop(0)  # topmost first: removing it removes the rest
+        shutil.rmtree(folder, ignore_errors=True)

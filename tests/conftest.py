@@ -43,7 +43,8 @@ def real_mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real digits: the official MNIST test set split 8,000 (as train) / 2,000 (as test)."""
     if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"real MNIST digits not found at {SHARED_MNIST} (only present beside the lvae checkout here)")
-    images, labels = read_idx_pair(SHARED_MNIST / "t10k-images-idx3-ubyte.gz", SHARED_MNIST / "t10k-labels-idx1-ubyte.gz")
+    images, labels = read_idx_pair(SHARED_MNIST / "t10k-images-idx3-ubyte.gz",
+                                   SHARED_MNIST / "t10k-labels-idx1-ubyte.gz")
     root = tmp_path_factory.mktemp("real")
     write_idx(root / "MNIST" / "raw", "train", images[:8000], labels[:8000])
     write_idx(root / "MNIST" / "raw", "t10k", images[8000:], labels[8000:])
@@ -67,10 +68,12 @@ def run_lvae(args: list[str], cwd: Path, env: dict[str, str] | None = None, time
     return proc
 
 
-def small_fit_args(data_dir: Path, *extra: str) -> list[str]:
-    """A short CPU run on the fixture: the arguments every CLI test shares."""
+def small_fit_args(data_dir: Path, *extra: str, pictures: bool = False) -> list[str]:
+    """A short CPU run on the fixture: the arguments every CLI test shares. Without `pictures`, none of the default
+    config's pictures (`lvae fit` draws every picture unless told otherwise); tests add those they need."""
     return ["fit", "--data.data_dir", str(data_dir), "--data.batch_size", "64", "--trainer.max_epochs", "2",
-            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *extra]
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+            *([] if pictures else ["--trainer.callbacks", "[]"]), *extra]
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -72,6 +72,20 @@ def loader(images, labels) -> DataLoader:
     return DataLoader(TensorDataset(x, torch.from_numpy(labels).long()), batch_size=32)
 
 
+class ToyDigits(L.LightningDataModule):
+    """A data module of the user's own: plain DataLoaders of (x, y) batches, nothing of lvae's."""
+
+    def __init__(self, train: int = 256, val: int = 45):
+        super().__init__()
+        self.train, self.val = train, val
+
+    def train_dataloader(self) -> DataLoader:
+        return loader(*toy_digits(self.train, seed=0))
+
+    def val_dataloader(self) -> DataLoader:
+        return loader(*toy_digits(self.val, seed=1))
+
+
 def main(out: Path, devices: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(0)

@@ -72,10 +72,11 @@ def test_fit_writes_one_run_folder_with_config_checkpoints_and_wandb_run(fitted_
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best-epoch001.ckpt", "last.ckpt"]
     assert not (fitted_run / "wandb").exists() and not (fitted_run / "lvae").exists()  # nothing outside the run
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["model"]["latent_dim"] == 20 and config["run_id"] == run.name
+    assert config["model"]["class_path"] == "lvae.VAE" and config["model"]["init_args"]["latent_dim"] == 20
+    assert config["run_id"] == run.name
     (wandb_run,) = read_run(run)
     assert wandb_run.run_id == run.name
-    assert wandb_run.config["config"]["data"]["batch_size"] == 64  # the resolved CLI config, in W&B too
+    assert wandb_run.config["config"]["data"]["init_args"]["batch_size"] == 64  # the resolved CLI config, in W&B too
     for key in LOSS_KEYS:
         values = wandb_run.values(key)
         assert len(values) == 2 and all(math.isfinite(v) for v in values), key

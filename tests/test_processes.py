@@ -26,7 +26,7 @@ PICTURES = ("scatter", "tsne", "prior_samples", "uncertainty")  # what configs/m
 
 def fit_args(mnist_root: Path, *extra: str) -> list[str]:
     """configs/mnist.yaml and configs/ddp.yaml as a user stacks them, then the short run on the fixture."""
-    return ["fit", *CONFIGS, *small_fit_args(mnist_root)[1:], *extra]
+    return ["fit", *CONFIGS, *small_fit_args(mnist_root, pictures=True)[1:], *extra]
 
 
 def marker(out: Path, step: int, hold: int) -> str:
