@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, as_pictures, decode_images, unusable
+from lvae.latents import Latents, as_pictures, decode_images, label_names, unusable
 from lvae.picture_callback import PictureCallback
 from lvae.tsne import TSNESteps
 
@@ -149,7 +149,8 @@ class TSNEEmbedding(PictureCallback):
         path = self.sink.png_path("tsne", epoch)
         start, init_epoch = self._start(latents.index, epoch, path.parent)
         return Job("lvae.figures.tsne:map_and_draw", dict(
-            mu=latents.mu.double().numpy(), index=latents.index.numpy(), labels=latents.label.numpy(), start=start,
+            mu=latents.mu.double().numpy(), index=latents.index.numpy(), labels=latents.label.numpy(),
+            names=label_names(trainer), start=start,
             init_epoch=init_epoch, steps=self.settings, z=z.double().numpy(),
             prior_images=as_pictures((decoded * 255).round().to(torch.uint8)), path=str(path), epoch=epoch))
 
