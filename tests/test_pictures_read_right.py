@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import EllipseCollection
 from matplotlib.figure import Figure
 from matplotlib.legend import Legend
-from matplotlib.offsetbox import AnnotationBbox
+from matplotlib.transforms import Bbox
 
 from lvae import VAE, Latents, MNISTDataModule
 from lvae.callbacks import LatentScatter, PriorSamples, TSNEEmbedding
@@ -112,12 +112,10 @@ def figure_of(job: Job) -> Figure:
     return fig
 
 
-def thumbnail_boxes(fig: Figure) -> list:
-    """The pixel boxes of every thumbnail in `fig`, as drawn."""
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    fig.draw(renderer)
-    return [artist.get_window_extent(renderer) for ax in fig.axes for artist in ax.artists
-            if isinstance(artist, AnnotationBbox)]
+def thumbnail_boxes(fig: Figure) -> list[Bbox]:
+    """The pixel boxes of the thumbnails in `fig` (the images placed on the figure), as drawn."""
+    FigureCanvasAgg(fig).draw()
+    return [Bbox.from_extents(*np.array(image.get_extent())[[0, 2, 1, 3]]) for image in fig.images]
 
 
 def assert_apart(boxes: list, expected: int) -> None:
@@ -128,21 +126,24 @@ def assert_apart(boxes: list, expected: int) -> None:
             assert min(overlap) <= 0, f"thumbnails at {a.bounds} and {b.bounds} overlap"
 
 
-def latents(mu: torch.Tensor, logvar: torch.Tensor = None, labels: torch.Tensor = None) -> Latents:
+def latents(mu: torch.Tensor, logvar: torch.Tensor = None, labels: torch.Tensor = None,
+            shape: tuple[int, int, int] = (1, 28, 28)) -> Latents:
     n = len(mu)
     labels = torch.arange(n) % 10 if labels is None else labels
     logvar = torch.zeros_like(mu) if logvar is None else logvar
-    image = torch.zeros(n, 1, 28, 28, dtype=torch.uint8)  # (N, C, H, W)
-    image[:, 0, 4:24, 10:18] = 255
+    image = torch.zeros(n, *shape, dtype=torch.uint8)  # (N, C, H, W)
+    image[:, 0, 4:-4, 10:18] = 255
     return Latents(epoch=0, index=torch.arange(n), label=labels, mu=mu, logvar=logvar,
                    kl=torch.zeros(n), image=image)
 
 
-def test_thumbnails_of_inputs_at_one_spot_are_placed_apart_clear_of_the_points(tmp_path):
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 20, 32)], ids=["grey", "colour_wide"])
+def test_thumbnails_of_inputs_at_one_spot_are_placed_apart_clear_of_the_points(tmp_path, shape):
     mu = torch.randn(200, 2, generator=torch.Generator().manual_seed(0))
     mu[:12] = 0.0  # every input drawn as a thumbnail sits at the same spot
     callback = with_sink(LatentScatter(thumbnails=12), tmp_path)
-    job = callback.prepare(L.Trainer(logger=False), None, latents(mu, labels=torch.arange(200) % 6), epoch=0)
+    job = callback.prepare(L.Trainer(logger=False), None, latents(mu, labels=torch.arange(200) % 6, shape=shape),
+                           epoch=0)
     fig = figure_of(job)
     boxes = thumbnail_boxes(fig)
     assert_apart(boxes, 12)

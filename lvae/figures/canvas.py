@@ -7,10 +7,9 @@ from typing import Optional, Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+from PIL import Image
 
 PNG_DPI = 100
 Limits = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax
@@ -42,14 +41,19 @@ def label_handles(labels: np.ndarray, names: Optional[Sequence[str]] = None) -> 
             for c in np.unique(labels)]
 
 
-def thumbnail(image: np.ndarray, pixels: float, alpha: float = 1.0) -> OffsetImage:
-    """An input drawn `pixels` PNG pixels wide (its longer side): `image` is (H, W) grey or (H, W, 3) colour,
-    uint8."""
-    zoom = pixels / max(image.shape[:2])
-    # dpi_cor=False: the size is in the PNG's pixels, not in points (which would make it dpi / 72 times larger)
-    if image.ndim == 2:
-        return OffsetImage(image, cmap="gray", norm=Normalize(0, 255), zoom=zoom, dpi_cor=False, alpha=alpha)
-    return OffsetImage(image, zoom=zoom, dpi_cor=False, alpha=alpha)
+def thumbnail(image: np.ndarray, pixels: float, colour: Sequence[float], alpha: float, frame: int) -> np.ndarray:
+    """An input as a picture `pixels` wide (its longer side) in a `frame`-pixel frame of `colour`: RGBA uint8
+    (h, w, 4), the image `alpha` opaque. `image` is (H, W) grey or (H, W, 3) colour, uint8."""
+    from PIL import Image
+
+    scale = pixels / max(image.shape[:2])
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))  # (w, h)
+    inner = np.asarray(Image.fromarray(image).convert("RGB").resize(size, Image.Resampling.BOX))  # (h, w, 3)
+    framed = np.empty((size[1] + 2 * frame, size[0] + 2 * frame, 4), dtype=np.uint8)
+    framed[...] = np.round(np.asarray(colour[:3]) * 255).astype(np.uint8).tolist() + [255]
+    framed[frame:frame + size[1], frame:frame + size[0], :3] = inner
+    framed[frame:frame + size[1], frame:frame + size[0], 3] = round(alpha * 255)
+    return framed
 
 
 def outside(points: np.ndarray, limits: Limits) -> np.ndarray:
@@ -131,26 +135,34 @@ def _density(points: np.ndarray, bounds: tuple[float, ...], cell: float = 4.0):
     return covered
 
 
-def add_thumbnails(ax: Axes, anchors: np.ndarray, centres: np.ndarray, images: np.ndarray, pixels: float,
-                   colours: np.ndarray, limits: Limits, box: tuple[float, ...], alpha: float = 1.0) -> int:
-    """Draw each image at its centre (pixels, from `place_boxes`; NaN: not drawn) in a frame of its colour, with a
-    thin line from its anchor (data) where it sits away from it. Returns how many were drawn."""
+def thumbnail_size(images: np.ndarray, pixels: float, frame: int) -> tuple[float, float]:
+    """The (w, h) in pixels of the thumbnails of `images` (K, H, W[, 3]), frame included."""
+    scale = pixels / max(images.shape[1:3])
+    return round(images.shape[2] * scale) + 2 * frame, round(images.shape[1] * scale) + 2 * frame
+
+
+def add_thumbnails(fig: Figure, ax: Axes, anchors: np.ndarray, centres: np.ndarray, images: np.ndarray,
+                   pixels: float, colours: np.ndarray, limits: Limits, box: tuple[float, ...], alpha: float,
+                   frame: int) -> int:
+    """Draw each image (K, H, W[, 3]) at its centre (K, 2 pixels, from `place_boxes`; NaN: not drawn), framed in
+    its colour (K, 4), with a thin line from its anchor (K, 2, data) where it sits away from it. Each is a figure
+    image placed pixel for pixel: an annotation box costs several times as much to lay out and draw. Returns how
+    many were drawn."""
     x0, y0, x1, y1 = box
     to_data = np.array([(limits[1] - limits[0]) / (x1 - x0), (limits[3] - limits[2]) / (y1 - y0)])
-    at = np.array([limits[0], limits[2]]) + (centres - np.array([x0, y0])) * to_data  # (K, 2) data
     lines, line_colours, drawn = [], [], 0
-    for anchor, centre, image, colour in zip(anchors, at, images, colours):
+    for anchor, centre, image, colour in zip(anchors, centres, images, colours):
         if np.isnan(centre[0]):
             continue
         drawn += 1
-        ax.add_artist(AnnotationBbox(thumbnail(image, pixels, alpha), tuple(centre), frameon=True, pad=0.0,
-                                     bboxprops={"edgecolor": colour, "linewidth": 1.2, "facecolor": "none"},
-                                     annotation_clip=False, zorder=4))
-        gap = (anchor - centre) / to_data  # pixels from the box centre to the anchor
+        picture = thumbnail(image, pixels, colour, alpha, frame)  # (h, w, 4)
+        h, w = picture.shape[:2]
+        fig.figimage(picture, xo=round(centre[0] - w / 2), yo=round(centre[1] - h / 2), zorder=4)
+        at = np.array([limits[0], limits[2]]) + (centre - np.array([x0, y0])) * to_data  # the centre, in data
+        gap = (anchor - at) / to_data  # pixels from the centre to the anchor
         if np.abs(gap).max() > 0.5:
-            half = np.array(image.shape[1::-1][:2], dtype=float) * pixels / max(image.shape[:2]) / 2
-            edge = min(half[0] / max(abs(gap[0]), 1e-9), half[1] / max(abs(gap[1]), 1e-9), 1.0)
-            lines.append([anchor, centre + edge * gap * to_data])
+            edge = min(w / 2 / max(abs(gap[0]), 1e-9), h / 2 / max(abs(gap[1]), 1e-9), 1.0)
+            lines.append([anchor, at + edge * gap * to_data])
             line_colours.append(colour)
     if lines:
         ax.add_collection(LineCollection(lines, colors=line_colours, linewidths=0.8, zorder=3), autolim=False)

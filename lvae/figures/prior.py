@@ -6,10 +6,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from lvae.drawing import Drawn
-from lvae.figures.canvas import (Limits, add_thumbnails, axes_pixels, outside, place_boxes, save_figure,
-                                 to_pixels)
+from lvae.figures.canvas import (PNG_DPI, Limits, add_thumbnails, axes_pixels, outside, place_boxes, save_figure,
+                                 thumbnail_size, to_pixels)
 
 AXES = (0.1, 0.08, 0.86, 0.82)  # the manifold's and the positions' axes, as figure fractions
+GRID_TITLE_PX = 60  # the sample grid's two title lines
 SAMPLE_PX = 20  # a decoded draw's longer side in the positions picture
 
 
@@ -21,10 +22,13 @@ def draw(paths: dict[str, str], figsizes: dict[str, tuple[float, float]], epoch:
     manifold grid of steps x steps decoded z, evenly spaced over `extent` (z_0 from, to, z_1 from, to: the
     outer cells' z), and the draws z (n, 2) with their images (n, H, W[, 3]) uint8 among the validation means mu
     (N, 2). The grids are (H, W) grey or (H, W, 3) colour, in [0, 1]. Counts the means outside each picture."""
-    fig = Figure(figsize=figsizes["prior_samples"])
-    ax = fig.add_axes((0.02, 0.02, 0.96, 0.87))
-    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_axis_off()
+    fig = Figure(figsize=figsizes["prior_samples"], dpi=PNG_DPI)
+    width, height = figsizes["prior_samples"][0] * PNG_DPI, figsizes["prior_samples"][1] * PNG_DPI
+    # Whole pixels per pixel, as large as fits below the title: sharp, and cheaper than an axes' resampling.
+    scale = max(1, int(min((width - 20) / grid.shape[1], (height - GRID_TITLE_PX - 20) / grid.shape[0])))
+    big = grid.repeat(scale, axis=0).repeat(scale, axis=1)  # (H * scale, W * scale[, 3])
+    fig.figimage(big, xo=round((width - big.shape[1]) / 2), yo=round((height - GRID_TITLE_PX - big.shape[0]) / 2),
+                 cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0)
     title = f"{n} fixed draws z ~ N(0, I), decoded\nepoch {epoch}, seed {seed}"
     fig.suptitle(title, fontsize=12)
     drawn = Drawn(pictures=[("prior_samples", save_figure(fig, paths["prior_samples"]), title.replace("\n", ", "))])
@@ -73,7 +77,7 @@ def manifold_figure(manifold: np.ndarray, steps: int, extent: Limits, mu: Option
     off = "" if mu is None else f"; {int(outside(mu, extent).sum())} of {len(mu)} validation means outside"
     title = (f"Decoded z on a {steps}x{steps} grid over the means and N(0, I) to 2 sd, epoch {epoch}\n"
              f"z_0 {extent[0]:.2f} to {extent[1]:.2f}, z_1 {extent[2]:.2f} to {extent[3]:.2f}{off}")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, y=1.0)  # pinned: placing it would measure every tick label
     return fig, title.replace("\n", "; ")
 
 
@@ -81,7 +85,7 @@ def positions_figure(z: np.ndarray, samples: np.ndarray, mu: Optional[np.ndarray
                      figsize: tuple[float, float], epoch: int) -> tuple[Figure, str]:
     """The draws z (n, 2) among the validation means mu (N, 2), each decoded image on or beside its draw where it
     covers no other image."""
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, dpi=PNG_DPI)  # the decoded draws are placed in its pixels
     ax = fig.add_axes(AXES)
     if mu is not None:
         ax.scatter(mu[:, 0], mu[:, 1], s=2, c="0.7", rasterized=True, label=f"{len(mu)} validation means")
@@ -89,11 +93,10 @@ def positions_figure(z: np.ndarray, samples: np.ndarray, mu: Optional[np.ndarray
                label=f"{len(z)} prior draws")
     ax.legend(loc="upper right", fontsize=8, markerscale=2)
     box = axes_pixels(figsize, AXES)
-    side = SAMPLE_PX / max(samples.shape[1:3])
-    size = (samples.shape[2] * side + 2, samples.shape[1] * side + 2)
+    size = thumbnail_size(samples, SAMPLE_PX, frame=1)
     centres = place_boxes(to_pixels(z, limits, box), size, box, reach=max(size), clear_of_anchors=False)
     red = np.tile(np.array([0.84, 0.15, 0.16, 1.0]), (len(z), 1))  # tab:red, (n, 4)
-    shown = add_thumbnails(ax, z, centres, samples, SAMPLE_PX, red, limits, box, alpha=0.9)
+    shown = add_thumbnails(fig, ax, z, centres, samples, SAMPLE_PX, red, limits, box, alpha=0.9, frame=1)
     ax.set_xlim(limits[0], limits[1])
     ax.set_ylim(limits[2], limits[3])
     ax.tick_params(labelsize=8)
@@ -102,5 +105,5 @@ def positions_figure(z: np.ndarray, samples: np.ndarray, mu: Optional[np.ndarray
     off = "" if mu is None else f", {int(outside(mu, limits).sum())} of {len(mu)} means outside"
     title = (f"The {len(z)} prior draws at their positions, epoch {epoch}\n{shown} shown decoded, on or beside their "
              f"cross{off}")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, y=1.0)  # pinned: placing it would measure every tick label
     return fig, title.replace("\n", "; ")

@@ -8,8 +8,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from lvae.drawing import Drawn
-from lvae.figures.canvas import (Limits, add_thumbnails, axes_pixels, class_colour, displacement, label_handles,
-                                 outside, place_boxes, save_figure, to_pixels)
+from lvae.figures.canvas import (PNG_DPI, Limits, add_thumbnails, axes_pixels, class_colour, displacement,
+                                 label_handles, outside, place_boxes, save_figure, thumbnail_size, to_pixels)
 
 THUMBNAIL_PX = 24  # a thumbnail's longer side in the PNG
 
@@ -36,7 +36,7 @@ def figure(figsize: tuple[float, float], axes_rect: tuple[float, float, float, f
     lists (text, size, alpha) of the point-size legend. Thumbnails (K, H, W) or (K, H, W, 3) uint8 belong to
     thumb_points (K, 2) and are placed beside them, apart from one another and where they cover the fewest
     points, framed in their label's colour."""
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, dpi=PNG_DPI)  # thumbnails are placed in its pixels
     ax = fig.add_axes(axes_rect)
     colours = class_colour(labels)  # (N, 4)
     if ellipses is not None:
@@ -54,12 +54,11 @@ def figure(figsize: tuple[float, float], axes_rect: tuple[float, float, float, f
     anchors = to_pixels(thumb_points[inside], limits, box)  # (K, 2)
     images = thumb_images[inside]
     if len(images):
-        side = THUMBNAIL_PX / max(images.shape[1:3])
-        size = (images.shape[2] * side + 2, images.shape[1] * side + 2)  # the frame adds a pixel each side
+        size = thumbnail_size(images, THUMBNAIL_PX, frame=2)
         centres = place_boxes(anchors, size, box, reach=max(box[2] - box[0], box[3] - box[1]),
                               clear_of_anchors=True, crowd=to_pixels(points, limits, box))
-        add_thumbnails(ax, thumb_points[inside], centres, images, THUMBNAIL_PX, class_colour(thumb_labels[inside]),
-                       limits, box, alpha=0.85)
+        add_thumbnails(fig, ax, thumb_points[inside], centres, images, THUMBNAIL_PX,
+                       class_colour(thumb_labels[inside]), limits, box, alpha=0.85, frame=2)
     small = names is not None and max(len(str(n)) for n in names) > 6  # long class names: a smaller legend
     legend = ax.legend(handles=label_handles(labels, names), title="label", loc="upper left",
                        bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8 if small else None)
@@ -72,5 +71,5 @@ def figure(figsize: tuple[float, float], axes_rect: tuple[float, float, float, f
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     detail += f"; {int(outside(points, limits).sum())} of {len(points)} outside the limits"
-    ax.set_title(f"{title}\n{detail}", fontsize=10)
+    ax.set_title(f"{title}\n{detail}", fontsize=10, y=1.0)  # pinned: placing it would measure every tick label
     return fig, f"{title}; {detail}".replace("\n", "; ")

@@ -9,8 +9,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from lvae.drawing import Drawn
-from lvae.figures.canvas import (add_thumbnails, axes_pixels, class_colour, displacement, label_handles, place_boxes,
-                                 save_figure, to_pixels)
+from lvae.figures.canvas import (PNG_DPI, add_thumbnails, axes_pixels, class_colour, displacement, label_handles,
+                                 place_boxes, save_figure, thumbnail_size, to_pixels)
 from lvae.tsne import TSNESteps, align, knn_label_agreement
 
 PRIOR_PX = 20  # a decoded prior draw's longer side in the PNG
@@ -61,7 +61,7 @@ def figure(steps: TSNESteps, points: np.ndarray, labels: np.ndarray, names: Opti
            epoch: int) -> tuple[Figure, str]:
     """The map: points (N, 2) coloured by labels (N,), the prior draws (P, 2) as crosses, and as many of their
     decoded images (P, H, W[, 3]) uint8 as fit on or beside their crosses without covering one another."""
-    fig = Figure(figsize=steps.figsize)
+    fig = Figure(figsize=steps.figsize, dpi=PNG_DPI)  # the decoded draws are placed in its pixels
     ax = fig.add_axes(steps.axes_rect)
     size = float(np.clip(6000.0 / len(points), 4.0, 30.0))  # fewer points, larger dots
     ax.scatter(points[:, 0], points[:, 1], s=size, c=class_colour(labels), alpha=0.8,
@@ -76,13 +76,12 @@ def figure(steps: TSNESteps, points: np.ndarray, labels: np.ndarray, names: Opti
     if len(prior):
         ax.scatter(prior[:, 0], prior[:, 1], s=25, marker="x", c="black", linewidths=1.0, zorder=3)
         box = axes_pixels(steps.figsize, steps.axes_rect)
-        side = PRIOR_PX / max(prior_images.shape[1:3])
-        extent = (prior_images.shape[2] * side + 2, prior_images.shape[1] * side + 2)
+        size = thumbnail_size(prior_images, PRIOR_PX, frame=1)
         # On its cross where that is free, else at most one image away from it; else the cross alone.
-        centres = place_boxes(to_pixels(prior, limits, box), extent, box, reach=max(extent),
-                              clear_of_anchors=False)
+        centres = place_boxes(to_pixels(prior, limits, box), size, box, reach=max(size), clear_of_anchors=False)
         black = np.tile([0.0, 0.0, 0.0, 1.0], (len(prior), 1))  # (P, 4)
-        shown = add_thumbnails(ax, prior, centres, prior_images, PRIOR_PX, black, limits, box, alpha=0.9)
+        shown = add_thumbnails(fig, ax, prior, centres, prior_images, PRIOR_PX, black, limits, box, alpha=0.9,
+                               frame=1)
     handles = label_handles(labels, names)
     if len(prior):
         handles.append(Line2D([], [], marker="x", linestyle="", color="black", markersize=7,
@@ -97,5 +96,5 @@ def figure(steps: TSNESteps, points: np.ndarray, labels: np.ndarray, names: Opti
     detail = f"started from {init}; {steps.knn_k}-NN label agreement {agreement:.3f}; none outside"
     if len(prior):
         detail += f"\nx: {len(prior)} prior draws z ~ N(0, I) placed in the map, {shown} shown decoded"
-    ax.set_title(f"{title}\n{detail}", fontsize=10)
+    ax.set_title(f"{title}\n{detail}", fontsize=10, y=1.0)  # pinned: placing it would measure every tick label
     return fig, f"{title}; {detail}".replace("\n", "; ")
