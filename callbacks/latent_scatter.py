@@ -235,8 +235,8 @@ class LatentScatter(PictureCallback):
         limits and the thumbnails' inputs take milliseconds, and must be settled before the next epoch's."""
         view = self._view_of(latents.mu.shape[1])
         if self._view is not None and self._view != view:
-            rank_zero_warn(f"LatentScatter: the checkpoint's axis limits belong to the view {self._view!r}, this run "
-                           f"draws {view!r}; new limits are taken from this epoch")
+            rank_zero_warn(f"LatentScatter: the checkpoint's limits, axes and thumbnails belong to the view "
+                           f"{self._view!r}, this run draws {view!r}; they are chosen afresh from this epoch")
             self._fixed = self._basis = self._drawn = self._thumbs = None
         self._view = view
         points, shapes, (xlabel, ylabel), view_text = self._project(latents)
@@ -249,14 +249,13 @@ class LatentScatter(PictureCallback):
         sizes, alpha, key = np.full(len(u), 10.0), 0.75, []
         shown = {"size": "point size: posterior variance u(x)", "alpha": "faint points: high posterior variance u(x)",
                  "none": "mean posterior variance u(x)"}.get(self.uncertainty)
+        steps = ((low, 0.0), ((low + high) / 2, 0.5), (high, 1.0))  # the legend's u(x) and place in [0, 1]
         if self.uncertainty == "size":
             sizes = 4.0 + 56.0 * spread
-            key = [(f"{value:.3g}", 4.0 + 56.0 * s, 0.75) for value, s in ((low, 0), ((low + high) / 2, 0.5),
-                                                                             (high, 1))]
+            key = [(f"{value:.3g}", 4.0 + 56.0 * step, 0.75) for value, step in steps]
         elif self.uncertainty == "alpha":
             alpha = 1.0 - 0.85 * spread
-            key = [(f"{value:.3g}", 16.0, 1.0 - 0.85 * s) for value, s in ((low, 0), ((low + high) / 2, 0.5),
-                                                                          (high, 1))]
+            key = [(f"{value:.3g}", 16.0, 1.0 - 0.85 * step) for value, step in steps]
         elif self.uncertainty == "ellipse":
             sizes, alpha = np.full(len(u), 6.0), 0.9
             shown = ("ellipses: q(z|x) at 1 sigma, projected on the two axes" if view == "pca" else
@@ -282,9 +281,9 @@ class LatentScatter(PictureCallback):
         return Job("lvae.figures.scatter:draw", dict(
             name=name, path=str(self.sink.png_path(name, epoch)), previous=previous, figsize=self.figsize,
             axes_rect=self.axes_rect, points=points, labels=labels, names=names, sizes=sizes, alpha=alpha,
-            ellipses=shapes, key=key, key_title="u(x)",
-            limits=limits, axis_labels=(xlabel, ylabel), thumb_points=points[thumbs],
-            thumb_images=as_pictures(latents.image[thumbs]), thumb_labels=labels[thumbs], title=title, detail=detail))
+            ellipses=shapes, key=key, key_title="u(x)", limits=limits, axis_labels=(xlabel, ylabel),
+            thumb_points=points[thumbs], thumb_images=as_pictures(latents.image[thumbs]), thumb_labels=labels[thumbs],
+            title=title, detail=detail))
 
     def _thumbnail_rows(self, latents: Latents) -> Tensor:
         """The rows of this epoch's inputs drawn as thumbnails: the inputs chosen at the first drawn epoch (again

@@ -25,8 +25,8 @@ class PriorSamples(PictureCallback):
     checkpoint.
 
     Pictures: ``prior_samples`` (every Z), ``manifold`` and ``prior_positions`` (Z=2 only); scalars (Z=2):
-    ``manifold/outside`` and ``prior_positions/outside``, the validation means outside each picture (none, unless
-    the means went beyond the region since it was chosen).
+    ``manifold/outside`` and ``prior_positions/outside``, the validation means outside each picture (none: the
+    region widens to take them in; the titles say so too).
 
     Args:
         n_samples: how many prior draws to decode.

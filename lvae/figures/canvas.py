@@ -44,8 +44,6 @@ def label_handles(labels: np.ndarray, names: Optional[Sequence[str]] = None) -> 
 def thumbnail(image: np.ndarray, pixels: float, colour: Sequence[float], alpha: float, frame: int) -> np.ndarray:
     """An input as a picture `pixels` wide (its longer side) in a `frame`-pixel frame of `colour`: RGBA uint8
     (h, w, 4), the image `alpha` opaque. `image` is (H, W) grey or (H, W, 3) colour, uint8."""
-    from PIL import Image
-
     scale = pixels / max(image.shape[:2])
     size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))  # (w, h)
     inner = np.asarray(Image.fromarray(image).convert("RGB").resize(size, Image.Resampling.BOX))  # (h, w, 3)

@@ -36,6 +36,9 @@ def figure(figsize: tuple[float, float], axes_rect: tuple[float, float, float, f
     lists (text, size, alpha) of the point-size legend. Thumbnails (K, H, W) or (K, H, W, 3) uint8 belong to
     thumb_points (K, 2) and are placed beside them, apart from one another and where they cover the fewest
     points, framed in their label's colour."""
+    small = names is not None and max(len(str(n)) for n in names) > 6  # long class names: a smaller legend
+    if small:
+        axes_rect = (axes_rect[0], axes_rect[1], axes_rect[2] - 0.05, axes_rect[3])  # with room beside the axes
     fig = Figure(figsize=figsize, dpi=PNG_DPI)  # thumbnails are placed in its pixels
     ax = fig.add_axes(axes_rect)
     colours = class_colour(labels)  # (N, 4)
@@ -59,7 +62,6 @@ def figure(figsize: tuple[float, float], axes_rect: tuple[float, float, float, f
                               clear_of_anchors=True, crowd=to_pixels(points, limits, box))
         add_thumbnails(fig, ax, thumb_points[inside], centres, images, THUMBNAIL_PX,
                        class_colour(thumb_labels[inside]), limits, box, alpha=0.85, frame=2)
-    small = names is not None and max(len(str(n)) for n in names) > 6  # long class names: a smaller legend
     legend = ax.legend(handles=label_handles(labels, names), title="label", loc="upper left",
                        bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8 if small else None)
     if key:
