@@ -276,7 +276,7 @@ class LatentScatter(PictureCallback):
             now_rows, before_rows = _matching(index, before_index)
             previous[now_rows] = before_points[before_rows].double().numpy()
         self._drawn = (index.clone(), torch.from_numpy(points).float())
-        thumbs = self._thumbnail_rows(latents)
+        thumbs = self._thumbnail_rows(latents).numpy()  # (K,) rows
         name = self.names[0]
         return Job("lvae.figures.scatter:draw", dict(
             name=name, path=str(self.sink.png_path(name, epoch)), previous=previous, figsize=self.figsize,
