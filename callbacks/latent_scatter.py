@@ -12,53 +12,95 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, as_pictures, unusable
+from lvae.latents import Latents, as_pictures, label_names, unusable
 from lvae.metrics import uncertainty as posterior_uncertainty
 from lvae.picture_callback import PictureCallback
 
 Limits = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax
 
 
-def pca_2d(mu: Tensor) -> tuple[Tensor, Tensor]:
-    """The means projected on their two main principal axes, (N, Z) -> (N, 2), and the share of variance each
-    axis explains (2,).
+def _matching(index: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows of `index` (N,), sorted, that hold the dataset indices `wanted` (M,), and the rows of `wanted` they
+    match: (K,) each."""
+    rows = torch.searchsorted(index, wanted).clamp_max(len(index) - 1)  # (M,)
+    found = index[rows] == wanted
+    return rows[found], torch.nonzero(found).flatten()
 
-    Each axis is signed so that its largest loading is positive (as scikit-learn's ``svd_flip`` does): an SVD
-    may flip an axis between two nearly equal fits, and the pictures of successive epochs should not mirror.
+
+def pca_2d(mu: Tensor, reference: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
+    """The means on two principal axes, (N, Z) -> (N, 2); the share of variance each axis explains (2,); the axes
+    (2, Z); and which principal components they are (0: PC1).
+
+    `reference` holds the axes (2, Z) of the last drawn epoch: this epoch's two main axes are matched to them by
+    order (PC1 and PC2 may swap places when their variances cross) and by sign, so that successive pictures
+    neither mirror nor turn. Without one (the first epoch), PC1 is the x axis and each axis is signed so that its
+    largest loading is positive, as scikit-learn's ``svd_flip`` does.
     """
     centred = mu.double() - mu.double().mean(dim=0)  # (N, Z)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: (Z, Z), rows are principal axes
-    axes = vh[:2]  # (2, Z)
-    signs = torch.sign(axes.gather(1, axes.abs().argmax(dim=1, keepdim=True)))  # (2, 1)
-    axes = axes * signs
-    explained = s[:2].pow(2) / s.pow(2).sum().clamp_min(1e-12)  # (2,)
-    return (centred @ axes.T).float(), explained.float()
+    explained = s.pow(2) / s.pow(2).sum().clamp_min(1e-12)  # (Z,)
+    order = (0, 1)
+    if reference is None:
+        axes = vh[:2]  # (2, Z)
+        signs = torch.sign(axes.gather(1, axes.abs().argmax(dim=1, keepdim=True)))  # (2, 1)
+    else:
+        cosines = vh[:2] @ reference.double().T  # (2, 2): PC i against last epoch's axis j
+        if cosines[1, 0].abs() + cosines[0, 1].abs() > cosines[0, 0].abs() + cosines[1, 1].abs():
+            order = (1, 0)
+        axes = vh[list(order)]
+        signs = torch.sign((axes * reference.double()).sum(dim=1, keepdim=True))  # (2, 1)
+    axes = axes * torch.where(signs == 0, 1.0, signs).to(axes.dtype)
+    return (centred @ axes.T).float(), explained[list(order)].float(), axes, order
+
+
+def ellipses(logvar: Tensor, axes: Tensor) -> np.ndarray:
+    """The 1-sigma ellipses of the posteriors N(mu, diag(exp(logvar))) (N, Z) seen along `axes` (2, Z): each
+    posterior's covariance projected onto the two axes, as (N, 3) full width, full height and angle in degrees
+    of its principal axes (EllipseCollection's terms)."""
+    variance = logvar.double().exp()  # (N, Z)
+    axes = axes.double()
+    xx, yy, xy = variance @ axes[0].pow(2), variance @ axes[1].pow(2), variance @ (axes[0] * axes[1])  # (N,) each
+    half = (xx - yy) / 2
+    root = torch.sqrt(half.pow(2) + xy.pow(2))
+    major, minor = (xx + yy) / 2 + root, ((xx + yy) / 2 - root).clamp_min(0)
+    angle = torch.rad2deg(0.5 * torch.atan2(2 * xy, xx - yy))
+    return torch.stack([2 * major.sqrt(), 2 * minor.sqrt(), angle], dim=1).numpy()
 
 
 class LatentScatter(PictureCallback):
-    """Scatter of the validation means mu, coloured by label, with a legend. A 2-D latent space is drawn as it
-    is; a larger one as a 2-D PCA of the means (the title says so) or as two chosen dimensions.
+    """Scatter of the validation means mu, coloured by label (named by the dataset's classes where it has them),
+    with a legend. A 2-D latent space is drawn as it is; a larger one as a 2-D PCA of the means (the title says so)
+    or as two chosen dimensions.
 
-    The axes start from the limits of the first drawn epoch (or explicit ones) and only ever widen, so the
-    pictures of successive epochs and their evolution GIF compare without losing points as the means spread out
-    during training; the limits are kept in the checkpoint, so a resumed run keeps them too. A few inputs are
-    drawn as thumbnails at their points, the same inputs every epoch. At the end of fit, and when run by
+    Successive pictures compare. The axes start from the limits of the first drawn epoch (or explicit ones) and
+    only ever widen, so the means never leave the picture as they spread out during training; the title counts any
+    point outside the limits all the same. The PCA axes keep their orientation: each epoch's two principal axes are
+    matched to the last drawn epoch's by order and sign (the axis labels say which component each is), so the
+    evolution GIF neither mirrors nor turns. A few inputs, one or two per label and the same ones every epoch, are
+    drawn as framed thumbnails beside their points, placed apart from one another where they cover the fewest
+    points, with a line to their point. The limits, the PCA axes, the last drawn positions and the thumbnails'
+    inputs are kept in the checkpoint, so a resumed run continues them. At the end of fit, and when run by
     ``lvae validate``, a W&B table of the means is logged (index, label, uncertainty, thumbnail and one column per
     latent dimension), which W&B's own 2-D projection panel can show.
 
     Picture: ``scatter`` (``scatter_dims_<i>_<j>`` for chosen dimensions, so a PCA and a pair of dimensions can
-    be drawn side by side); table: ``latents/means_table`` (W&B only).
+    be drawn side by side); scalars: ``scatter/outside`` (points outside the limits) and ``scatter/displacement``
+    (how far the followed points moved since the last drawn epoch: the mean distance over the RMS spread of the
+    points, as drawn); table: ``latents/means_table`` (W&B only).
 
     Args:
         dims: two latent dimensions to plot (None: a PCA of the means for Z > 2, the means themselves for Z=2).
-        uncertainty: how the posterior uncertainty u(x) (the mean posterior variance) is shown: ``"size"`` (larger
-            points are less certain), ``"alpha"`` (fainter points are less certain) or ``"none"``.
+        uncertainty: how the posterior q(z|x) = N(mu, diag(exp(logvar))) is shown: ``"size"`` (larger points have
+            a larger u(x), the mean posterior variance), ``"alpha"`` (fainter points have a larger u(x)),
+            ``"ellipse"`` (each input's 1-sigma ellipse, semi-axes exp(logvar / 2), or for a PCA the posterior
+            covariance projected onto the two axes) or ``"none"``.
         limits: fixed axis limits (xmin, xmax, ymin, ymax); None chooses them as `auto_limits` says.
         auto_limits: without `limits`: ``"grow"`` starts from the first drawn epoch's limits and widens them
             when points leave (never narrows); ``"first"`` keeps the first epoch's limits (points that move beyond
             them are counted in the title; on real data early limits can hide a fifth of the points);
             ``"each"`` fits each epoch on its own (epochs no longer compare).
-        thumbnails: how many inputs to draw as images at their points (0: none).
+        thumbnails: how many inputs to draw as thumbnails (0: none), spread over the labels: the input nearest its
+            label's median mean first, then a second per label.
         table_rows: rows of the W&B table of means (0: no table). Each row carries a thumbnail, so it is logged
             once, at the end of fit (and by ``lvae validate``): about 1 s per 1000 rows, in the training process.
             With two scatters, give one of them 0.
@@ -69,14 +111,15 @@ class LatentScatter(PictureCallback):
     names = ("scatter",)
     figure_modules = ("lvae.figures.scatter",)
     figsize = (8.0, 6.6)  # inches; the PNG is 800x660
-    # Axes placed by hand, leaving room for the two-line title and the legend on the right: matplotlib's
+    # Axes placed by hand, leaving room for the two-line title and the legends on the right: matplotlib's
     # constrained layout measured twice the drawing time of the whole figure (224 ms against 103 ms).
     axes_rect = (0.1, 0.08, 0.77, 0.81)
     table_key = "latents/means_table"
     margin = 0.15  # share of each axis' range added on both sides when limits are taken from the data
+    z1_height = 0.3  # for Z=1, the height of an ellipse, in label rows
 
     def __init__(self, dims: Optional[tuple[int, int]] = None,
-                 uncertainty: Literal["size", "alpha", "none"] = "size",
+                 uncertainty: Literal["size", "alpha", "ellipse", "none"] = "size",
                  limits: Optional[tuple[float, float, float, float]] = None,
                  auto_limits: Literal["first", "grow", "each"] = "grow",
                  thumbnails: NonNegativeInt = 12, table_rows: NonNegativeInt = 500,
@@ -87,8 +130,9 @@ class LatentScatter(PictureCallback):
             if len(dims) != 2 or dims[0] == dims[1] or min(dims) < 0:
                 raise ConfigError(f"LatentScatter.dims={dims} must be two different latent dimensions, e.g. [0, 1] "
                                   "(or null for a PCA of the means)")
-        if uncertainty not in ("size", "alpha", "none"):
-            raise ConfigError(f"LatentScatter.uncertainty={uncertainty!r} is not one of 'size', 'alpha', 'none'")
+        if uncertainty not in ("size", "alpha", "ellipse", "none"):
+            raise ConfigError(f"LatentScatter.uncertainty={uncertainty!r} is not one of 'size', 'alpha', 'ellipse', "
+                              "'none'")
         if limits is not None:
             limits = tuple(float(v) for v in limits)
             if len(limits) != 4 or not (limits[0] < limits[1] and limits[2] < limits[3]):
@@ -108,11 +152,13 @@ class LatentScatter(PictureCallback):
         self.auto_limits = auto_limits
         self.thumbnails = thumbnails
         self.table_rows = table_rows
-        # Limits taken from the drawn epochs and the view they belong to, settled when an epoch's picture is sent
-        # to the drawing process (they depend only on its points), so the next epoch widens from them.
-        self._fixed: Optional[Limits] = None
-        self._fixed_view: Optional[str] = None
+        # What the next epoch's picture continues from, settled when an epoch's picture is sent to the drawing
+        # process (it depends only on the epoch's means), all of it belonging to one view (`_view`).
         self._view: Optional[str] = None
+        self._fixed: Optional[Limits] = None  # the limits taken from the drawn epochs
+        self._basis: Optional[Tensor] = None  # (2, Z) float64: the PCA axes drawn last
+        self._drawn: Optional[tuple[Tensor, Tensor]] = None  # dataset index (N,) and drawn positions (N, 2)
+        self._thumbs: Optional[Tensor] = None  # (K,) dataset indices of the inputs drawn as thumbnails
         self._last: Optional[Latents] = None  # the last drawn epoch's latents, for the table at the end of fit
 
     @property
@@ -121,13 +167,20 @@ class LatentScatter(PictureCallback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"limits": self._fixed, "view": self._fixed_view}
+        index, points = self._drawn if self._drawn is not None else (None, None)
+        return {"view": self._view, "limits": self._fixed, "basis": self._basis, "index": index, "points": points,
+                "thumbnails": self._thumbs}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Checked against this run's view when drawing: the checkpoint may be loaded before or after `setup`.
+        # A checkpoint from before the PCA axes, positions and thumbnails were kept holds only view and limits.
+        self._view = state_dict["view"]
         self._fixed = None if state_dict["limits"] is None else tuple(state_dict["limits"])
-        self._fixed_view = state_dict["view"]
+        self._basis = state_dict.get("basis")
+        index, points = state_dict.get("index"), state_dict.get("points")
+        self._drawn = None if index is None else (index, points)
+        self._thumbs = state_dict.get("thumbnails")
 
     def _view_of(self, z: int) -> str:
         """The name of what is drawn for a Z-dimensional latent space; limits belong to one view."""
@@ -135,24 +188,35 @@ class LatentScatter(PictureCallback):
             return f"dims {self.dims[0]},{self.dims[1]}"
         return {1: "z1", 2: "z"}.get(z, "pca")
 
-    def _project(self, mu: Tensor, labels: Tensor) -> tuple[Tensor, tuple[str, str], str]:
-        """2-D points (N, 2), axis labels and the title's description of the view."""
+    def _project(self, latents: Latents) -> tuple[Tensor, Optional[np.ndarray], tuple[str, str], str]:
+        """2-D points (N, 2), the posterior ellipses (N, 3) when asked for, the axis labels and the title's
+        description of the view."""
+        mu, logvar = latents.mu, latents.logvar
         z = mu.shape[1]
-        if self.dims is not None:
-            i, j = self.dims
-            if max(i, j) >= z:
-                raise ConfigError(f"LatentScatter.dims={list(self.dims)} names a dimension the model lacks (Z={z}); "
-                                  f"choose dimensions below {z}")
-            return mu[:, [i, j]], (f"z_{i}", f"z_{j}"), f"dimensions {i} and {j} of Z={z}"
-        if z == 1:
-            # One number per input: the means along z_0, one row per label.
-            return torch.stack([mu[:, 0], labels.to(mu.dtype)], 1), ("z_0", "label"), "Z=1, one row per label"
-        if z == 2:
-            return mu, ("z_0", "z_1"), "Z=2"
-        points, explained = pca_2d(mu)
-        share = float(explained.sum())
-        return (points, (f"PC1 ({explained[0]:.0%} of variance)", f"PC2 ({explained[1]:.0%})"),
-                f"PCA of Z={z} to 2-D ({share:.0%} of variance)")
+        sigma = logvar.double().mul(0.5).exp()  # (N, Z)
+        if self.dims is not None or z <= 2:
+            if self.dims is not None:
+                i, j = self.dims
+                if max(i, j) >= z:
+                    raise ConfigError(f"LatentScatter.dims={list(self.dims)} names a dimension the model lacks "
+                                      f"(Z={z}); choose dimensions below {z}")
+                text = f"dimensions {i} and {j} of Z={z}"
+            else:
+                i, j, text = 0, 1, "Z=2"
+            if z == 1 and self.dims is None:
+                # One number per input: the means along z_0, one row per label.
+                points, names = torch.stack([mu[:, 0], latents.label.to(mu.dtype)], 1), ("z_0", "label")
+                heights, text = torch.full_like(sigma[:, 0], self.z1_height), "Z=1, one row per label"
+            else:
+                points, names, heights = mu[:, [i, j]], (f"z_{i}", f"z_{j}"), 2 * sigma[:, j]
+            shapes = torch.stack([2 * sigma[:, i], heights, torch.zeros_like(heights)], 1).numpy()
+            return points, shapes if self.uncertainty == "ellipse" else None, names, text
+        reference = self._basis if self._basis is not None and self._basis.shape[1] == z else None
+        points, explained, self._basis, order = pca_2d(mu, reference)
+        shares = [round(100 * float(share)) for share in explained]  # the title's sum agrees with the axes
+        names = tuple(f"PC{k + 1}, {share}% of variance" for k, share in zip(order, shares))
+        shapes = ellipses(logvar, self._basis) if self.uncertainty == "ellipse" else None
+        return points, shapes, names, f"PCA of Z={z} to 2-D ({sum(shares)}% of variance)"
 
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
@@ -164,68 +228,103 @@ class LatentScatter(PictureCallback):
         self._last = latents
         if trainer.state.fn != "fit" and self.sink.has_tables():
             self._log_table(latents, epoch)  # in fit, the table is logged once, at the end
-        return self._job(latents, epoch)
+        return self._job(latents, epoch, label_names(trainer))
 
-    def _job(self, latents: Latents, epoch: int) -> Job:
-        """Everything but the drawing, which `lvae.figures.scatter` does in the drawing process: the projection and
-        the limits take milliseconds, and the limits must be settled before the next epoch's."""
-        self._view = self._view_of(latents.mu.shape[1])
-        points, (xlabel, ylabel), view_text = self._project(latents.mu, latents.label)
+    def _job(self, latents: Latents, epoch: int, names: Optional[list[str]]) -> Job:
+        """Everything but the drawing, which `lvae.figures.scatter` does in the drawing process: the projection, the
+        limits and the thumbnails' inputs take milliseconds, and must be settled before the next epoch's."""
+        view = self._view_of(latents.mu.shape[1])
+        if self._view is not None and self._view != view:
+            rank_zero_warn(f"LatentScatter: the checkpoint's limits, axes and thumbnails belong to the view "
+                           f"{self._view!r}, this run draws {view!r}; they are chosen afresh from this epoch")
+            self._fixed = self._basis = self._drawn = self._thumbs = None
+        self._view = view
+        points, shapes, (xlabel, ylabel), view_text = self._project(latents)
         points = points.double().numpy()  # (N, 2); float64: matplotlib drew float32 points 40% slower
         u = posterior_uncertainty(latents.logvar).numpy()  # (N,)
         labels = latents.label.numpy()
         # Map u onto [0, 1] within this epoch: its absolute scale depends on how many dimensions are inactive.
-        spread = (u - u.min()) / max(float(u.max() - u.min()), 1e-12)  # (N,)
-        sizes = 4.0 + 56.0 * spread if self.uncertainty == "size" else np.full(len(u), 10.0)
-        alpha = 1.0 - 0.85 * spread if self.uncertainty == "alpha" else 0.75
+        low, high = float(u.min()), float(u.max())
+        spread = (u - low) / max(high - low, 1e-12)  # (N,)
+        sizes, alpha, key = np.full(len(u), 10.0), 0.75, []
+        shown = {"size": "point size: posterior variance u(x)", "alpha": "faint points: high posterior variance u(x)",
+                 "none": "mean posterior variance u(x)"}.get(self.uncertainty)
+        steps = ((low, 0.0), ((low + high) / 2, 0.5), (high, 1.0))  # the legend's u(x) and place in [0, 1]
+        if self.uncertainty == "size":
+            sizes = 4.0 + 56.0 * spread
+            key = [(f"{value:.3g}", 4.0 + 56.0 * step, 0.75) for value, step in steps]
+        elif self.uncertainty == "alpha":
+            alpha = 1.0 - 0.85 * spread
+            key = [(f"{value:.3g}", 16.0, 1.0 - 0.85 * step) for value, step in steps]
+        elif self.uncertainty == "ellipse":
+            sizes, alpha = np.full(len(u), 6.0), 0.9
+            shown = ("ellipses: q(z|x) at 1 sigma, projected on the two axes" if view == "pca" else
+                     "ellipses: q(z_0|x) at 1 sigma, along z_0" if view == "z1" else
+                     "ellipses: q(z|x) at 1 sigma, semi-axes exp(logvar/2)")
 
         limits, widened = self._limits(points)
-        outside = 0
-        if limits is not None:
-            outside = int(((points[:, 0] < limits[0]) | (points[:, 0] > limits[1]) | (points[:, 1] < limits[2])
-                           | (points[:, 1] > limits[3])).sum())
-        if self.limits is None and self.auto_limits != "each":
-            self._fixed, self._fixed_view = limits, self._view
-        # The inputs of a few evenly spaced rows (the same inputs every epoch) are drawn at their points.
-        thumbs = np.linspace(0, len(points) - 1, min(self.thumbnails, len(points))).round().astype(int)
-
-        shown = {"size": "point size: posterior variance u(x)", "alpha": "faint points: high posterior variance u(x)",
-                 "none": "mean posterior variance u(x)"}[self.uncertainty]
         title = f"Latent means of {len(points)} validation inputs, {view_text}, epoch {epoch}"
-        detail = f"{shown}, {u.min():.3g} to {u.max():.3g}"
-        if outside:
-            detail += f"; {outside} outside the fixed limits"
+        detail = f"{shown}, u(x) {low:.3g} to {high:.3g}"
         if widened:
             detail += "; limits widened"
+        index = latents.index
+        previous = None
+        if self._drawn is not None:
+            # Where each input was drawn last time (NaN for inputs not drawn then), for the displacement.
+            before_index, before_points = self._drawn
+            previous = np.full(points.shape, np.nan)
+            now_rows, before_rows = _matching(index, before_index)
+            previous[now_rows] = before_points[before_rows].double().numpy()
+        self._drawn = (index.clone(), torch.from_numpy(points).float())
+        thumbs = self._thumbnail_rows(latents).numpy()  # (K,) rows
         name = self.names[0]
         return Job("lvae.figures.scatter:draw", dict(
-            name=name, path=str(self.sink.png_path(name, epoch)), figsize=self.figsize, axes_rect=self.axes_rect,
-            points=points, labels=labels, sizes=sizes, alpha=alpha, limits=limits, axis_labels=(xlabel, ylabel),
+            name=name, path=str(self.sink.png_path(name, epoch)), previous=previous, figsize=self.figsize,
+            axes_rect=self.axes_rect, points=points, labels=labels, names=names, sizes=sizes, alpha=alpha,
+            ellipses=shapes, key=key, key_title="u(x)", limits=limits, axis_labels=(xlabel, ylabel),
             thumb_points=points[thumbs], thumb_images=as_pictures(latents.image[thumbs]), thumb_labels=labels[thumbs],
             title=title, detail=detail))
 
-    def _limits(self, points: np.ndarray) -> tuple[Optional[Limits], bool]:
-        """The axis limits of this epoch (None: matplotlib's own) and whether they were just widened."""
+    def _thumbnail_rows(self, latents: Latents) -> Tensor:
+        """The rows of this epoch's inputs drawn as thumbnails: the inputs chosen at the first drawn epoch (again
+        when none of them is followed any more)."""
+        if self.thumbnails == 0:
+            return torch.zeros(0, dtype=torch.long)
+        if self._thumbs is not None:
+            rows, _ = _matching(latents.index, self._thumbs)
+            if len(rows):
+                return rows
+        # One or two per label: per label, the input whose mean lies nearest the label's median mean, then the next.
+        ranked = {}
+        for label in latents.label.unique().tolist():
+            rows = torch.nonzero(latents.label == label).flatten()  # (n_label,)
+            mu = latents.mu[rows].double()
+            ranked[label] = rows[(mu - mu.median(dim=0).values).norm(dim=1).argsort()]
+        picked = [ranked[label][k] for k in range(max(len(r) for r in ranked.values())) for label in sorted(ranked)
+                  if k < len(ranked[label])][:self.thumbnails]
+        rows = torch.stack(picked)
+        self._thumbs = latents.index[rows].clone()
+        return rows
+
+    def _limits(self, points: np.ndarray) -> tuple[Limits, bool]:
+        """The axis limits of this epoch and whether they were just widened."""
         if self.limits is not None:
             return self.limits, False
-        if self.auto_limits == "each":
-            return None, False
-        if self._fixed is not None and self._fixed_view != self._view:
-            rank_zero_warn(f"LatentScatter: the checkpoint's axis limits belong to the view {self._fixed_view!r}, "
-                           f"this run draws {self._view!r}; new limits are taken from this epoch")
-            self._fixed = None
         low, high = points.min(axis=0), points.max(axis=0)  # (2,) each
         pad = self.margin * np.maximum(high - low, 1e-6)
         extent = (float(low[0] - pad[0]), float(high[0] + pad[0]), float(low[1] - pad[1]), float(high[1] + pad[1]))
+        if self.auto_limits == "each":
+            return extent, False
         if self._fixed is None:
+            self._fixed = extent
             return extent, False
         if self.auto_limits == "first":
             return self._fixed, False
         x0, x1, y0, y1 = self._fixed
-        inside = bool(x0 <= low[0] and high[0] <= x1 and y0 <= low[1] and high[1] <= y1)
-        if inside:
+        if x0 <= low[0] and high[0] <= x1 and y0 <= low[1] and high[1] <= y1:
             return self._fixed, False
-        return (min(x0, extent[0]), max(x1, extent[1]), min(y0, extent[2]), max(y1, extent[3])), True
+        self._fixed = (min(x0, extent[0]), max(x1, extent[1]), min(y0, extent[2]), max(y1, extent[3]))
+        return self._fixed, True
 
     def _log_table(self, latents: Latents, epoch: int) -> None:
         """The means as a W&B table: one row per input (the first `table_rows` by index), one column per dim."""

@@ -6,7 +6,6 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.distributions import Normal
 from torchvision.utils import make_grid
 from typing_extensions import override
 
@@ -19,23 +18,30 @@ from lvae.picture_callback import PictureCallback
 class PriorSamples(PictureCallback):
     """Decodes a fixed set of prior draws z ~ N(0, I) each epoch, so the grids of successive epochs differ only
     by what the decoder learned. The draws are seeded, made once and kept in the checkpoint: a resumed run shows
-    the same z. With a 2-D latent space it also decodes a grid of z over the Gaussian quantiles (Kingma and
-    Welling's manifold picture) and plots the drawn z at their positions with their decoded images.
+    the same z. With a 2-D latent space it also decodes an evenly spaced grid of z (Kingma and Welling's manifold
+    picture) and plots the drawn z at their positions with their decoded images, among the validation means. Both
+    span the same region, where the validation means lie and where the prior does (2 standard deviations each
+    way, and every draw); it only widens from epoch to epoch, as the scatter's limits do, and is kept in the
+    checkpoint.
 
-    Pictures: ``prior_samples`` (every Z), ``manifold`` and ``prior_positions`` (Z=2 only).
+    Pictures: ``prior_samples`` (every Z), ``manifold`` and ``prior_positions`` (Z=2 only); scalars (Z=2):
+    ``manifold/outside`` and ``prior_positions/outside``, the validation means outside each picture (none: the
+    region widens to take them in; the titles say so too).
 
     Args:
         n_samples: how many prior draws to decode.
         nrow: images per row of the sample grid.
         seed: seed of the draws (a generator of their own: the training RNG is untouched).
-        manifold_steps: z values per axis of the Z=2 manifold, at evenly spaced quantiles of N(0, 1).
+        manifold_steps: z values per axis of the Z=2 manifold, evenly spaced.
         every_n_epochs: draw every n-th validation epoch.
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
     """
 
     names = ("prior_samples", "manifold", "prior_positions")
     figure_modules = ("lvae.figures.prior",)
-    figsizes = {"prior_samples": (4.0, 4.4), "manifold": (6.4, 6.8), "prior_positions": (6.4, 6.4)}  # inches
+    # inches; the sample grid at 2 PNG pixels an image pixel (8x8 MNIST draws: 484 px square)
+    figsizes = {"prior_samples": (5.6, 6.0), "manifold": (6.4, 6.8), "prior_positions": (6.4, 6.4)}
+    prior_reach = 2.0  # the manifold spans at least N(0, 1)'s -2 to 2 on each axis
 
     def __init__(self, n_samples: int = 64, nrow: int = 8, seed: int = 0, manifold_steps: int = 20,
                  every_n_epochs: int = 1, background: bool = True):
@@ -53,6 +59,7 @@ class PriorSamples(PictureCallback):
         self.manifold_steps = manifold_steps
         self.z: Optional[Tensor] = None  # (n_samples, Z) on the CPU, the same every epoch
         self._latent_dim: Optional[int] = None
+        self._extent: Optional[Tensor] = None  # (4,) float64, Z=2: z_0 from, to, z_1 from, to of the manifold
 
     def _draw_prior(self) -> Tensor:
         generator = torch.Generator().manual_seed(self.seed)
@@ -73,7 +80,7 @@ class PriorSamples(PictureCallback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"z": self.z, "seed": self.seed}
+        return {"z": self.z, "seed": self.seed, "extent": self._extent}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -83,12 +90,28 @@ class PriorSamples(PictureCallback):
             return
         self.z = state_dict["z"]
         self._check_prior()
+        self._extent = state_dict.get("extent")  # absent from checkpoints made before the manifold followed the means
+
+    def _manifold_extent(self, mu: Optional[Tensor]) -> Tensor:
+        """The manifold's region, (4,): the last one widened to take in the means mu (N, 2), the prior draws and
+        N(0, 1)'s +-prior_reach on each axis."""
+        every = torch.cat([self.z.double(), torch.full((1, 2), -self.prior_reach, dtype=torch.float64),
+                           torch.full((1, 2), self.prior_reach, dtype=torch.float64)])
+        if mu is not None:
+            every = torch.cat([every, mu.double()])
+        low, high = every.min(dim=0).values, every.max(dim=0).values  # (2,) each
+        if self._extent is not None:
+            low = torch.minimum(low, self._extent[[0, 2]])
+            high = torch.maximum(high, self._extent[[1, 3]])
+        return torch.stack([low[0], high[0], low[1], high[1]])
 
     def _manifold_z(self) -> Tensor:
-        """z on a steps x steps grid of N(0, 1) quantiles, row by row from the top (high z_2) down: (S*S, 2)."""
+        """z on a steps x steps grid spanning the manifold's region evenly, row by row from the top (the largest
+        z_1) down: (S*S, 2)."""
         s = self.manifold_steps
-        q = Normal(0.0, 1.0).icdf(torch.linspace(0.0, 1.0, s + 2)[1:-1])  # (S,), the open interval (0, 1)
-        return torch.stack([q.repeat(s), q.flip(0).repeat_interleave(s)], dim=1)  # (S*S, 2)
+        x = torch.linspace(float(self._extent[0]), float(self._extent[1]), s)  # (S,)
+        y = torch.linspace(float(self._extent[3]), float(self._extent[2]), s)  # (S,), from the top
+        return torch.stack([x.repeat(s), y.repeat_interleave(s)], dim=1)  # (S*S, 2)
 
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
@@ -112,11 +135,13 @@ class PriorSamples(PictureCallback):
                     epoch=epoch, seed=self.seed, n=len(samples), grid=grid_picture(grid, channels))
         if z.shape[1] == 2:
             # The validation means show where the data sits relative to the prior draws.
-            s, manifold_z = self.manifold_steps, self._manifold_z()
-            manifold = make_grid(decode_images(pl_module, manifold_z, shape), nrow=s, padding=0)
-            args.update(manifold=grid_picture(manifold, channels), quantiles=manifold_z[:s, 0].numpy(), z=z.numpy(),
+            self._extent = self._manifold_extent(None if latents is None else latents.mu)
+            manifold = make_grid(decode_images(pl_module, self._manifold_z(), shape), nrow=self.manifold_steps,
+                                 padding=0)
+            args.update(manifold=grid_picture(manifold, channels), steps=self.manifold_steps,
+                        extent=tuple(self._extent.tolist()), z=z.numpy(),
                         samples=as_pictures((samples * 255).round().to(torch.uint8)),
-                        mu=None if latents is None else latents.mu.numpy())
+                        mu=None if latents is None else latents.mu.double().numpy())
         return Job("lvae.figures.prior:draw", args)
 
 

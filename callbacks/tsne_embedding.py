@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, as_pictures, decode_images, unusable
+from lvae.latents import Latents, as_pictures, decode_images, label_names, unusable
 from lvae.picture_callback import PictureCallback
 from lvae.tsne import TSNESteps
 
@@ -24,14 +24,20 @@ class TSNEEmbedding(PictureCallback):
     The first epoch starts from a PCA of the means (openTSNE's ``initialization="pca"``). Every later epoch
     starts from the previous epoch's map, matched by dataset index and rescaled as openTSNE expects, with new
     affinities for the new means and fewer iterations: the map evolves instead of being redrawn from scratch,
-    and costs a fraction of a cold fit. The last map is kept in the checkpoint and beside each PNG
-    (``map_<epoch>.npz``), so a resumed run continues from the last drawn map, also when the checkpoint was
-    written while that map was still being computed.
+    and costs a fraction of a cold fit. The finished map is then turned onto the previous one (the rotation or
+    reflection that best matches the same inputs' places, orthogonal Procrustes), so successive pictures keep
+    their orientation. The last map is kept in the checkpoint and beside each PNG (``map_<epoch>.npz``), so a
+    resumed run continues from the last drawn map, also when the checkpoint was written while that map was still
+    being computed.
     ``n_prior`` draws z ~ N(0, I) (seeded: the same z every epoch) are decoded and placed into the map with
-    ``TSNEEmbedding.transform`` (prior draws live in the same space as the means), drawn as their decoded images.
+    ``TSNEEmbedding.transform`` (prior draws live in the same space as the means), marked by crosses and drawn as
+    their decoded images on or beside their cross where these cover no other; the legend names the labels by the
+    dataset's classes where it has them.
 
     Picture: ``tsne``; scalars: ``tsne/knn_agreement`` (share of each point's 10 nearest map neighbours that
-    share its label) and ``tsne/seconds`` (the t-SNE work of the epoch).
+    share its label), ``tsne/seconds`` (the t-SNE work of the epoch), ``tsne/displacement`` (how far the mapped
+    points moved since the last map, after turning: the mean distance over their RMS spread) and ``tsne/outside``
+    (0: the map's limits take in every point).
 
     Args:
         max_points: at most this many means are mapped: the first by dataset index of the collected subset, the
@@ -149,8 +155,8 @@ class TSNEEmbedding(PictureCallback):
         path = self.sink.png_path("tsne", epoch)
         start, init_epoch = self._start(latents.index, epoch, path.parent)
         return Job("lvae.figures.tsne:map_and_draw", dict(
-            mu=latents.mu.double().numpy(), index=latents.index.numpy(), labels=latents.label.numpy(), start=start,
-            init_epoch=init_epoch, steps=self.settings, z=z.double().numpy(),
+            mu=latents.mu.double().numpy(), index=latents.index.numpy(), labels=latents.label.numpy(),
+            names=label_names(trainer), start=start, init_epoch=init_epoch, steps=self.settings, z=z.double().numpy(),
             prior_images=as_pictures((decoded * 255).round().to(torch.uint8)), path=str(path), epoch=epoch))
 
     @override

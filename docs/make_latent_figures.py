@@ -4,7 +4,9 @@
 
 Runs `lvae fit --config configs/mnist.yaml` (Z=20) and `--config configs/mnist_z2.yaml` (Z=2) for 10 epochs on
 real MNIST digits (../shared/data/mnist-t10k split 8,000 / 2,000, as docs/make_uncertainty_figures.py does) and
-copies the first and last epochs' scatter, t-SNE and Z=2 manifold PNGs into docs/. A few minutes on 2 CPU cores.
+copies the README's PNGs into docs/ as `<run>_<picture>_epoch<NN>.png`: the Z=20 scatter and t-SNE map of the first
+and the last epoch, the Z=2 scatter, manifold and prior positions of the last; epochs counted from 0 as Lightning,
+the run folder and the titles count them (epoch00 and epoch09). A few minutes on 2 CPU cores.
 """
 
 import os
@@ -19,7 +21,9 @@ from make_uncertainty_figures import real_digits
 DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent
 EPOCHS = 10
-RUNS = {"z20": ("mnist.yaml", ("scatter", "tsne")), "z2": ("mnist_z2.yaml", ("scatter", "manifold"))}
+FIRST, LAST = 0, EPOCHS - 1
+RUNS = {"z20": ("mnist.yaml", {"scatter": (FIRST, LAST), "tsne": (FIRST, LAST)}),
+        "z2": ("mnist_z2.yaml", {"scatter": (LAST,), "manifold": (LAST,), "prior_positions": (LAST,)})}
 
 
 def main() -> None:
@@ -33,10 +37,10 @@ def main() -> None:
                         "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(root),
                         "--trainer.enable_progress_bar", "false"], check=True, env=env, cwd=work)
         (run,) = [p for p in root.iterdir() if p.is_dir()]
-        for name in pictures:
-            for epoch in (0, EPOCHS - 1):
+        for name, epochs in pictures.items():
+            for epoch in epochs:
                 shutil.copyfile(run / "latents" / name / f"epoch_{epoch:03d}.png",
-                                DOCS / f"{tag}_{name}_epoch{epoch + 1:02d}.png")
+                                DOCS / f"{tag}_{name}_epoch{epoch:02d}.png")
         print(f"{tag}: every picture of every epoch is in {run / 'latents'}")
 
 

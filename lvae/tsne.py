@@ -77,3 +77,12 @@ class TSNESteps:
             return np.zeros((0, 2))
         return np.asarray(embedding.transform(np.ascontiguousarray(z, dtype=np.float64), n_iter=self.prior_n_iter))
 
+
+
+def align(points: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rotation or reflection (2, 2) and the shift (2,) that bring `points` (N, 2) nearest to `reference`
+    (N, 2), the same inputs' places in the last map (orthogonal Procrustes): ``points @ rotation + shift``."""
+    centre, target = points.mean(axis=0), reference.mean(axis=0)
+    u, _, vt = np.linalg.svd((points - centre).T @ (reference - target))
+    rotation = u @ vt
+    return rotation, target - centre @ rotation

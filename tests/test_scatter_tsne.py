@@ -92,12 +92,18 @@ def test_wandb_holds_pictures_and_scalars_on_the_epoch_axis_and_the_table_at_the
     for key in ("latents/scatter", "latents/tsne"):
         assert [row["epoch"] for row in run.rows_with(f"{key}/_type")] == [0, 1], key
         assert set(run.values(f"{key}/_type")) == {"image-file"}
-    for key in ("latents/scatter", "latents/tsne", "tsne/knn_agreement", "tsne/seconds"):
+    for key in ("latents/scatter", "latents/tsne", "tsne/knn_agreement", "tsne/seconds", "scatter/outside",
+                "scatter/displacement", "tsne/displacement"):
         assert run.step_metrics[key] == "epoch"
-    for key in ("tsne/knn_agreement", "tsne/seconds"):
+    for key in ("tsne/knn_agreement", "tsne/seconds", "scatter/outside", "tsne/outside"):
         assert [row["epoch"] for row in run.rows_with(key)] == [0, 1], key
+    for key in ("scatter/displacement", "tsne/displacement"):  # how far the points moved since the last epoch
+        assert [row["epoch"] for row in run.rows_with(key)] == [1], key
+        assert 0 < run.values(key)[0] < float("inf")
+    assert run.values("scatter/outside") == [0, 0]  # the limits widen to take in every point
     assert all(0.0 <= value <= 1.0 for value in run.values("tsne/knn_agreement"))
     assert "Z=2" in run.values("latents/scatter/caption")[0]
+    assert all("0 of 30 outside the limits" in caption for caption in run.values("latents/scatter/caption"))
     first, second = run.values("latents/tsne/caption")
     assert "started from PCA" in first and "started from the map of epoch 0" in second
     # Thumbnails make the table heavy: logged once, for the last epoch of fit.
@@ -127,12 +133,14 @@ def test_tsne_of_each_epoch_starts_from_the_last(z2_run):
     assert (again["embedding_epoch"], again["init_epoch"]) == (1, 0)
 
 
-def test_scatter_fixes_its_limits_from_the_first_epoch(z2_run):
+def test_scatter_keeps_its_limits_positions_and_thumbnails(z2_run):
     _, scatter, _, _ = z2_run
     state = scatter.state_dict()
     xmin, xmax, ymin, ymax = state["limits"]
     assert xmin < xmax and ymin < ymax
-    assert state["view"] == "z"
+    assert state["view"] == "z" and state["basis"] is None  # Z=2 is drawn as it is
+    assert state["index"].shape == (30,) and state["points"].shape == (30, 2)  # epoch 1, as drawn
+    assert len(state["thumbnails"]) == 12 and len(set(state["thumbnails"].tolist())) == 12
 
 
 def test_z_above_two_is_drawn_as_a_pca_and_saved_in_the_checkpoint(z4_run):
@@ -145,7 +153,9 @@ def test_z_above_two_is_drawn_as_a_pca_and_saved_in_the_checkpoint(z4_run):
     saved = callbacks[tsne.state_key]
     assert (saved["embedding_epoch"], saved["init_epoch"]) == (1, 0)
     assert torch.equal(saved["embedding"], tsne.state_dict()["embedding"])
-    assert callbacks[scatter.state_key] == {"limits": scatter.state_dict()["limits"], "view": "pca"}
+    kept = callbacks[scatter.state_key]
+    assert kept["view"] == "pca" and kept["limits"] == scatter.state_dict()["limits"]
+    assert kept["basis"].shape == (2, 4) and torch.equal(kept["basis"], scatter.state_dict()["basis"])
 
 
 def test_two_scatters_side_by_side_chosen_dimensions_with_growing_limits(z4_run):
@@ -155,10 +165,12 @@ def test_two_scatters_side_by_side_chosen_dimensions_with_growing_limits(z4_run)
         assert (Path(trainer.log_dir) / "latents" / "scatter_dims_2_3" / f"epoch_{epoch:03d}.png").is_file()
     captions = run.values("latents/scatter_dims_2_3/caption")
     assert len(captions) == 2
-    assert all("dimensions 2 and 3 of Z=4" in caption and "outside" not in caption for caption in captions)
+    assert all("dimensions 2 and 3 of Z=4" in caption and "0 of 30 outside" in caption for caption in captions)
+    assert [row["epoch"] for row in run.rows_with("scatter_dims_2_3/displacement")] == [1]
     assert len(run.rows_with(f"{LatentScatter.table_key}/_type")) == 1  # table_rows=0: only the PCA scatter's
     saved = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"][dims.state_key]
-    assert saved == {"limits": dims.state_dict()["limits"], "view": "dims 2,3"}
+    assert saved["limits"] == dims.state_dict()["limits"] and saved["view"] == "dims 2,3"
+    assert saved["thumbnails"] is None  # thumbnails=0
 
 
 def test_resume_continues_the_map_and_keeps_the_limits(z4_run, mnist_root):
@@ -172,6 +184,7 @@ def test_resume_continues_the_map_and_keeps_the_limits(z4_run, mnist_root):
     state = resumed_tsne.state_dict()
     assert (state["embedding_epoch"], state["init_epoch"]) == (2, 1)  # epoch 2 started from the saved map
     assert resumed_scatter.state_dict()["limits"] == scatter.state_dict()["limits"]
+    assert torch.equal(resumed_scatter.state_dict()["thumbnails"], scatter.state_dict()["thumbnails"])
     (x0, x1, y0, y1), (u0, u1, v0, v1) = dims.state_dict()["limits"], resumed_dims.state_dict()["limits"]
     assert u0 <= x0 and x1 <= u1 and v0 <= y0 and y1 <= v1  # grown from the saved limits, never narrowed
 

@@ -1,13 +1,15 @@
-"""What every figure shares: the PNG resolution, writing a PNG whole, the label colours and legends."""
+"""What every figure shares: the PNG resolution, writing a PNG whole, the label colours and legends, and thumbnails
+placed where they hide neither one another nor their points."""
 
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from matplotlib.colors import Normalize
+from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.offsetbox import OffsetImage
+from PIL import Image
 
 PNG_DPI = 100
 Limits = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax
@@ -32,7 +34,6 @@ def class_colour(label: "int | np.ndarray") -> np.ndarray:
     return colormaps["tab10"](np.asarray(label, dtype=np.int64) % 10)
 
 
-
 def label_handles(labels: np.ndarray, names: Optional[Sequence[str]] = None) -> list[Line2D]:
     """Legend entries, one per label present, in the label's colour and named by `names` where given."""
     return [Line2D([], [], marker="o", linestyle="", color=class_colour(c),
@@ -40,9 +41,139 @@ def label_handles(labels: np.ndarray, names: Optional[Sequence[str]] = None) -> 
             for c in np.unique(labels)]
 
 
-def thumbnail(image: np.ndarray, pixels: float) -> OffsetImage:
-    """An input drawn `pixels` wide at a point: `image` is (H, W) grey or (H, W, 3) colour, uint8."""
-    zoom = pixels / max(image.shape[:2])
-    if image.ndim == 2:
-        return OffsetImage(image, cmap="gray", norm=Normalize(0, 255), zoom=zoom)
-    return OffsetImage(image, zoom=zoom)
+def thumbnail(image: np.ndarray, pixels: float, colour: Sequence[float], alpha: float, frame: int) -> np.ndarray:
+    """An input as a picture `pixels` wide (its longer side) in a `frame`-pixel frame of `colour`: RGBA uint8
+    (h, w, 4), the image `alpha` opaque. `image` is (H, W) grey or (H, W, 3) colour, uint8."""
+    scale = pixels / max(image.shape[:2])
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))  # (w, h)
+    inner = np.asarray(Image.fromarray(image).convert("RGB").resize(size, Image.Resampling.BOX))  # (h, w, 3)
+    framed = np.empty((size[1] + 2 * frame, size[0] + 2 * frame, 4), dtype=np.uint8)
+    framed[...] = np.round(np.asarray(colour[:3]) * 255).astype(np.uint8).tolist() + [255]
+    framed[frame:frame + size[1], frame:frame + size[0], :3] = inner
+    framed[frame:frame + size[1], frame:frame + size[0], 3] = round(alpha * 255)
+    return framed
+
+
+def outside(points: np.ndarray, limits: Limits) -> np.ndarray:
+    """Which points (N, 2) lie outside `limits`: (N,) bool."""
+    return ((points[:, 0] < limits[0]) | (points[:, 0] > limits[1]) | (points[:, 1] < limits[2])
+            | (points[:, 1] > limits[3]))
+
+
+def to_pixels(points: np.ndarray, limits: Limits, box: tuple[float, float, float, float]) -> np.ndarray:
+    """Data points (N, 2) as PNG pixels (from the lower left) in axes that span `limits` and sit at `box` (x0, y0,
+    x1, y1 in pixels)."""
+    x0, y0, x1, y1 = box
+    return np.stack([x0 + (points[:, 0] - limits[0]) / (limits[1] - limits[0]) * (x1 - x0),
+                     y0 + (points[:, 1] - limits[2]) / (limits[3] - limits[2]) * (y1 - y0)], axis=1)
+
+
+def axes_pixels(figsize: tuple[float, float], rect: tuple[float, float, float, float]) -> tuple[float, ...]:
+    """The pixel box (x0, y0, x1, y1) of axes placed at `rect` (figure fractions) in a figure of `figsize`."""
+    width, height = figsize[0] * PNG_DPI, figsize[1] * PNG_DPI
+    return rect[0] * width, rect[1] * height, (rect[0] + rect[2]) * width, (rect[1] + rect[3]) * height
+
+
+def place_boxes(anchors: np.ndarray, size: tuple[float, float], bounds: tuple[float, ...], reach: float,
+                clear_of_anchors: bool, crowd: Optional[np.ndarray] = None, gap: float = 3.0) -> np.ndarray:
+    """Centres (K, 2) for K boxes of `size` (w, h) pixels, each near its anchor (K, 2) in pixels, none overlapping
+    another, all within `bounds` (x0, y0, x1, y1). Greedy, in order: each box takes the free place within `reach`
+    pixels of its anchor that covers the fewest `crowd` points (M, 2) (pixels), the nearest among equals; NaN where
+    none is free. `clear_of_anchors`: no box covers any anchor, its own included (a thin line then leads to it);
+    otherwise a box may sit on its own anchor."""
+    w, h = size
+    step = 0.5 * min(w, h)
+    first = 0.75 * np.hypot(w, h) if clear_of_anchors else 0.0  # the nearest ring that leaves the anchor free
+    rings = np.arange(first, max(reach, first) + 1e-9, step)
+    rings = rings[rings > 0] if clear_of_anchors else rings
+    angles = np.deg2rad(np.arange(45, 405, 30))  # 12 directions, up-right first
+    offsets = np.concatenate([[[0.0, 0.0]] if r == 0 else r * np.stack([np.cos(angles), np.sin(angles)], 1)
+                              for r in rings])  # (C, 2), nearest first
+    distance = np.hypot(offsets[:, 0], offsets[:, 1])  # (C,)
+    density = _density(crowd, bounds) if crowd is not None and len(crowd) else None
+    centres = np.full((len(anchors), 2), np.nan)
+    for k, anchor in enumerate(anchors):
+        candidates = anchor + offsets  # (C, 2)
+        free = ((candidates[:, 0] - w / 2 >= bounds[0]) & (candidates[:, 0] + w / 2 <= bounds[2])
+                & (candidates[:, 1] - h / 2 >= bounds[1]) & (candidates[:, 1] + h / 2 <= bounds[3]))
+        placed = centres[:k][~np.isnan(centres[:k, 0])]  # (P, 2)
+        if len(placed):
+            apart = ((np.abs(candidates[:, None, 0] - placed[None, :, 0]) >= w + gap)
+                     | (np.abs(candidates[:, None, 1] - placed[None, :, 1]) >= h + gap))  # (C, P)
+            free &= apart.all(axis=1)
+        if clear_of_anchors:
+            away = ((np.abs(candidates[:, None, 0] - anchors[None, :, 0]) >= w / 2 + gap)
+                    | (np.abs(candidates[:, None, 1] - anchors[None, :, 1]) >= h / 2 + gap))  # (C, K)
+            free &= away.all(axis=1)
+        if not free.any():
+            continue
+        score = distance / (4 * step)  # one covered point weighs as much as two box widths of distance
+        if density is not None:
+            score = score + density(candidates, w, h)
+        score[~free] = np.inf
+        centres[k] = candidates[np.argmin(score)]
+    return centres
+
+
+def _density(points: np.ndarray, bounds: tuple[float, ...], cell: float = 4.0):
+    """A function counting the `points` (M, 2) under boxes, by a summed-area table of `cell`-pixel bins."""
+    nx, ny = int(np.ceil((bounds[2] - bounds[0]) / cell)) + 1, int(np.ceil((bounds[3] - bounds[1]) / cell)) + 1
+    counts, _, _ = np.histogram2d(points[:, 0], points[:, 1], bins=(nx, ny),
+                                  range=((bounds[0], bounds[0] + nx * cell), (bounds[1], bounds[1] + ny * cell)))
+    table = np.zeros((nx + 1, ny + 1))
+    table[1:, 1:] = counts.cumsum(0).cumsum(1)
+
+    def covered(centres: np.ndarray, w: float, h: float) -> np.ndarray:
+        i0 = np.clip(((centres[:, 0] - w / 2 - bounds[0]) / cell).astype(int), 0, nx)
+        i1 = np.clip(((centres[:, 0] + w / 2 - bounds[0]) / cell).astype(int), 0, nx)
+        j0 = np.clip(((centres[:, 1] - h / 2 - bounds[1]) / cell).astype(int), 0, ny)
+        j1 = np.clip(((centres[:, 1] + h / 2 - bounds[1]) / cell).astype(int), 0, ny)
+        return table[i1, j1] - table[i0, j1] - table[i1, j0] + table[i0, j0]
+
+    return covered
+
+
+def thumbnail_size(images: np.ndarray, pixels: float, frame: int) -> tuple[float, float]:
+    """The (w, h) in pixels of the thumbnails of `images` (K, H, W[, 3]), frame included."""
+    scale = pixels / max(images.shape[1:3])
+    return round(images.shape[2] * scale) + 2 * frame, round(images.shape[1] * scale) + 2 * frame
+
+
+def add_thumbnails(fig: Figure, ax: Axes, anchors: np.ndarray, centres: np.ndarray, images: np.ndarray,
+                   pixels: float, colours: np.ndarray, limits: Limits, box: tuple[float, ...], alpha: float,
+                   frame: int) -> int:
+    """Draw each image (K, H, W[, 3]) at its centre (K, 2 pixels, from `place_boxes`; NaN: not drawn), framed in
+    its colour (K, 4), with a thin line from its anchor (K, 2, data) where it sits away from it. Each is a figure
+    image placed pixel for pixel: an annotation box costs several times as much to lay out and draw. Returns how
+    many were drawn."""
+    x0, y0, x1, y1 = box
+    to_data = np.array([(limits[1] - limits[0]) / (x1 - x0), (limits[3] - limits[2]) / (y1 - y0)])
+    lines, line_colours, drawn = [], [], 0
+    for anchor, centre, image, colour in zip(anchors, centres, images, colours):
+        if np.isnan(centre[0]):
+            continue
+        drawn += 1
+        picture = thumbnail(image, pixels, colour, alpha, frame)  # (h, w, 4)
+        h, w = picture.shape[:2]
+        fig.figimage(picture, xo=round(centre[0] - w / 2), yo=round(centre[1] - h / 2), zorder=4)
+        at = np.array([limits[0], limits[2]]) + (centre - np.array([x0, y0])) * to_data  # the centre, in data
+        gap = (anchor - at) / to_data  # pixels from the centre to the anchor
+        if np.abs(gap).max() > 0.5:
+            edge = min(w / 2 / max(abs(gap[0]), 1e-9), h / 2 / max(abs(gap[1]), 1e-9), 1.0)
+            lines.append([anchor, at + edge * gap * to_data])
+            line_colours.append(colour)
+    if lines:
+        ax.add_collection(LineCollection(lines, colors=line_colours, linewidths=0.8, zorder=3), autolim=False)
+    return drawn
+
+
+def displacement(now: np.ndarray, before: np.ndarray) -> float:
+    """How far points (N, 2) moved from where they were drawn in the frame before (N, 2; NaN rows: not drawn then):
+    the mean distance moved over the RMS distance of the earlier points from their centre, so 1 means as far as
+    the points typically lie apart; NaN when no point is in both frames."""
+    both = ~np.isnan(before).any(axis=1)
+    if not both.any():
+        return float("nan")
+    now, before = now[both], before[both]
+    spread = np.sqrt(((before - before.mean(axis=0)) ** 2).sum(axis=1).mean())
+    return float(np.linalg.norm(now - before, axis=1).mean() / max(spread, 1e-12))

@@ -2,35 +2,44 @@
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.offsetbox import AnnotationBbox
 
 from lvae.drawing import Drawn
-from lvae.figures.canvas import class_colour, label_handles, save_figure, thumbnail
-from lvae.tsne import TSNESteps, knn_label_agreement
+from lvae.figures.canvas import (PNG_DPI, add_thumbnails, axes_pixels, class_colour, displacement, label_handles,
+                                 place_boxes, save_figure, thumbnail_size, to_pixels)
+from lvae.tsne import TSNESteps, align, knn_label_agreement
+
+PRIOR_PX = 20  # a decoded prior draw's longer side in the PNG
 
 
-def map_and_draw(mu: np.ndarray, index: np.ndarray, labels: np.ndarray, start: Optional[np.ndarray],
-                 init_epoch: Optional[int], steps: TSNESteps, z: np.ndarray, prior_images: np.ndarray, path: str,
-                 epoch: int) -> Drawn:
+def map_and_draw(mu: np.ndarray, index: np.ndarray, labels: np.ndarray, names: Optional[Sequence[str]],
+                 start: Optional[np.ndarray], init_epoch: Optional[int], steps: TSNESteps, z: np.ndarray,
+                 prior_images: np.ndarray, path: str, epoch: int) -> Drawn:
     """The job of `TSNEEmbedding` (runs in the drawing process): map the means mu (N, Z) of inputs `index` (N,),
-    place the prior draws z (P, Z), draw, and hand back the map as the start of the next epoch's. The map is also
-    written beside the PNG (`map_path`), so a run resumed from a checkpoint saved before the map was finished still
-    starts from it."""
+    place the prior draws z (P, Z), draw, and hand back the map as the start of the next epoch's. A map started
+    from the last one (`start`, the same inputs' places) is turned onto it (orthogonal Procrustes), so the
+    pictures keep their orientation, and how far its points moved is measured. The map is also written beside the
+    PNG (`map_path`), so a run resumed from a checkpoint saved before the map was finished still starts from it."""
     began = time.perf_counter()
     embedding = steps.embed(mu, start)
     prior = steps.place(embedding, z)  # centres the map in place
     seconds = time.perf_counter() - began
     points = np.array(embedding, dtype=np.float64)  # (N, 2)
-    agreement = knn_label_agreement(points, labels, k=min(steps.knn_k, len(points) - 1))
-    caption = _draw_tsne(steps, points, labels, prior, prior_images, agreement, init_epoch, epoch, path)
+    scalars = {"tsne/seconds": seconds, "tsne/outside": 0.0}  # the limits take in every point
+    if start is not None:
+        rotation, shift = align(points, start)
+        points, prior = points @ rotation + shift, prior @ rotation + shift
+        scalars["tsne/displacement"] = displacement(points, start)
+    scalars["tsne/knn_agreement"] = knn_label_agreement(points, labels, k=min(steps.knn_k, len(points) - 1))
+    fig, caption = figure(steps, points, labels, names, prior, prior_images, scalars["tsne/knn_agreement"],
+                          init_epoch, epoch)
+    save_figure(fig, path)
     save_map(map_path(path), points, index, epoch, init_epoch)
-    return Drawn(pictures=[("tsne", path, caption)],
-                 scalars={"tsne/knn_agreement": agreement, "tsne/seconds": seconds},
+    return Drawn(pictures=[("tsne", path, caption)], scalars=scalars,
                  state={"embedding": points, "index": index, "embedding_epoch": epoch, "init_epoch": init_epoch})
 
 
@@ -47,37 +56,45 @@ def save_map(path: Path, points: np.ndarray, index: np.ndarray, epoch: int, init
     tmp.replace(path)
 
 
-def _draw_tsne(steps: TSNESteps, points: np.ndarray, labels: np.ndarray, prior: np.ndarray,
-               prior_images: np.ndarray, agreement: float, init_epoch: Optional[int], epoch: int, path: str) -> str:
-    fig = Figure(figsize=steps.figsize)
+def figure(steps: TSNESteps, points: np.ndarray, labels: np.ndarray, names: Optional[Sequence[str]],
+           prior: np.ndarray, prior_images: np.ndarray, agreement: float, init_epoch: Optional[int],
+           epoch: int) -> tuple[Figure, str]:
+    """The map: points (N, 2) coloured by labels (N,), the prior draws (P, 2) as crosses, and as many of their
+    decoded images (P, H, W[, 3]) uint8 as fit on or beside their crosses without covering one another."""
+    fig = Figure(figsize=steps.figsize, dpi=PNG_DPI)  # the decoded draws are placed in its pixels
     ax = fig.add_axes(steps.axes_rect)
     size = float(np.clip(6000.0 / len(points), 4.0, 30.0))  # fewer points, larger dots
     ax.scatter(points[:, 0], points[:, 1], s=size, c=class_colour(labels), alpha=0.8,
                linewidths=0, rasterized=True)
-    for (x, y), image in zip(prior, prior_images):
-        box = AnnotationBbox(thumbnail(image, 17), (x, y), frameon=True, pad=0.05,
-                             bboxprops={"edgecolor": "black", "linewidth": 1.0})
-        ax.add_artist(box)
+    every = np.concatenate([points, prior])
+    low, high = every.min(axis=0), every.max(axis=0)
+    pad = 0.06 * np.maximum(high - low, 1e-6)
+    limits = (low[0] - pad[0], high[0] + pad[0], low[1] - pad[1], high[1] + pad[1])
+    ax.set_xlim(limits[0], limits[1])
+    ax.set_ylim(limits[2], limits[3])
+    shown = 0
     if len(prior):
-        # Annotation boxes do not widen the axes: make room for prior draws placed beyond the data.
-        every = np.concatenate([points, prior])
-        low, high = every.min(axis=0), every.max(axis=0)
-        pad = 0.06 * np.maximum(high - low, 1e-6)
-        ax.set_xlim(low[0] - pad[0], high[0] + pad[0])
-        ax.set_ylim(low[1] - pad[1], high[1] + pad[1])
-    handles = label_handles(labels)
+        ax.scatter(prior[:, 0], prior[:, 1], s=25, marker="x", c="black", linewidths=1.0, zorder=3)
+        box = axes_pixels(steps.figsize, steps.axes_rect)
+        size = thumbnail_size(prior_images, PRIOR_PX, frame=1)
+        # On its cross where that is free, else at most one image away from it; else the cross alone.
+        centres = place_boxes(to_pixels(prior, limits, box), size, box, reach=max(size), clear_of_anchors=False)
+        black = np.tile([0.0, 0.0, 0.0, 1.0], (len(prior), 1))  # (P, 4)
+        shown = add_thumbnails(fig, ax, prior, centres, prior_images, PRIOR_PX, black, limits, box, alpha=0.9,
+                               frame=1)
+    handles = label_handles(labels, names)
     if len(prior):
-        handles.append(Line2D([], [], marker="s", linestyle="", markerfacecolor="white", markeredgecolor="black",
-                              markersize=9, label="prior z,\ndecoded"))
-    ax.legend(handles=handles, title="label", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        handles.append(Line2D([], [], marker="x", linestyle="", color="black", markersize=7,
+                              label="prior z,\ndecoded"))
+    small = names is not None and max(len(str(n)) for n in names) > 6  # long class names: a smaller legend
+    ax.legend(handles=handles, title="label", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              fontsize=8 if small else None)
     ax.set_xticks([])
     ax.set_yticks([])
-    init = "PCA" if init_epoch is None else f"the map of epoch {init_epoch}"
+    init = "PCA" if init_epoch is None else f"the map of epoch {init_epoch}, aligned"
     title = f"t-SNE of {len(points)} latent means, epoch {epoch} (perplexity {steps.perplexity:g})"
-    detail = f"started from {init}; {steps.knn_k}-NN label agreement {agreement:.3f}"
+    detail = f"started from {init}; {steps.knn_k}-NN label agreement {agreement:.3f}; none outside"
     if len(prior):
-        detail += f"\nframed images: {len(prior)} prior draws z ~ N(0, I), decoded and placed in the map"
-    ax.set_title(f"{title}\n{detail}", fontsize=10)
-    save_figure(fig, path)
-    return f"{title}; {detail}".replace("\n", "; ")
-
+        detail += f"\nx: {len(prior)} prior draws z ~ N(0, I) placed in the map, {shown} shown decoded"
+    ax.set_title(f"{title}\n{detail}", fontsize=10, y=1.0)  # pinned: placing it would measure every tick label
+    return fig, f"{title}; {detail}".replace("\n", "; ")
