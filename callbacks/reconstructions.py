@@ -1,5 +1,6 @@
 """Fixed validation inputs beside their reconstructions, from the mean and from one posterior draw."""
 
+from collections import Counter
 from typing import Any, Optional
 
 import lightning as L
@@ -78,10 +79,13 @@ class Reconstructions(PictureCallback):
             rank_zero_warn(f"Reconstructions: no reconstructions for epoch {epoch}: {reason}")
             return None
         rows = self.inputs.rows(latents)
-        # Labels come in turns (FixedInputs): shown in label order within each turn, one turn after the other.
-        turn = len(latents.label.unique())
-        rows = rows[sorted(range(len(rows)), key=lambda i: (i // turn, int(latents.label[rows[i]])))]
-        chosen = latents.select(rows)
+        # Labels come in turns (FixedInputs): shown one turn after the other, each in label order.
+        turns: Counter = Counter()
+        keys = []  # (turn, label) of each input
+        for label in latents.label[rows].tolist():
+            keys.append((turns[label], label))
+            turns[label] += 1
+        chosen = latents.select(rows[sorted(range(len(rows)), key=keys.__getitem__)])
         eps = self._noise(pl_module, chosen)
         z = torch.cat([chosen.mu, chosen.mu + eps * torch.exp(0.5 * chosen.logvar)])  # (2n, Z): means, draws
         decoded = pixels(decode_images(pl_module, z, tuple(chosen.image.shape[1:])))  # (2n, H, W[, 3])
