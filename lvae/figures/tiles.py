@@ -2,6 +2,7 @@
 legible cell size, text, and the PNG. Drawn with PIL alone: a matplotlib figure costs 40-80 ms of axes and text
 whatever it holds, and these pictures are only images and words."""
 
+import functools
 import math
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -19,8 +20,9 @@ SMALL_PX = 11
 TITLE_PX = 15
 
 
+@functools.lru_cache(maxsize=None)
 def font(pixels: float, bold: bool = False) -> ImageFont.FreeTypeFont:
-    """matplotlib's font (the other pictures' font) at `pixels` pixels."""
+    """matplotlib's font (the other pictures' font) at `pixels` pixels; loaded once per size."""
     return ImageFont.truetype(findfont(FontProperties(weight="bold" if bold else "normal")), max(1, round(pixels)))
 
 
@@ -101,6 +103,8 @@ class Sheet:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.png")
-        self.image.save(tmp, format="PNG")
+        # zlib level 1: half the encoding time of the default 6 (65 against 142 ms for a 1731 x 1168 traversal),
+        # for a file 15% larger
+        self.image.save(tmp, format="PNG", compress_level=1)
         tmp.replace(path)
         return str(path)
