@@ -42,7 +42,7 @@ class LatentTraversal(PictureCallback):
     names = ("traversals",)
     figure_modules = ("lvae.figures.traversal",)
 
-    def __init__(self, n_inputs: int = 3, steps: int = 9, span: float = 2.5, max_dims: int = 16, seed: int = 0,
+    def __init__(self, n_inputs: int = 3, steps: int = 9, span: float = 2.5, max_dims: int = 10, seed: int = 0,
                  every_n_epochs: int = 1, background: bool = True):
         super().__init__(every_n_epochs=every_n_epochs, background=background)
         for arg, value, least, hint in (("n_inputs", n_inputs, 1, "inputs side by side"),
