@@ -6,9 +6,13 @@ the modules of `lvae.figures`, in the drawing process.
 """
 
 from lvae.callbacks.latent_export import LatentExport
+from lvae.callbacks.latent_interpolation import LatentInterpolation
 from lvae.callbacks.latent_scatter import LatentScatter
+from lvae.callbacks.latent_traversal import LatentTraversal
 from lvae.callbacks.latent_uncertainty import LatentUncertainty
 from lvae.callbacks.prior_samples import PriorSamples
+from lvae.callbacks.reconstructions import Reconstructions
 from lvae.callbacks.tsne_embedding import TSNEEmbedding
 
-__all__ = ["LatentExport", "LatentScatter", "LatentUncertainty", "PriorSamples", "TSNEEmbedding"]
+__all__ = ["LatentExport", "LatentInterpolation", "LatentScatter", "LatentTraversal", "LatentUncertainty",
+           "PriorSamples", "Reconstructions", "TSNEEmbedding"]

@@ -43,11 +43,13 @@ class Latents:
         return Latents(**{k: v if k == "epoch" or v is None else v[rows] for k, v in values.items()})
 
 
-def unusable(latents: Optional[Latents], min_points: int, finite: tuple[str, ...] = ("mu",)) -> Optional[str]:
+def unusable(latents: Optional[Latents], min_points: int, finite: tuple[str, ...] = ("mu",),
+             labelled: bool = True) -> Optional[str]:
     """Why `latents` cannot make a picture coloured by label (None when they can): the one check every
     picture callback shares, so each skips with a warning in lvae's words instead of raising. Means or
     log-variances that the divergence rule calls absurd (`lvae.divergence`) are refused for every picture,
-    e.g. "the means reach 3e+31 (limit 10,000): the model has diverged"."""
+    e.g. "the means reach 3e+31 (limit 10,000): the model has diverged". A picture that needs no labels
+    (`labelled=False`) takes inputs that all share one."""
     if latents is None:
         return "no validation latents were collected (model.latent_points=0, or no validation batches)"
     if len(latents) < min_points:
@@ -62,7 +64,7 @@ def unusable(latents: Optional[Latents], min_points: int, finite: tuple[str, ...
     for name in finite:
         if getattr(latents, name) is not None and not bool(torch.isfinite(getattr(latents, name)).all()):
             return f"latents.{name} holds NaN or infinite values"
-    if len(latents.label.unique()) < 2:
+    if labelled and len(latents.label.unique()) < 2:
         return f"every input has label {int(latents.label[0])}; a picture coloured by label needs two or more"
     return None
 

@@ -3,9 +3,10 @@ PyTorch example's), trained by a plain `Trainer` on a plain DataLoader of `(x, y
 
     python tests/foreign_vae.py OUT DEVICES
 
-Writes the pictures under OUT (its CSVLogger folder) and, per validation epoch, the dataset indices of the inputs the
-pictures followed (`followed_<epoch>.pt`). With DEVICES 2 it runs as 2 gloo processes (Lightning's launcher runs
-this script again for rank 1).
+Writes the pictures under OUT (its CSVLogger folder), per validation epoch the dataset indices of the inputs the
+pictures followed (`followed_<epoch>.pt`), and the state of the pictures that show fixed inputs (`shown.pt`: the
+inputs of the traversals, interpolations and reconstructions). With DEVICES 2 it runs as 2 gloo processes
+(Lightning's launcher runs this script again for rank 1).
 """
 
 import sys
@@ -19,7 +20,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lvae.callbacks import LatentExport, LatentScatter, LatentUncertainty, PriorSamples, TSNEEmbedding
+from lvae.callbacks import (LatentExport, LatentInterpolation, LatentScatter, LatentTraversal, LatentUncertainty,
+                            PriorSamples, Reconstructions, TSNEEmbedding)
 from lvae.picture_callback import PictureCallback
 
 
@@ -90,13 +92,16 @@ def main(out: Path, devices: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(0)
     train, val = loader(*toy_digits(256, seed=0)), loader(*toy_digits(45, seed=1))
+    shown = [LatentTraversal(), LatentInterpolation(), Reconstructions()]
     pictures = [LatentScatter(), TSNEEmbedding(perplexity=5.0, n_prior=8), PriorSamples(n_samples=16),
-                LatentUncertainty(n_show=4, nrow=4, k_neighbours=5), Followed(out)]
+                LatentUncertainty(n_show=4, nrow=4, k_neighbours=5), *shown, Followed(out)]
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
                         logger=CSVLogger(out, name="", version=""), callbacks=pictures, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False)
     model = ClassicVAE()
     trainer.fit(model, train, val)
+    if trainer.is_global_zero:
+        torch.save({type(c).__name__: c.state_dict() for c in shown}, out / "shown.pt")
     export = LatentExport(path=str(out / "latents.npz"))
     predictor = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
                           callbacks=[export], enable_progress_bar=False, enable_model_summary=False)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO, cli_env
 
-PICTURES = ("scatter", "tsne", "prior_samples", "uncertainty")
+PICTURES = ("scatter", "tsne", "prior_samples", "uncertainty", "traversals", "interpolations", "reconstructions")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,15 @@ def test_the_followed_inputs_are_the_same_in_one_and_two_processes(runs: dict[in
         assert one["index"].tolist() == list(range(45))  # every validation input once, in order
         assert torch.equal(one["index"], two["index"])
     assert one["mu"].shape == (45, 3)  # Z read from the means: the module has no hparams.latent_dim
+
+
+def test_the_shown_inputs_are_the_same_in_one_and_two_processes(runs: dict[int, Path]) -> None:
+    one, two = (torch.load(runs[d] / "shown.pt") for d in (1, 2))
+    assert one.keys() == {"LatentTraversal", "LatentInterpolation", "Reconstructions"}
+    for name, state in one.items():
+        assert len(state["inputs"]["index"]) == state["inputs"]["n"], name  # 45 inputs: every one found
+        assert torch.equal(state["inputs"]["index"], two[name]["inputs"]["index"]), name
+    assert torch.equal(one["Reconstructions"]["eps"], two["Reconstructions"]["eps"])  # the same seeded draw
 
 
 @pytest.mark.parametrize("devices", [1, 2])

@@ -63,7 +63,7 @@ def test_validate_draws_every_picture_for_a_checkpoint(resumed: tuple[Path, dict
     validate_run = run / "validate"  # the run's own folder for it: fit's pictures are left alone
     drawn = {p.parent.name for p in (validate_run / "latents").glob("*/epoch_*.png")}
     # t-SNE is skipped with a warning: the fixture's 30 validation inputs are too few for perplexity 30.
-    assert drawn == {"scatter", "prior_samples", "uncertainty"}
+    assert drawn == {"scatter", "prior_samples", "uncertainty", "traversals", "interpolations", "reconstructions"}
     (wandb_run,) = read_run(validate_run)
     assert wandb_run.values("latents/scatter/_type") == ["image-file"] and wandb_run.values("uncertainty/spearman_ink")
     # the table for W&B's projector, logged by validate too

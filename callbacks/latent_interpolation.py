@@ -1,0 +1,78 @@
+"""The straight line between two inputs' means, decoded: what the latent space holds between them."""
+
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+from lvae.drawing import Job
+from lvae.errors import ConfigError
+from lvae.fixed_inputs import FixedInputs, label_texts, pixels
+from lvae.latents import Latents, decode_images, label_names, unusable
+from lvae.picture_callback import PictureCallback
+
+
+class LatentInterpolation(PictureCallback):
+    """Interpolations: fixed pairs of validation inputs with different labels (where there are labels), each pair's
+    means joined by a straight line, (1 - t) mu_a + t mu_b for `steps` values of t from 0 to 1, decoded, with the two
+    inputs at the ends. The ends, t = 0 and t = 1, are the inputs' reconstructions from their means.
+
+    The pairs are chosen once by dataset index (`FixedInputs`) and kept in the checkpoint. The module needs only
+    ``decode(z)``; the means come from the epoch's latents.
+
+    Picture: ``interpolations``.
+
+    Args:
+        n_pairs: pairs of inputs, one row each.
+        steps: decoded points per pair, the two means included.
+        seed: seed of the choice of inputs.
+        every_n_epochs: draw every n-th validation epoch.
+        background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
+    """
+
+    names = ("interpolations",)
+    figure_modules = ("lvae.figures.interpolation",)
+
+    def __init__(self, n_pairs: int = 5, steps: int = 10, seed: int = 0, every_n_epochs: int = 1,
+                 background: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background)
+        if n_pairs < 1:
+            raise ConfigError(f"LatentInterpolation.n_pairs={n_pairs} must be >= 1 (pairs of inputs, one row each)")
+        if steps < 2:
+            raise ConfigError(f"LatentInterpolation.steps={steps} must be >= 2 (decoded points per pair, the two "
+                              "means included; 10 is usual)")
+        self.n_pairs = n_pairs
+        self.steps = steps
+        self.seed = seed
+        self.inputs = FixedInputs("LatentInterpolation", 2 * n_pairs, seed)  # pairs are consecutive inputs
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs.state_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.inputs.load_state_dict(state_dict["inputs"])
+
+    @override
+    def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
+                epoch: int) -> Optional[Job]:
+        reason = unusable(latents, min_points=2, labelled=False)
+        if reason is not None:
+            rank_zero_warn(f"LatentInterpolation: no interpolations for epoch {epoch}: {reason}")
+            return None
+        rows = self.inputs.rows(latents)
+        chosen = latents.select(rows[:len(rows) // 2 * 2])
+        a, b = chosen.mu[0::2], chosen.mu[1::2]  # (P, Z) each
+        t = torch.linspace(0.0, 1.0, self.steps)[None, :, None]  # (1, S, 1)
+        z = (1 - t) * a[:, None] + t * b[:, None]  # (P, S, Z); exactly mu_a at t=0 and mu_b at t=1
+        pairs, shape = len(a), tuple(chosen.image.shape[1:])
+        lines = pixels(decode_images(pl_module, z.reshape(-1, z.shape[-1]), shape))  # (P*S, H, W[, 3])
+        labels, index = label_texts(chosen.label, label_names(trainer)), chosen.index.tolist()
+        return Job("lvae.figures.interpolation:draw", dict(
+            path=str(self.sink.png_path("interpolations", epoch)), epoch=epoch,
+            ends=pixels(chosen.image).reshape(pairs, 2, *lines.shape[1:]),
+            lines=lines.reshape(pairs, self.steps, *lines.shape[1:]), t=t.flatten().numpy(),
+            labels=list(zip(labels[0::2], labels[1::2])), index=list(zip(index[0::2], index[1::2]))))

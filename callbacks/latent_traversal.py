@@ -1,0 +1,96 @@
+"""What each latent dimension does: one dimension of a fixed input's mean moved across N(0, 1), decoded."""
+
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+from lvae.drawing import Job
+from lvae.errors import ConfigError
+from lvae.fixed_inputs import FixedInputs, label_texts, pixels
+from lvae.latents import Latents, decode_images, label_names, unusable
+from lvae.metrics import active_dims, kl_per_dim
+from lvae.picture_callback import PictureCallback
+
+
+class LatentTraversal(PictureCallback):
+    """Latent traversals: for a few fixed validation inputs, each latent dimension of the input's mean is set to
+    `steps` values from -span to +span, the other dimensions held, and decoded. One row per dimension, ordered by
+    its KL(q(z_d|x) || N(0, 1)) averaged over the epoch's validation latents (`lvae.metrics.kl_per_dim`), most
+    informative first; inactive dimensions (whose means vary across inputs by less than 0.01,
+    `lvae.metrics.active_dims`) are left out and named. A Z=20 run shows which few dimensions the model uses and what
+    each one changes.
+
+    The inputs are chosen once by dataset index, of different labels where there are labels (`FixedInputs`), and
+    kept in the checkpoint. The module needs only ``decode(z)``; the means come from the epoch's latents.
+
+    Logged each epoch: ``traversals/kl_<d>``, the KL of each dimension in nats, the numbers the rows are ordered by.
+    Picture: ``traversals``.
+
+    Args:
+        n_inputs: validation inputs shown side by side.
+        steps: values each dimension takes.
+        span: the values run evenly from -span to +span, in N(0, 1) units (2.5 spans 98.8% of the prior).
+        max_dims: most rows; active dimensions past it are left out and named.
+        seed: seed of the choice of inputs.
+        every_n_epochs: draw every n-th validation epoch.
+        background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
+    """
+
+    names = ("traversals",)
+    figure_modules = ("lvae.figures.traversal",)
+
+    def __init__(self, n_inputs: int = 3, steps: int = 9, span: float = 2.5, max_dims: int = 10, seed: int = 0,
+                 every_n_epochs: int = 1, background: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background)
+        for arg, value, least, hint in (("n_inputs", n_inputs, 1, "inputs side by side"),
+                                        ("steps", steps, 3, "values per dimension; 9 is usual"),
+                                        ("max_dims", max_dims, 1, "most rows")):
+            if value < least:
+                raise ConfigError(f"LatentTraversal.{arg}={value} must be >= {least} ({hint})")
+        if not span > 0:
+            raise ConfigError(f"LatentTraversal.span={span} must be > 0 (2.5: from -2.5 to +2.5)")
+        self.n_inputs = n_inputs
+        self.steps = steps
+        self.span = float(span)
+        self.max_dims = max_dims
+        self.seed = seed
+        self.inputs = FixedInputs("LatentTraversal", n_inputs, seed)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs.state_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.inputs.load_state_dict(state_dict["inputs"])
+
+    @override
+    def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
+                epoch: int) -> Optional[Job]:
+        reason = unusable(latents, min_points=2, labelled=False)
+        if reason is not None:
+            rank_zero_warn(f"LatentTraversal: no traversals for epoch {epoch}: {reason}")
+            return None
+        kl = kl_per_dim(latents.mu, latents.logvar)  # (Z,)
+        self.sink.log_scalars({f"traversals/kl_{d}": float(v) for d, v in enumerate(kl)}, epoch)
+        active = active_dims(latents.mu)  # (Z,)
+        order = torch.argsort(kl, descending=True, stable=True)  # (Z,) most KL first
+        ranked = order[active[order]]
+        dims, beyond = ranked[:self.max_dims], ranked[self.max_dims:]  # (D,), the rows
+        chosen = latents.select(self.inputs.rows(latents))
+        values = torch.linspace(-self.span, self.span, self.steps)  # (S,)
+        n, n_dims, z_dim = len(chosen), len(dims), kl.numel()
+        z = chosen.mu[:, None, None, :].repeat(1, n_dims, self.steps, 1)  # (n, D, S, Z)
+        z[:, torch.arange(n_dims)[:, None], torch.arange(self.steps)[None, :], dims[:, None]] = values
+        shape = tuple(chosen.image.shape[1:])
+        decoded = decode_images(pl_module, torch.cat([chosen.mu, z.reshape(-1, z_dim)]), shape)  # one decode
+        pictures = pixels(decoded)  # (n + n*D*S, H, W[, 3])
+        return Job("lvae.figures.traversal:draw", dict(
+            path=str(self.sink.png_path("traversals", epoch)), epoch=epoch, inputs=pixels(chosen.image),
+            means=pictures[:n], labels=label_texts(chosen.label, label_names(trainer)), index=chosen.index.tolist(),
+            steps=pictures[n:].reshape(n, n_dims, self.steps, *pictures.shape[1:]), values=values.numpy(),
+            dims=dims.tolist(), kl=kl.numpy(), positions=chosen.mu[:, dims].numpy(),
+            inactive=sorted(order[~active[order]].tolist()), beyond=beyond.tolist()))

@@ -1,0 +1,103 @@
+"""Fixed validation inputs beside their reconstructions, from the mean and from one posterior draw."""
+
+from collections import Counter
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from lvae.drawing import Job
+from lvae.errors import ConfigError
+from lvae.fixed_inputs import FixedInputs, label_texts, pixels
+from lvae.latents import Latents, decode_images, label_names, unusable
+from lvae.picture_callback import PictureCallback
+
+
+class Reconstructions(PictureCallback):
+    """The same validation inputs every epoch, each beside its reconstruction from the mean of q(z|x) and from one
+    posterior draw z = mu + sigma * eps, with its reconstruction NLL -log p(x|z) in nats.
+
+    The inputs are chosen once by dataset index, evenly over the labels (`FixedInputs`), and kept in the checkpoint.
+    The module needs only ``decode(z)``. For lvae's `VAE` the draw is the one its validation scores
+    (``eval_noise``, keyed by dataset index), and the NLL shown is that draw's, as ``val/recon`` averages it. For a
+    module lvae did not write the draw's eps is seeded and kept in the checkpoint, and the picture says that there is
+    no NLL: only lvae's likelihood gives one.
+
+    Picture: ``reconstructions``.
+
+    Args:
+        n_inputs: inputs shown (20: two of each of 10 labels).
+        nrow: inputs per row of the picture.
+        seed: seed of the choice of inputs (and of the draw, for a module lvae did not write).
+        every_n_epochs: draw every n-th validation epoch.
+        background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
+    """
+
+    names = ("reconstructions",)
+    figure_modules = ("lvae.figures.reconstructions",)
+
+    def __init__(self, n_inputs: int = 20, nrow: int = 5, seed: int = 0, every_n_epochs: int = 1,
+                 background: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background)
+        if n_inputs < 1:
+            raise ConfigError(f"Reconstructions.n_inputs={n_inputs} must be >= 1 (20: two of each of 10 labels)")
+        if nrow < 1:
+            raise ConfigError(f"Reconstructions.nrow={nrow} must be >= 1 (inputs per row of the picture)")
+        self.n_inputs = n_inputs
+        self.nrow = nrow
+        self.seed = seed
+        self.inputs = FixedInputs("Reconstructions", n_inputs, seed)
+        self.eps: Optional[Tensor] = None  # (n, Z): the draw for a module without `eval_noise`
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs.state_dict(), "eps": self.eps}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.inputs.load_state_dict(state_dict["inputs"])
+        self.eps = state_dict["eps"]
+
+    def _noise(self, pl_module: "L.LightningModule", chosen: Latents) -> Tensor:
+        """eps (n, Z) of the posterior draw shown."""
+        scored = getattr(pl_module, "eval_noise", None)
+        if callable(scored):  # lvae's VAE: the draw its validation scored, so the NLL shown is this draw's
+            return scored(chosen.index.to(pl_module.device), "val")[0].float().cpu()
+        wanted = tuple(chosen.mu.shape)
+        if self.eps is None or tuple(self.eps.shape) != wanted:
+            self.eps = torch.randn(wanted, generator=torch.Generator().manual_seed(self.seed))
+        return self.eps
+
+    @override
+    def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
+                epoch: int) -> Optional[Job]:
+        reason = unusable(latents, min_points=1, finite=("mu", "recon"), labelled=False)
+        if reason is not None:
+            rank_zero_warn(f"Reconstructions: no reconstructions for epoch {epoch}: {reason}")
+            return None
+        rows = self.inputs.rows(latents)
+        # Labels come in turns (FixedInputs): shown one turn after the other, each in label order.
+        turns: Counter = Counter()
+        keys = []  # (turn, label) of each input
+        for label in latents.label[rows].tolist():
+            keys.append((turns[label], label))
+            turns[label] += 1
+        chosen = latents.select(rows[sorted(range(len(rows)), key=keys.__getitem__)])
+        eps = self._noise(pl_module, chosen)
+        z = torch.cat([chosen.mu, chosen.mu + eps * torch.exp(0.5 * chosen.logvar)])  # (2n, Z): means, draws
+        decoded = pixels(decode_images(pl_module, z, tuple(chosen.image.shape[1:])))  # (2n, H, W[, 3])
+        n = len(chosen)
+        if chosen.recon is None:
+            note = "No NLL: the module exposes no likelihood to lvae (lvae's VAE does)."
+        elif callable(getattr(pl_module, "eval_noise", None)):
+            note = "NLL: -log p(x|z) of the draw shown, nats (the draw val/recon scores)."
+        else:
+            note = "NLL: -log p(x|z) of the module's own validation draw, nats."
+        return Job("lvae.figures.reconstructions:draw", dict(
+            path=str(self.sink.png_path("reconstructions", epoch)), epoch=epoch, inputs=pixels(chosen.image),
+            means=decoded[:n], draws=decoded[n:], labels=label_texts(chosen.label, label_names(trainer)),
+            index=chosen.index.tolist(), nll=None if chosen.recon is None else chosen.recon.tolist(), note=note,
+            nrow=self.nrow))
