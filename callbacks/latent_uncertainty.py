@@ -58,19 +58,23 @@ class LatentUncertainty(PictureCallback):
 
     def measure(self, latents: Latents) -> dict[str, float]:
         """The epoch's numbers, keyed as they are logged. Those a module cannot give are left out: the correlations
-        with the reconstruction error and the negative ELBO need lvae's likelihood, ink needs grey images."""
+        with the reconstruction error and the negative ELBO need lvae's likelihood, ink needs grey images, and the
+        neighbours' label disagreement needs two labels or more (not unlabelled images)."""
         u = uncertainty(latents.logvar)  # (N,)
-        disagreement = neighbour_disagreement(latents.mu, latents.label, self.k_neighbours)  # (N,) in [0, 1]
         values = {"uncertainty/mean": float(u.mean()),
-                  "uncertainty/active_units": float(active_units(latents.mu)),
-                  "uncertainty/spearman_disagreement": spearman(u, disagreement)}
+                  "uncertainty/active_units": float(active_units(latents.mu))}
+        labelled = len(latents.label.unique()) > 1
+        if labelled:
+            disagreement = neighbour_disagreement(latents.mu, latents.label, self.k_neighbours)  # (N,) in [0, 1]
+            values["uncertainty/spearman_disagreement"] = spearman(u, disagreement)
         if latents.recon is not None:
             values["uncertainty/spearman_recon"] = spearman(u, latents.recon)
         if latents.image.shape[1] == 1:
             values["uncertainty/spearman_ink"] = spearman(u, pixel_mass(latents.image))
-        if latents.neg_elbo is not None:
+        if latents.neg_elbo is not None and labelled:
             values["uncertainty/neg_elbo_spearman_disagreement"] = spearman(latents.neg_elbo, disagreement)
-        values.update({f"uncertainty/class_{c}": m for c, m in per_class_mean(u, latents.label).items()})
+        if labelled:
+            values.update({f"uncertainty/class_{c}": m for c, m in per_class_mean(u, latents.label).items()})
         return values
 
     def _skip_reason(self, latents: Optional[Latents]) -> Optional[str]:
@@ -99,12 +103,15 @@ class LatentUncertainty(PictureCallback):
         rho = ", ".join(f"{name} {values[key]:+.2f}" for name, key in (
             ("neighbour label disagreement", "uncertainty/spearman_disagreement"),
             ("recon error", "uncertainty/spearman_recon"), ("ink", "uncertainty/spearman_ink")) if key in values)
-        shown = [(f"The {n} lowest u(x) {of}", f"Spearman of u(x) with {rho}", "u(x)", u, False),
+        note = "; ".join(([f"Spearman of u(x) with {rho}"] if rho else [])
+                         + ([] if "uncertainty/spearman_ink" in values else ["ink is measured on grey images only"]))
+        shown = [(f"The {n} lowest u(x) {of}", note, "u(x)", u, False),
                  (f"The {n} highest u(x) {of}", "", "u(x)", u, True)]
         if latents.neg_elbo is not None:
-            shown.append((f"The {n} highest negative ELBO {of}", f"Spearman of -ELBO with neighbour label disagreement "
-                          f"{values['uncertainty/neg_elbo_spearman_disagreement']:+.2f}", "-ELBO", latents.neg_elbo,
-                          True))
+            rho_elbo = values.get("uncertainty/neg_elbo_spearman_disagreement")
+            shown.append((f"The {n} highest negative ELBO {of}", "one label: no neighbour label disagreement"
+                          if rho_elbo is None else f"Spearman of -ELBO with neighbour label disagreement "
+                          f"{rho_elbo:+.2f}", "-ELBO", latents.neg_elbo, True))
         else:
             shown[1] = (*shown[1][:1], "no negative ELBO: the model exposes no likelihood to lvae", *shown[1][2:])
         grids = []

@@ -43,13 +43,12 @@ class Latents:
         return Latents(**{k: v if k == "epoch" or v is None else v[rows] for k, v in values.items()})
 
 
-def unusable(latents: Optional[Latents], min_points: int, finite: tuple[str, ...] = ("mu",),
-             labelled: bool = True) -> Optional[str]:
-    """Why `latents` cannot make a picture coloured by label (None when they can): the one check every
+def unusable(latents: Optional[Latents], min_points: int, finite: tuple[str, ...] = ("mu",)) -> Optional[str]:
+    """Why `latents` cannot make a picture (None when they can): the one check every
     picture callback shares, so each skips with a warning in lvae's words instead of raising. Means or
     log-variances that the divergence rule calls absurd (`lvae.divergence`) are refused for every picture,
-    e.g. "the means reach 3e+31 (limit 10,000): the model has diverged". A picture that needs no labels
-    (`labelled=False`) takes inputs that all share one."""
+    e.g. "the means reach 3e+31 (limit 10,000): the model has diverged". Inputs that all share one label
+    (unlabelled images) are drawn in one colour."""
     if latents is None:
         return "no validation latents were collected (model.latent_points=0, or no validation batches)"
     if len(latents) < min_points:
@@ -64,8 +63,6 @@ def unusable(latents: Optional[Latents], min_points: int, finite: tuple[str, ...
     for name in finite:
         if getattr(latents, name) is not None and not bool(torch.isfinite(getattr(latents, name)).all()):
             return f"latents.{name} holds NaN or infinite values"
-    if labelled and len(latents.label.unique()) < 2:
-        return f"every input has label {int(latents.label[0])}; a picture coloured by label needs two or more"
     return None
 
 

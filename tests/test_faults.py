@@ -48,6 +48,13 @@ MESSAGES = {
     "named run started": "has no checkpoint yet; starting it from the beginning",
     "mid-epoch batches": "the rest of that epoch needs the batches it started with",
     "bad value": "for the accepted options.",
+    # tests/test_images.py
+    "bad image file": "cannot be read as an image",
+    "empty folder": "is empty",
+    "conv size": "ConvEncoder takes images whose height and width are divisible by 4",
+    # tests/test_framework.py
+    "class path": "cannot be imported: is its module on PYTHONPATH?",
+    "network shape": "lvae needs (mu, logvar), each",
 }
 
 

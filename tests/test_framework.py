@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, cli_env, run_dirs, run_lvae
+from test_faults import MESSAGES
 from wandb_run import read_run
 
 from lvae import VAE, CheckpointError
@@ -116,9 +117,9 @@ def test_load_from_checkpoint_takes_your_classes_only_when_you_pass_them(own_net
 
 
 @pytest.mark.parametrize(("encoder", "said"), [
-    ("nowhere.Encoder", ["nowhere.Encoder", "PYTHONPATH"]),
+    ("nowhere.Encoder", ["nowhere.Encoder", MESSAGES["class path"]]),
     ("my_networks.WrongEncoder", ["model.encoder (my_networks.WrongEncoder) maps images (2, 1, 28, 28) to (2, 3), "
-                                  "(2, 1); lvae needs (mu, logvar), each (2, 3)"]),
+                                  "(2, 1); lvae needs (mu, logvar), each (2, 3)", MESSAGES["network shape"]]),
 ])
 def test_a_network_that_cannot_be_used_is_refused_before_any_work(own_networks: Path, mnist_root: Path,
                                                                   tmp_path: Path, encoder: str, said: list[str]):

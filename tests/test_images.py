@@ -7,24 +7,27 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_dirs, run_lvae
+from test_faults import MESSAGES
 from PIL import Image
 
 from lvae import VAE
 from lvae.tsne import knn_label_agreement
 
-PICTURES = {"scatter", "tsne", "prior_samples", "uncertainty"}
+PICTURES = {"scatter", "tsne", "prior_samples", "uncertainty", "traversals", "interpolations", "reconstructions"}
 
 
-def write_folder(root: Path, size: int, mode: str, per_class: int = 80) -> Path:
-    """Three classes of generated pictures a VAE can tell apart: a bright square in a class-specific corner."""
+def write_folder(root: Path, size: int, mode: str, per_class: int = 80, labelled: bool = True) -> Path:
+    """Three classes of generated pictures a VAE can tell apart: a bright square in a class-specific corner. Not
+    `labelled`: the same pictures directly in `root`, one unlabelled set."""
     rng = np.random.default_rng(size)
     for label, name in enumerate(("circle", "square", "star")):
-        (root / name).mkdir(parents=True)
+        folder = root / name if labelled else root
+        folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             pixels = rng.integers(0, 60, size=(size, size, 3))
             corner = slice(label * size // 3, label * size // 3 + size // 3)
             pixels[corner, corner] = rng.integers(160, 256, size=3)  # a coloured patch
-            Image.fromarray(pixels.astype(np.uint8)).convert(mode).save(root / name / f"{i:03d}.png")
+            Image.fromarray(pixels.astype(np.uint8)).convert(mode).save(folder / f"{name}{i:03d}.png")
     return root
 
 
@@ -40,15 +43,17 @@ def pictures_of(run: Path) -> dict[str, list[str]]:
     return {folder.name: sorted(p.name for p in folder.glob("epoch_*.png")) for folder in (run / "latents").iterdir()}
 
 
-@pytest.mark.parametrize(("size", "mode", "extra"), [
-    (16, "L", ()),
-    (32, "RGB", ("--model.likelihood", "gaussian")),
-    (32, "RGB", ("--model.likelihood", "gaussian", "--trainer.devices", "2", "--trainer.strategy", "ddp")),
-], ids=["16px-grey", "32px-colour", "32px-colour-2-processes"])
-def test_an_image_folder_trains_and_draws_every_picture(tmp_path: Path, size: int, mode: str, extra: tuple) -> None:
-    root = write_folder(tmp_path / "pictures", size, mode)
+@pytest.mark.parametrize(("size", "mode", "labelled", "extra"), [
+    (16, "L", False, ()),
+    (32, "RGB", True, ("--model.likelihood", "gaussian")),
+    (32, "RGB", True, ("--model.likelihood", "gaussian", "--trainer.devices", "2", "--trainer.strategy", "ddp")),
+], ids=["16px-grey-unlabelled", "32px-colour", "32px-colour-2-processes"])
+def test_an_image_folder_trains_and_draws_every_picture(tmp_path: Path, size: int, mode: str, labelled: bool,
+                                                        extra: tuple) -> None:
+    root = write_folder(tmp_path / "pictures", size, mode, labelled=labelled)
     channels = 1 if mode == "L" else 3
-    run_lvae(folder_fit(root, size, channels, *extra), tmp_path, timeout=300)
+    proc = run_lvae(folder_fit(root, size, channels, *extra), tmp_path, timeout=300)
+    assert ("unlabelled, train 120, val 120" in proc.stderr + proc.stdout) is not labelled
     (run,) = run_dirs(tmp_path / "runs")
     drawn = pictures_of(run)
     assert drawn.keys() >= PICTURES
@@ -59,24 +64,21 @@ def test_an_image_folder_trains_and_draws_every_picture(tmp_path: Path, size: in
         assert png.mode in ("RGB", "RGBA")
 
 
-@pytest.mark.parametrize(("case", "said"), [
-    ("bad file", "cannot be read"),
-    ("empty folder", "is empty"),
-    ("conv size", "ConvEncoder takes images whose height and width are divisible by 4"),
-])
-def test_bad_pictures_and_sizes_are_one_message_before_training(tmp_path: Path, case: str, said: str) -> None:
+@pytest.mark.parametrize("case", ["bad image file", "empty folder", "conv size"])
+def test_bad_pictures_and_sizes_are_one_message_before_training(tmp_path: Path, case: str) -> None:
+    said = MESSAGES[case]  # as the README's table quotes it
     root = tmp_path / "pictures"
     size = 18 if case == "conv size" else 16
     if case == "empty folder":
         root.mkdir()
     else:
         write_folder(root, 16, "L", per_class=4)
-        if case == "bad file":
+        if case == "bad image file":
             (root / "star" / "broken.png").write_bytes(b"\x89PNG not really")
     proc = run_lvae(folder_fit(root, size, 1, "--data.val_fraction", "0.25"), tmp_path, check=False, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert said in proc.stderr, proc.stderr[-3000:]
-    if case == "bad file":
+    if case == "bad image file":
         assert str(root / "star" / "broken.png") in proc.stderr
     assert not (tmp_path / "runs").exists()
 

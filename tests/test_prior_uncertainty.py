@@ -192,15 +192,17 @@ def test_the_picture_and_its_caption_name_each_grids_labels(tmp_path):
     assert "The 3 highest negative ELBO of 12: labels 0 1 0; -ELBO 11 10 9." in caption
 
 
-@pytest.mark.parametrize("labels, nan_mu, reason", [
-    ([3] * 12, False, "every input has label 3"),
-    ([0] * 6 + [1] * 6, True, r"latents.mu holds NaN"),
-])
-def test_unusable_latents_skip_the_pictures_with_a_warning(labels, nan_mu, reason):
-    latents = handmade_latents(labels)
-    if nan_mu:
-        latents.mu[4, 0] = float("nan")
-    with pytest.warns(UserWarning, match=reason):
+def test_unlabelled_inputs_get_an_uncertainty_picture_without_the_label_numbers():
+    callback = LatentUncertainty(k_neighbours=3)
+    values = callback.measure(handmade_latents([0] * 12))  # an image folder without class folders: every label 0
+    assert "uncertainty/mean" in values and "uncertainty/spearman_ink" in values
+    assert not [key for key in values if "disagreement" in key or "class_" in key]  # drawn: test_images
+
+
+def test_unusable_latents_skip_the_pictures_with_a_warning():
+    latents = handmade_latents([0] * 6 + [1] * 6)
+    latents.mu[4, 0] = float("nan")
+    with pytest.warns(UserWarning, match=r"latents.mu holds NaN"):
         assert LatentUncertainty(k_neighbours=3).prepare(None, None, latents, epoch=0) is None
     with pytest.warns(UserWarning, match="too few"):
         assert LatentUncertainty(k_neighbours=12).prepare(None, None, latents, epoch=0) is None

@@ -35,7 +35,10 @@ def class_colour(label: "int | np.ndarray") -> np.ndarray:
 
 
 def label_handles(labels: np.ndarray, names: Optional[Sequence[str]] = None) -> list[Line2D]:
-    """Legend entries, one per label present, in the label's colour and named by `names` where given."""
+    """Legend entries, one per label present, in the label's colour and named by `names` where given; none for
+    unlabelled inputs (one label and no names: an image folder without class folders)."""
+    if names is None and len(np.unique(labels)) < 2:
+        return []
     return [Line2D([], [], marker="o", linestyle="", color=class_colour(c),
                    label=str(names[int(c)]) if names is not None and int(c) < len(names) else str(int(c)))
             for c in np.unique(labels)]

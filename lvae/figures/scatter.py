@@ -62,10 +62,12 @@ def figure(figsize: tuple[float, float], axes_rect: tuple[float, float, float, f
                               clear_of_anchors=True, crowd=to_pixels(points, limits, box))
         add_thumbnails(fig, ax, thumb_points[inside], centres, images, THUMBNAIL_PX,
                        class_colour(thumb_labels[inside]), limits, box, alpha=0.85, frame=2)
-    legend = ax.legend(handles=label_handles(labels, names), title="label", loc="upper left",
-                       bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8 if small else None)
+    handles = label_handles(labels, names)
+    legend = ax.legend(handles=handles, title="label", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                       frameon=False, fontsize=8 if small else None) if handles else None
     if key:
-        ax.add_artist(legend)  # a second legend replaces the first unless the first is kept as an artist
+        if legend is not None:
+            ax.add_artist(legend)  # a second legend replaces the first unless the first is kept as an artist
         handles = [Line2D([], [], marker="o", linestyle="", color="0.3", markeredgewidth=0,
                           markersize=np.sqrt(size), alpha=shade, label=text) for text, size, shade in key]
         ax.legend(handles=handles, title=key_title, loc="lower left", bbox_to_anchor=(1.01, 0.0), frameon=False,

@@ -34,9 +34,11 @@ def map_and_draw(mu: np.ndarray, index: np.ndarray, labels: np.ndarray, names: O
         rotation, shift = align(points, start)
         points, prior = points @ rotation + shift, prior @ rotation + shift
         scalars["tsne/displacement"] = displacement(points, start)
-    scalars["tsne/knn_agreement"] = knn_label_agreement(points, labels, k=min(steps.knn_k, len(points) - 1))
-    fig, caption = figure(steps, points, labels, names, prior, prior_images, scalars["tsne/knn_agreement"],
-                          init_epoch, epoch)
+    agreement = None  # unlabelled inputs: every neighbour would agree
+    if len(np.unique(labels)) > 1:
+        agreement = scalars["tsne/knn_agreement"] = knn_label_agreement(points, labels,
+                                                                        k=min(steps.knn_k, len(points) - 1))
+    fig, caption = figure(steps, points, labels, names, prior, prior_images, agreement, init_epoch, epoch)
     save_figure(fig, path)
     save_map(map_path(path), points, index, epoch, init_epoch)
     return Drawn(pictures=[("tsne", path, caption)], scalars=scalars,
@@ -57,7 +59,7 @@ def save_map(path: Path, points: np.ndarray, index: np.ndarray, epoch: int, init
 
 
 def figure(steps: TSNESteps, points: np.ndarray, labels: np.ndarray, names: Optional[Sequence[str]],
-           prior: np.ndarray, prior_images: np.ndarray, agreement: float, init_epoch: Optional[int],
+           prior: np.ndarray, prior_images: np.ndarray, agreement: Optional[float], init_epoch: Optional[int],
            epoch: int) -> tuple[Figure, str]:
     """The map: points (N, 2) coloured by labels (N,), the prior draws (P, 2) as crosses, and as many of their
     decoded images (P, H, W[, 3]) uint8 as fit on or beside their crosses without covering one another."""
@@ -87,13 +89,15 @@ def figure(steps: TSNESteps, points: np.ndarray, labels: np.ndarray, names: Opti
         handles.append(Line2D([], [], marker="x", linestyle="", color="black", markersize=7,
                               label="prior z,\ndecoded"))
     small = names is not None and max(len(str(n)) for n in names) > 6  # long class names: a smaller legend
-    ax.legend(handles=handles, title="label", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
-              fontsize=8 if small else None)
+    if handles:
+        ax.legend(handles=handles, title="label" if len(handles) > 1 else None, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8 if small else None)
     ax.set_xticks([])
     ax.set_yticks([])
     init = "PCA" if init_epoch is None else f"the map of epoch {init_epoch}, aligned"
     title = f"t-SNE of {len(points)} latent means, epoch {epoch} (perplexity {steps.perplexity:g})"
-    detail = f"started from {init}; {steps.knn_k}-NN label agreement {agreement:.3f}; none outside"
+    agrees = "one label" if agreement is None else f"{steps.knn_k}-NN label agreement {agreement:.3f}"
+    detail = f"started from {init}; {agrees}; none outside"
     if len(prior):
         detail += f"\nx: {len(prior)} prior draws z ~ N(0, I) placed in the map, {shown} shown decoded"
     ax.set_title(f"{title}\n{detail}", fontsize=10, y=1.0)  # pinned: placing it would measure every tick label
