@@ -4,13 +4,12 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
 from lvae.fixed_inputs import FixedInputs, label_texts, pixels
-from lvae.latents import Latents, decode_images, label_names, unusable
+from lvae.latents import Latents, decode_images, label_names
 from lvae.picture_callback import PictureCallback
 
 
@@ -59,9 +58,7 @@ class LatentInterpolation(PictureCallback):
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
                 epoch: int) -> Optional[Job]:
-        reason = unusable(latents, min_points=2, labelled=False)
-        if reason is not None:
-            rank_zero_warn(f"LatentInterpolation: no interpolations for epoch {epoch}: {reason}")
+        if not self.usable(latents, epoch, "interpolations", min_points=2):
             return None
         rows = self.inputs.rows(latents)
         chosen = latents.select(rows[:len(rows) // 2 * 2])

@@ -12,7 +12,7 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, as_pictures, label_names, unusable
+from lvae.latents import Latents, as_pictures, label_names
 from lvae.metrics import uncertainty as posterior_uncertainty
 from lvae.picture_callback import PictureCallback
 
@@ -221,9 +221,7 @@ class LatentScatter(PictureCallback):
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
                 epoch: int) -> Optional[Job]:
-        reason = unusable(latents, min_points=2)
-        if reason is not None:
-            rank_zero_warn(f"LatentScatter: no scatter for epoch {epoch}: {reason}")
+        if not self.usable(latents, epoch, "scatter", min_points=2):
             return None
         self._last = latents
         if trainer.state.fn != "fit" and self.sink.has_tables():

@@ -4,13 +4,12 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
 from lvae.fixed_inputs import FixedInputs, label_texts, pixels
-from lvae.latents import Latents, decode_images, label_names, unusable
+from lvae.latents import Latents, decode_images, label_names
 from lvae.metrics import active_dims, kl_per_dim
 from lvae.picture_callback import PictureCallback
 
@@ -70,9 +69,7 @@ class LatentTraversal(PictureCallback):
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
                 epoch: int) -> Optional[Job]:
-        reason = unusable(latents, min_points=2, labelled=False)
-        if reason is not None:
-            rank_zero_warn(f"LatentTraversal: no traversals for epoch {epoch}: {reason}")
+        if not self.usable(latents, epoch, "traversals", min_points=2):
             return None
         kl = kl_per_dim(latents.mu, latents.logvar)  # (Z,)
         self.sink.log_scalars({f"traversals/kl_{d}": float(v) for d, v in enumerate(kl)}, epoch)

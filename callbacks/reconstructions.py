@@ -5,14 +5,13 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
 from lvae.fixed_inputs import FixedInputs, label_texts, pixels
-from lvae.latents import Latents, decode_images, label_names, unusable
+from lvae.latents import Latents, decode_images, label_names
 from lvae.picture_callback import PictureCallback
 
 
@@ -74,9 +73,7 @@ class Reconstructions(PictureCallback):
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
                 epoch: int) -> Optional[Job]:
-        reason = unusable(latents, min_points=1, finite=("mu", "recon"), labelled=False)
-        if reason is not None:
-            rank_zero_warn(f"Reconstructions: no reconstructions for epoch {epoch}: {reason}")
+        if not self.usable(latents, epoch, "reconstructions", min_points=1, finite=("mu", "recon")):
             return None
         rows = self.inputs.rows(latents)
         # Labels come in turns (FixedInputs): shown one turn after the other, each in label order.

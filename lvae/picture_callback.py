@@ -16,7 +16,7 @@ from typing_extensions import override
 from lvae.checkpoints import RunCheckpoint
 from lvae.drawing import DrawingProcess, Drawn, Job, run_job
 from lvae.errors import ConfigError
-from lvae.latents import FollowedInputs, Latents
+from lvae.latents import FollowedInputs, Latents, unusable
 from lvae.sink import PictureSink
 
 # How long an interrupted run (Ctrl-C, or SIGTERM from a scheduler whose grace period is tens of seconds) waits for
@@ -141,6 +141,16 @@ class PictureCallback(Callback):
                 epoch: int) -> Optional[Callable[[], Drawn]]:
         """Do the model work for `epoch` and return the job that draws (None: nothing to draw)."""
         raise NotImplementedError
+
+    def usable(self, latents: Optional[Latents], epoch: int, what: str, min_points: int,
+               finite: tuple[str, ...] = ("mu",)) -> bool:
+        """Whether `latents` can make this epoch's picture; when not, one warning in lvae's words says why
+        (`lvae.latents.unusable`), e.g. "LatentTraversal: no traversals for epoch 3: ...", and the picture is
+        skipped."""
+        reason = unusable(latents, min_points, finite)
+        if reason is not None:
+            rank_zero_warn(f"{type(self).__name__}: no {what} for epoch {epoch}: {reason}")
+        return reason is None
 
     def apply(self, state: Any) -> None:
         """Take the state a finished job returned (e.g. a t-SNE map to start the next one from)."""
