@@ -56,3 +56,27 @@ def test_predict_exports_a_foreign_modules_latents_in_order(runs: dict[int, Path
     assert exported["index"].tolist() == list(range(45))  # complete and ordered, also from 2 uneven shares
     direct = torch.load(runs[devices] / "direct_mu.pt").numpy()
     np.testing.assert_allclose(exported["mu"], direct, rtol=1e-5, atol=1e-5)
+
+
+def test_the_readmes_example_vae_gets_every_picture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's complete Python example, as a user copies it, on toy digits instead of downloaded MNIST."""
+    import importlib
+
+    import lightning as L
+    from foreign_vae import loader, toy_digits
+    from lightning.pytorch.loggers import CSVLogger
+
+    readme = (REPO / "README.md").read_text()
+    example = readme.split("lvae's pictures on any VAE", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "readme_example.py").write_text(example)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("readme_example")  # not __main__: the MNIST download is not run
+    from lvae import callbacks
+
+    pictures = [getattr(callbacks, name)() for name in module.__dict__ if name in callbacks.__all__]
+    assert len(pictures) == 7  # the example imports every picture callback
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path, name="", version=""),
+                        callbacks=pictures, enable_progress_bar=False, enable_checkpointing=False)
+    trainer.fit(module.ClassicVAE(latent_dim=4), loader(*toy_digits(256, seed=0)), loader(*toy_digits(120, seed=1)))
+    drawn = {p.parent.name for p in (tmp_path / "latents").glob("*/epoch_001.png")}
+    assert drawn == set(PICTURES)

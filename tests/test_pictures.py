@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import REPO, cli_env, run_dirs, small_fit_args
 from lightning.pytorch.loggers import CSVLogger
+from PIL import Image
 from wandb_run import read_run
 
 from lvae import VAE, MNISTDataModule
@@ -135,7 +136,9 @@ def test_tensorboard_users_get_the_pictures_as_images(mnist_root: Path, tmp_path
     events.Reload()
     images = events.Images("latents/prior_samples")
     assert [image.step for image in images] == [0, 1]  # one per epoch, on the epoch axis
-    assert (images[0].width, images[0].height) == (400, 440)  # PriorSamples' 4.0 x 4.4 in figure at 100 dpi
+    (png,) = tmp_path.glob("**/prior_samples/epoch_000.png")
+    with Image.open(png) as picture:
+        assert (images[0].width, images[0].height) == picture.size  # the PNG on disk, as it is
     assert (tmp_path / "latents" / "prior_samples" / "epoch_001.png").is_file()  # and the PNG beside it
 
 

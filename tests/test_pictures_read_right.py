@@ -4,7 +4,6 @@ posterior ellipses are the posteriors, legends carry the dataset's class names, 
 
 import csv
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
