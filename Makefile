@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/lvae fit --config configs/mnist.yaml $(ARGS)
 
+# Two workers, one test module each at a time (module-scoped fits are made once): most tests wait on one lvae
+# process, so a second worker uses the second core.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py $(ARGS)
