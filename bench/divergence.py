@@ -34,7 +34,8 @@ from lvae.model import VAE  # noqa: E402
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist-t10k"
 SETTINGS = ("", "beta=0", "beta=100", "beta=1000", "latent_dim=2", "latent_dim=2,beta=0", "latent_dim=64",
             "latent_dim=64,beta=0", "latent_dim=64,beta=1000", "architecture=conv", "architecture=conv,beta=0",
-            "architecture=conv,latent_dim=64,beta=100", "lr=100")
+            "architecture=conv,latent_dim=64,beta=100", "likelihood=gaussian", "likelihood=gaussian,beta=0",
+            "likelihood=gaussian,architecture=conv", "lr=100")
 
 
 class Extremes(VAE):
@@ -74,7 +75,8 @@ class Extremes(VAE):
 
 def parse(setting: str) -> dict:
     pairs = [item.split("=") for item in setting.split(",") if item]
-    return {k: (v if k == "architecture" else int(v) if k == "latent_dim" else float(v)) for k, v in pairs}
+    return {k: (v if k in ("architecture", "likelihood") else int(v) if k == "latent_dim" else float(v))
+            for k, v in pairs}
 
 
 def main() -> None:
