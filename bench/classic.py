@@ -25,7 +25,7 @@ from torchvision.datasets import FashionMNIST
 from torchvision.transforms import ToTensor
 
 from common import BATCH_SIZE, DATA_DIR, SEED, ensure_data, header, sync, test_images, test_loss, train_indices
-from lvae.model import MLPDecoder, MLPEncoder
+from lvae.networks import MLPDecoder, MLPEncoder
 
 LOG_INTERVAL = 10  # the example prints the running loss every 10 batches
 
@@ -33,7 +33,8 @@ LOG_INTERVAL = 10  # the example prints the running loss every 10 batches
 def build_model(device: torch.device) -> tuple[nn.Module, nn.Module, torch.optim.Optimizer]:
     """lvae's MLP pair, built in the order `VAE.__init__` builds it, so the same seed gives the same weights."""
     torch.manual_seed(SEED)
-    encoder, decoder = MLPEncoder(latent_dim=20, hidden_dim=400), MLPDecoder(latent_dim=20, hidden_dim=400)
+    encoder = MLPEncoder(latent_dim=20, image_shape=(1, 28, 28), hidden_dim=400)
+    decoder = MLPDecoder(latent_dim=20, image_shape=(1, 28, 28), hidden_dim=400)
     encoder, decoder = encoder.to(device), decoder.to(device)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
     return encoder, decoder, optimizer
@@ -43,7 +44,7 @@ def loss_function(encoder: nn.Module, decoder: nn.Module, x: Tensor) -> Tensor:
     """Negative ELBO per image in nats, averaged over the batch; the same operations as lvae's training loss."""
     mu, logvar = encoder(x)  # (B, Z) each
     z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)  # reparameterised draw, (B, Z)
-    recon = F.binary_cross_entropy_with_logits(decoder(z), x.flatten(1), reduction="none").sum(1)  # (B,)
+    recon = F.binary_cross_entropy_with_logits(decoder(z).flatten(1), x.flatten(1), reduction="none").sum(1)  # (B,)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # (B,)
     return (recon + kl).mean()
 

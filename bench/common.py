@@ -96,7 +96,7 @@ def test_loss(encoder: nn.Module, decoder: nn.Module, images: Tensor, batch_size
         x = chunk.to(device).unsqueeze(1).float().div_(255)  # (B, 1, 28, 28) in [0, 1]
         mu, logvar = encoder(x)  # (B, Z) each
         z = mu + torch.randn(mu.shape, generator=generator, device=device) * torch.exp(0.5 * logvar)
-        recon = F.binary_cross_entropy_with_logits(decoder(z), x.flatten(1), reduction="none").sum(1)  # (B,)
+        recon = F.binary_cross_entropy_with_logits(decoder(z).flatten(1), x.flatten(1), reduction="none").sum(1)  # (B,)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # (B,)
         total += (recon + kl).sum(dtype=torch.float64)
     return total.item() / len(images)
