@@ -1,6 +1,6 @@
 """The straight line between two inputs' means, decoded: what the latent space holds between them."""
 
-from typing import Any, Optional
+from typing import Optional
 
 import lightning as L
 import torch
@@ -8,12 +8,11 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.fixed_inputs import FixedInputs, label_texts, pixels
+from lvae.fixed_inputs import FixedInputs, FixedInputsPicture, label_texts, pixels
 from lvae.latents import Latents, decode_images, label_names
-from lvae.picture_callback import PictureCallback
 
 
-class LatentInterpolation(PictureCallback):
+class LatentInterpolation(FixedInputsPicture):
     """Interpolations: fixed pairs of validation inputs with different labels (where there are labels), each pair's
     means joined by a straight line, (1 - t) mu_a + t mu_b for `steps` values of t from 0 to 1, decoded, with the two
     inputs at the ends. The ends, t = 0 and t = 1, are the inputs' reconstructions from their means.
@@ -46,14 +45,6 @@ class LatentInterpolation(PictureCallback):
         self.steps = steps
         self.seed = seed
         self.inputs = FixedInputs("LatentInterpolation", 2 * n_pairs, seed)  # pairs are consecutive inputs
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"inputs": self.inputs.state_dict()}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.inputs.load_state_dict(state_dict["inputs"])
 
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],

@@ -1,6 +1,6 @@
 """What each latent dimension does: one dimension of a fixed input's mean moved across N(0, 1), decoded."""
 
-from typing import Any, Optional
+from typing import Optional
 
 import lightning as L
 import torch
@@ -8,13 +8,12 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.fixed_inputs import FixedInputs, label_texts, pixels
+from lvae.fixed_inputs import FixedInputs, FixedInputsPicture, label_texts, pixels
 from lvae.latents import Latents, decode_images, label_names
 from lvae.metrics import active_dims, kl_per_dim
-from lvae.picture_callback import PictureCallback
 
 
-class LatentTraversal(PictureCallback):
+class LatentTraversal(FixedInputsPicture):
     """Latent traversals: for a few fixed validation inputs, each latent dimension of the input's mean is set to
     `steps` values from -span to +span, the other dimensions held, and decoded. One row per dimension, ordered by
     its KL(q(z_d|x) || N(0, 1)) averaged over the epoch's validation latents (`lvae.metrics.kl_per_dim`), most
@@ -57,14 +56,6 @@ class LatentTraversal(PictureCallback):
         self.max_dims = max_dims
         self.seed = seed
         self.inputs = FixedInputs("LatentTraversal", n_inputs, seed)
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {"inputs": self.inputs.state_dict()}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.inputs.load_state_dict(state_dict["inputs"])
 
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],

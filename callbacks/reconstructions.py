@@ -10,12 +10,11 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.fixed_inputs import FixedInputs, label_texts, pixels
+from lvae.fixed_inputs import FixedInputs, FixedInputsPicture, label_texts, pixels
 from lvae.latents import Latents, decode_images, label_names
-from lvae.picture_callback import PictureCallback
 
 
-class Reconstructions(PictureCallback):
+class Reconstructions(FixedInputsPicture):
     """The same validation inputs every epoch, each beside its reconstruction from the mean of q(z|x) and from one
     posterior draw z = mu + sigma * eps, with its reconstruction NLL -log p(x|z) in nats.
 
@@ -53,11 +52,11 @@ class Reconstructions(PictureCallback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"inputs": self.inputs.state_dict(), "eps": self.eps}
+        return {**super().state_dict(), "eps": self.eps}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.inputs.load_state_dict(state_dict["inputs"])
+        super().load_state_dict(state_dict)
         self.eps = state_dict["eps"]
 
     def _noise(self, pl_module: "L.LightningModule", chosen: Latents) -> Tensor:

@@ -9,6 +9,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lvae.latents import Latents, as_pictures
+from lvae.picture_callback import PictureCallback
 
 
 def pixels(images: Tensor) -> np.ndarray:
@@ -75,3 +76,17 @@ class FixedInputs:
                            f"this run asks for {self.n} with seed {self.seed}; new inputs are chosen")
             return
         self.index = state["index"]
+
+
+class FixedInputsPicture(PictureCallback):
+    """A picture of the same validation inputs every epoch (`self.inputs`, a `FixedInputs`), which a resumed run
+    continues: the choice is the callback's checkpoint state."""
+
+    inputs: FixedInputs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.inputs.load_state_dict(state_dict["inputs"])
+
