@@ -23,7 +23,7 @@ from typing import Any, NoReturn, Optional
 
 import lightning as L
 import yaml
-from jsonargparse import DefaultHelpFormatter, Namespace
+from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -143,6 +143,23 @@ class LVAEArgumentParser(LightningArgumentParser):
             lines = [*lines[:ERROR_LINES - 1], "  ..."]
         sys.stderr.write(f"{prog}: error: " + "\n".join(lines) + f"\nSee '{prog} --help' for the accepted options.\n")
         self.exit(2)
+
+
+    @override
+    def format_help(self) -> str:
+        """A subcommand's help, followed by the arguments of the default model and data module: in subclass mode
+        jsonargparse would list only `--model` and `--data` themselves, not `--model.latent_dim` and the rest."""
+        text = super().format_help()
+        if not {"model", "data"} <= {action.dest for action in self._actions}:
+            return text
+        for key, class_path in DEFAULT_CLASSES.items():
+            own = ArgumentParser(formatter_class=LVAEHelpFormatter, prog=self.prog)
+            own.add_class_arguments(import_class(class_path), key, fail_untyped=False)
+            # Its arguments as jsonargparse lists them, after its usage and its "--model CONFIG" line.
+            _, _, arguments = own.format_help().partition(f"  --{key} CONFIG")
+            text += (f"\nArguments of the default {key}, {class_path} (another class: --{key} CLASS_PATH, and "
+                     f"--{key}.help CLASS_PATH for its arguments):\n" + arguments.partition("\n")[2])
+        return text
 
 
 class RunConfig(SaveConfigCallback):

@@ -184,6 +184,15 @@ def test_help_describes_lvae(tmp_path: Path) -> None:
     assert "Runs the full optimization routine" not in proc.stdout  # (argparse's private _choices_actions)
 
 
+def test_fit_help_lists_the_default_models_and_data_modules_arguments(tmp_path: Path) -> None:
+    proc = run_lvae(["fit", "--help"], tmp_path)
+    model = proc.stdout.split("Arguments of the default model, lvae.VAE", 1)[1]
+    assert "--model.latent_dim LATENT_DIM" in model and "default: 20" in model and "--model.likelihood" in model
+    data = model.split("Arguments of the default data, lvae.MNISTDataModule", 1)[1]
+    assert "--data.batch_size BATCH_SIZE" in data and "--data.dataset" in data
+    assert "--model.help CLASS_PATH" in proc.stdout  # how to see another class's arguments
+
+
 def test_print_config_shows_what_the_run_uses_and_writes_nothing(data: Path, tmp_path: Path) -> None:
     proc = fit(data, tmp_path, "--run_id", "shown", "--print_config")
     config = yaml.safe_load(proc.stdout)
