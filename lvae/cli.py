@@ -338,7 +338,16 @@ class LVAECLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if isinstance(args, (dict, Namespace)):
             super().parse_arguments(parser, args)
-            return
+        else:
+            self._parse_command_line(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        # Completed once, before the checkpoint is compared with it and before the classes are built.
+        for key in ("model", "data"):
+            plain_numbers(config[key])
+        self._take_image_shape_from_data(config)
+
+    def _parse_command_line(self, parser: LightningArgumentParser, args: Any) -> None:
         # Answered once lvae has filled in the run's id, folders and W&B mode: jsonargparse's own --print_config
         # prints before that, with placeholders (save_dir: ., dirpath: null) the run never uses.
         given = list(sys.argv[1:] if args is None else args)
@@ -373,10 +382,7 @@ class LVAECLI(LightningCLI):
         the keys that define it (RUN_KEYS)."""
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
-        if config is None:
-            return
-        self._take_image_shape_from_data(config)  # before the checkpoint is compared with the config
-        if not config.get("ckpt_path"):
+        if config is None or not config.get("ckpt_path"):
             return
         root = Path(config.trainer.default_root_dir or "runs")
         run_id = config.run_id or os.environ.get(RUN_ID_ENV)
@@ -417,9 +423,6 @@ class LVAECLI(LightningCLI):
         config = self.config[self.subcommand]
         if self.subcommand == "fit" and config.trainer.max_epochs == 0:
             raise ConfigError("trainer.max_epochs=0 trains nothing; give at least 1 (or -1 for no limit)")
-        for key in ("model", "data"):
-            plain_numbers(config[key])
-        self._take_image_shape_from_data(config)
         if config.trainer.logger in (None, True):
             default = self._parser(self.subcommand).parse_object({"trainer": {"logger": DEFAULT_LOGGER}})
             config.trainer.logger = default.trainer.logger
