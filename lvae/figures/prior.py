@@ -3,6 +3,7 @@
 from typing import Optional
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from lvae.drawing import Drawn
@@ -71,14 +72,10 @@ def manifold_figure(manifold: np.ndarray, steps: int, extent: Limits, mu: Option
     ax = fig.add_axes(AXES)
     ax.imshow(manifold, cmap="gray" if manifold.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest",
               extent=grid_edges(extent, steps), aspect="auto")  # row 0, the top, holds the largest z_1
-    ax.tick_params(labelsize=8)
-    ax.set_xlabel("z_0")
-    ax.set_ylabel("z_1")
     off = "" if mu is None else f"; {int(outside(mu, extent).sum())} of {len(mu)} validation means outside"
-    title = (f"Decoded z on a {steps}x{steps} grid over the means and N(0, I) to 2 sd, epoch {epoch}\n"
-             f"z_0 {extent[0]:.2f} to {extent[1]:.2f}, z_1 {extent[2]:.2f} to {extent[3]:.2f}{off}")
-    ax.set_title(title, fontsize=10, y=1.0)  # pinned: placing it would measure every tick label
-    return fig, title.replace("\n", "; ")
+    return fig, label_z_axes(ax, f"Decoded z on a {steps}x{steps} grid over the means and N(0, I) to 2 sd, epoch "
+                             f"{epoch}\nz_0 {extent[0]:.2f} to {extent[1]:.2f}, z_1 {extent[2]:.2f} to "
+                             f"{extent[3]:.2f}{off}")
 
 
 def positions_figure(z: np.ndarray, samples: np.ndarray, mu: Optional[np.ndarray], limits: Limits,
@@ -99,11 +96,15 @@ def positions_figure(z: np.ndarray, samples: np.ndarray, mu: Optional[np.ndarray
     shown = add_thumbnails(fig, ax, z, centres, samples, SAMPLE_PX, red, limits, box, alpha=0.9, frame=1)
     ax.set_xlim(limits[0], limits[1])
     ax.set_ylim(limits[2], limits[3])
+    off = "" if mu is None else f", {int(outside(mu, limits).sum())} of {len(mu)} means outside"
+    return fig, label_z_axes(ax, f"The {len(z)} prior draws at their positions, epoch {epoch}\n{shown} shown "
+                             f"decoded, on or beside their cross{off}")
+
+
+def label_z_axes(ax: Axes, title: str) -> str:
+    """Name the axes z_0 and z_1 (as the scatter does) and set the title; returns it as a one-line caption."""
     ax.tick_params(labelsize=8)
     ax.set_xlabel("z_0")
     ax.set_ylabel("z_1")
-    off = "" if mu is None else f", {int(outside(mu, limits).sum())} of {len(mu)} means outside"
-    title = (f"The {len(z)} prior draws at their positions, epoch {epoch}\n{shown} shown decoded, on or beside their "
-             f"cross{off}")
     ax.set_title(title, fontsize=10, y=1.0)  # pinned: placing it would measure every tick label
-    return fig, title.replace("\n", "; ")
+    return title.replace("\n", "; ")
