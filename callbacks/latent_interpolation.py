@@ -58,7 +58,7 @@ class LatentInterpolation(FixedInputsPicture):
         z = (1 - t) * a[:, None] + t * b[:, None]  # (P, S, Z); exactly mu_a at t=0 and mu_b at t=1
         pairs, shape = len(a), tuple(chosen.image.shape[1:])
         lines = pixels(decode_images(pl_module, z.reshape(-1, z.shape[-1]), shape))  # (P*S, H, W[, 3])
-        labels, index = label_texts(chosen.label, label_names(trainer)), chosen.index.tolist()
+        labels, index = label_texts(chosen.label, label_names(trainer), latents.labelled), chosen.index.tolist()
         return Job("lvae.figures.interpolation:draw", dict(
             path=str(self.sink.png_path("interpolations", epoch)), epoch=epoch,
             ends=pixels(chosen.image).reshape(pairs, 2, *lines.shape[1:]),

@@ -78,7 +78,8 @@ class LatentTraversal(FixedInputsPicture):
         pictures = pixels(decoded)  # (n + n*D*S, H, W[, 3])
         return Job("lvae.figures.traversal:draw", dict(
             path=str(self.sink.png_path("traversals", epoch)), epoch=epoch, inputs=pixels(chosen.image),
-            means=pictures[:n], labels=label_texts(chosen.label, label_names(trainer)), index=chosen.index.tolist(),
+            means=pictures[:n], labels=label_texts(chosen.label, label_names(trainer), latents.labelled),
+            index=chosen.index.tolist(),
             steps=pictures[n:].reshape(n, n_dims, self.steps, *pictures.shape[1:]), values=values.numpy(),
             dims=dims.tolist(), kl=kl.numpy(), positions=chosen.mu[:, dims].numpy(),
             inactive=sorted(order[~active[order]].tolist()), beyond=beyond.tolist()))

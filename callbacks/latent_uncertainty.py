@@ -63,7 +63,7 @@ class LatentUncertainty(PictureCallback):
         u = uncertainty(latents.logvar)  # (N,)
         values = {"uncertainty/mean": float(u.mean()),
                   "uncertainty/active_units": float(active_units(latents.mu))}
-        labelled = len(latents.label.unique()) > 1
+        labelled = latents.labelled
         if labelled:
             disagreement = neighbour_disagreement(latents.mu, latents.label, self.k_neighbours)  # (N,) in [0, 1]
             values["uncertainty/spearman_disagreement"] = spearman(u, disagreement)
@@ -121,7 +121,8 @@ class LatentUncertainty(PictureCallback):
                                   latents.image.shape[1])
             grids.append(dict(headline=headline, note=note, score=score, pixels=pixels,
                               cell=tuple(latents.image.shape[2:]),
-                              labels=latents.label[rows].tolist(), values=scores[rows].tolist()))
+                              labels=latents.label[rows].tolist() if latents.labelled else None,
+                              values=scores[rows].tolist()))
         counts, edges = np.histogram(u.numpy(), bins=self.bins)
         return Job("lvae.figures.uncertainty:draw", dict(
             path=str(self.sink.png_path("uncertainty", epoch)), figsize=self.figsizes["uncertainty"], epoch=epoch,

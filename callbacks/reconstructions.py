@@ -94,6 +94,7 @@ class Reconstructions(FixedInputsPicture):
             note = "NLL: -log p(x|z) of the module's own validation draw, nats."
         return Job("lvae.figures.reconstructions:draw", dict(
             path=str(self.sink.png_path("reconstructions", epoch)), epoch=epoch, inputs=pixels(chosen.image),
-            means=decoded[:n], draws=decoded[n:], labels=label_texts(chosen.label, label_names(trainer)),
+            means=decoded[:n], draws=decoded[n:],
+            labels=label_texts(chosen.label, label_names(trainer), latents.labelled),
             index=chosen.index.tolist(), nll=None if chosen.recon is None else chosen.recon.tolist(), note=note,
             nrow=self.nrow))

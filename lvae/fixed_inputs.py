@@ -19,8 +19,11 @@ def pixels(images: Tensor) -> np.ndarray:
     return as_pictures(images)
 
 
-def label_texts(labels: Tensor, names: Optional[Sequence[str]]) -> list[str]:
-    """Each label as the picture writes it: its class name where the data names it, else its number."""
+def label_texts(labels: Tensor, names: Optional[Sequence[str]], labelled: bool = True) -> list[str]:
+    """Each label as the picture writes it: its class name where the data names it, else its number; "" for
+    unlabelled inputs (`Latents.labelled`)."""
+    if not labelled:
+        return [""] * len(labels)
     return [names[c] if names is not None and 0 <= c < len(names) else str(c) for c in labels.tolist()]
 
 

@@ -37,6 +37,12 @@ class Latents:
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the inputs carry labels worth drawing: an image folder without class folders gives every input
+        label 0, and its pictures draw no label."""
+        return len(self.label.unique()) > 1
+
     def select(self, rows: Tensor) -> "Latents":
         """The same statistics for a subset of rows."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}

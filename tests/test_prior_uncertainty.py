@@ -197,6 +197,13 @@ def test_unlabelled_inputs_get_an_uncertainty_picture_without_the_label_numbers(
     values = callback.measure(handmade_latents([0] * 12))  # an image folder without class folders: every label 0
     assert "uncertainty/mean" in values and "uncertainty/spearman_ink" in values
     assert not [key for key in values if "disagreement" in key or "class_" in key]  # drawn: test_images
+    from lvae.fixed_inputs import label_texts
+
+    unlabelled, labelled = handmade_latents([0] * 12), handmade_latents([0] * 6 + [1] * 6)
+    assert (unlabelled.labelled, labelled.labelled) == (False, True)
+    # the pictures of fixed inputs write no "0" under every unlabelled input
+    assert label_texts(unlabelled.label[:2], None, unlabelled.labelled) == ["", ""]
+    assert label_texts(labelled.label[5:7], ["zero", "one"], labelled.labelled) == ["zero", "one"]
 
 
 def test_unusable_latents_skip_the_pictures_with_a_warning():

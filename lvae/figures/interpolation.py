@@ -17,7 +17,7 @@ def draw(path: str, epoch: int, ends: np.ndarray, lines: np.ndarray, t: np.ndarr
     indices."""
     pairs, n_steps = lines.shape[:2]
     height, width = lines.shape[2:4]
-    row_labels = [f"{a} → {b}" for a, b in labels]
+    row_labels = [f"{a} → {b}" if a or b else "" for a, b in labels]  # "" for unlabelled inputs
     label_w = int(max([font(TEXT_PX, bold=True).getlength(t) for t in row_labels] + [40.0])) + 10
     fixed = 2 * MARGIN + label_w + 2 * END_GAP
     scale = cell_scale(height, width, n_steps + 2, fixed)

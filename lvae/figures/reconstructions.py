@@ -45,7 +45,7 @@ def draw(path: str, epoch: int, inputs: np.ndarray, means: np.ndarray, draws: np
         for k, what in enumerate(("input", "mean", "draw")):
             sheet.text((x + k * (cw + GAP) + cw / 2, y), shorten(what, face, cw), SMALL_PX, anchor="ma")
             sheet.image.paste(pictures[k * n + i], (x + k * (cw + GAP), y + header_h))
-        under = labels[i] if nll is None else f"{labels[i]} · NLL {nll[i]:.1f}"
+        under = " · ".join(text for text in (labels[i], None if nll is None else f"NLL {nll[i]:.1f}") if text)
         sheet.text((x + triple_w / 2, y + header_h + ch + 3), shorten(under, face, triple_w), SMALL_PX, anchor="ma")
 
     shown = ", ".join(f"{label} (index {i}" + ("" if nll is None else f", NLL {value:.1f}") + ")"

@@ -1,7 +1,7 @@
 """`LatentUncertainty`'s figure: the histogram of u(x), the KL per dimension and three labelled grids of inputs."""
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -22,7 +22,7 @@ class Grid(NamedTuple):
     score: str  # the score's name
     pixels: np.ndarray  # (H, W) or (H, W, 3) uint8, make_grid's rows of cells with 2 px of grey between
     cell: tuple[int, int]  # one input's height and width
-    labels: list[int]
+    labels: Optional[list[int]]  # None: unlabelled inputs, no label drawn
     values: list[float]
 
 
@@ -51,7 +51,8 @@ def draw(path: str, figsize: tuple[float, float], epoch: int, counts: np.ndarray
     _kl(fig.add_axes(KL), kl, active)
     _grids(fig, grids, nrow)
     notes = ". ".join(grid.note for grid in grids if grid.note)
-    captions = " ".join(f"{grid.headline}: labels {' '.join(map(str, grid.labels))}; "
+    captions = " ".join(f"{grid.headline}: "
+                        + (f"labels {' '.join(map(str, grid.labels))}; " if grid.labels is not None else "") +
                         f"{grid.score} {' '.join(f'{v:.3g}' for v in grid.values)}." for grid in grids)
     return Drawn(pictures=[("uncertainty", save_figure(fig, path), f"Epoch {epoch}: {summary}. {notes}. {captions}")])
 
@@ -96,7 +97,8 @@ def _grids(fig: Figure, grids: list[Grid], nrow: int) -> None:
     slot = column.height // len(grids)
     for k, grid in enumerate(grids):
         # 11 px: matplotlib's 8 pt at 100 dpi
-        draw.multiline_text((column.width / 2, k * slot), f"{grid.headline} (label yellow, {grid.score} cyan)\n"
+        colours = f"{grid.score} cyan" if grid.labels is None else f"label yellow, {grid.score} cyan"
+        draw.multiline_text((column.width / 2, k * slot), f"{grid.headline} ({colours})\n"
                             f"{grid.note}".rstrip(), fill="black", font=_font(11), anchor="ma", align="center")
         picture = _labelled(grid, nrow, column.width, slot - GRID_TITLE_PX - 6)  # 6 px apart from the next title
         column.paste(picture, ((column.width - picture.width) // 2, k * slot + GRID_TITLE_PX))
@@ -107,7 +109,7 @@ def _labelled(grid: Grid, nrow: int, width: int, height: int) -> Image.Image:
     """`grid`'s pixels with each cell's label (yellow) and value (cyan) on dark boxes, readable on any image, as
     large as fits `width` x `height`."""
     cell_h, cell_w = grid.cell
-    pad = 0 if len(grid.labels) == 1 else 2  # make_grid leaves a lone image unpadded
+    pad = 0 if len(grid.values) == 1 else 2  # make_grid leaves a lone image unpadded
     fit = min(width / grid.pixels.shape[1], height / grid.pixels.shape[0])
     # Whole pixels keep the digits sharp; a grid of many rows that does not fit at one pixel a pixel shrinks.
     scale = math.floor(fit) if fit >= 1 else fit
@@ -118,12 +120,13 @@ def _labelled(grid: Grid, nrow: int, width: int, height: int) -> Image.Image:
     # the text shrinks with the cells (60 px at the default 16 inputs in rows of 8), so that it stays inside
     side = min(cell_h, cell_w) + 2
     label_font, value_font = _font(min(13.0, 0.22 * side * scale), bold=True), _font(min(10.0, 0.16 * side * scale))
-    for i, (label, value) in enumerate(zip(grid.labels, grid.values)):
+    labels = grid.labels if grid.labels is not None else [None] * len(grid.values)
+    for i, (label, value) in enumerate(zip(labels, grid.values)):
         x, y = pad + (cell_w + pad) * (i % nrow), pad + (cell_h + pad) * (i // nrow)  # the cell's top-left, unscaled
-        for text, at, font, colour, anchor in ((str(label), ((x + 1) * scale, (y + 1) * scale), label_font, "yellow",
-                                                 "la"),
-                                                (f"{value:.3g}", ((x + cell_w - 1) * scale, (y + cell_h - 1) * scale),
-                                                 value_font, "cyan", "rb")):
+        texts = [(f"{value:.3g}", ((x + cell_w - 1) * scale, (y + cell_h - 1) * scale), value_font, "cyan", "rb")]
+        if label is not None:
+            texts.append((str(label), ((x + 1) * scale, (y + 1) * scale), label_font, "yellow", "la"))
+        for text, at, font, colour, anchor in texts:
             box = draw.textbbox(at, text, font=font, anchor=anchor)
             draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=(0, 0, 0, 170))
             draw.text(at, text, fill=colour, font=font, anchor=anchor)
