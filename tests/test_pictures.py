@@ -154,6 +154,23 @@ def test_the_drawing_process_priority_is_lowered_and_never_raised() -> None:
     assert int(niced) == min(19, mine + 15)
 
 
+def test_the_drawing_process_imports_neither_torch_nor_lightning() -> None:
+    # Either would cost training CPU on 2 cores: torch 2 s to import and 0.5 s to exit, Lightning 6 s.
+    from lvae import callbacks
+    from lvae.drawing import DrawingProcess, Job
+
+    modules = tuple(m for name in callbacks.__all__ for m in getattr(getattr(callbacks, name), "figure_modules", ()))
+    assert "lvae.figures.tsne" in modules and "lvae.figures.reconstructions" in modules
+    drawing = DrawingProcess()
+    try:
+        drawing.submit(Job("lvae.drawing:import_modules",
+                           {"modules": (*modules, "lvae.figures.animation", "openTSNE", "sklearn.neighbors")})).result()
+        held = drawing.submit(Job("drawing_probe:heavy_modules")).result(timeout=120).scalars
+    finally:
+        drawing.close()
+    assert held == {}
+
+
 def slow_picture_args(mnist_root: Path, out: Path, seconds: float) -> list[str]:
     slow = json.dumps({"class_path": "slow_picture.SlowPicture", "init_args": {"out": str(out), "seconds": seconds}})
     return small_fit_args(mnist_root, "--trainer.max_epochs", "400", f"--trainer.callbacks+={slow}")
