@@ -86,9 +86,17 @@ def _exit_when_orphaned(parent: int) -> None:
     os._exit(0)
 
 
+# The drawing process runs one thread of native code. scikit-learn's neighbour search (the t-SNE affinities, the
+# k-NN agreement) otherwise starts an OpenMP thread per core, and while training holds the other core those threads
+# wait on one another: 0.13 s a search instead of 0.02 s, half of a warm t-SNE epoch (bench/README.md).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def start_drawing_process(parent: int) -> None:
-    """Initializer of the drawing process: low priority, deaf to Ctrl-C (the training process handles it and saves
-    last.ckpt) and gone within a second of its training process, however that ends."""
+    """Initializer of the drawing process: low priority, one thread of native code (set before NumPy loads its
+    libraries), deaf to Ctrl-C (the training process handles it and saves last.ckpt) and gone within a second of
+    its training process, however that ends."""
+    os.environ.update(ONE_THREAD)
     lower_priority()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="lvae-parent-watch").start()

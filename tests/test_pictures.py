@@ -154,8 +154,9 @@ def test_the_drawing_process_priority_is_lowered_and_never_raised() -> None:
     assert int(niced) == min(19, mine + 15)
 
 
-def test_the_drawing_process_imports_neither_torch_nor_lightning() -> None:
-    # Either would cost training CPU on 2 cores: torch 2 s to import and 0.5 s to exit, Lightning 6 s.
+def test_the_drawing_process_imports_neither_torch_nor_lightning_and_runs_one_native_thread() -> None:
+    # Either import would cost training CPU on 2 cores: torch 2 s to import and 0.5 s to exit, Lightning 6 s. More
+    # OpenMP threads than the one core training leaves wait on one another (0.13 s a neighbour search, not 0.02).
     from lvae import callbacks
     from lvae.drawing import DrawingProcess, Job
 
@@ -166,9 +167,12 @@ def test_the_drawing_process_imports_neither_torch_nor_lightning() -> None:
         drawing.submit(Job("lvae.drawing:import_modules",
                            {"modules": (*modules, "lvae.figures.animation", "openTSNE", "sklearn.neighbors")})).result()
         held = drawing.submit(Job("drawing_probe:heavy_modules")).result(timeout=120).scalars
+        pools = drawing.submit(Job("drawing_probe:native_threads")).result(timeout=120).scalars
     finally:
         drawing.close()
     assert held == {}
+    assert any(name.startswith("openmp") for name in pools), pools  # scikit-learn's OpenMP pool was loaded
+    assert set(pools.values()) == {1.0}, pools
 
 
 def slow_picture_args(mnist_root: Path, out: Path, seconds: float) -> list[str]:
