@@ -78,3 +78,23 @@ def small_fit_args(data_dir: Path, *extra: str, pictures: bool = False) -> list[
 
 def run_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+def assert_gif_shows_each_epoch(folder: Path, epochs: int) -> None:
+    """`folder`/evolution.gif has one frame per epoch PNG, in order, each showing that PNG's pixels (up to the
+    256-colour palette of a GIF frame) at its top left, on white where the GIF is larger than the PNG."""
+    from PIL import Image, ImageSequence
+
+    pngs = sorted(folder.glob("epoch_*.png"))
+    assert len(pngs) == epochs, pngs
+    with Image.open(folder / "evolution.gif") as gif:
+        assert gif.n_frames == epochs
+        for png, frame in zip(pngs, ImageSequence.Iterator(gif)):
+            with Image.open(png) as drawn:
+                pixels = np.asarray(drawn.convert("RGB"), dtype=np.int16)
+            shown = np.asarray(frame.convert("RGB"), dtype=np.int16)
+            height, width = pixels.shape[:2]
+            assert shown.shape[0] >= height and shown.shape[1] >= width, png
+            assert np.abs(shown[:height, :width] - pixels).mean() < 4, f"the GIF's frame of {png.name} is not that PNG"
+            rest = np.concatenate([shown[height:].reshape(-1, 3), shown[:height, width:].reshape(-1, 3)])
+            assert (rest >= 250).all(), f"the GIF's frame of {png.name} is not on white"

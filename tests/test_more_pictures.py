@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
+from conftest import assert_gif_shows_each_epoch
 import torch
 import wandb
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -98,8 +99,7 @@ def test_each_picture_is_drawn_every_epoch_and_the_same_png_reaches_wandb_and_te
                 assert len(set(drawn.convert("L").getdata())) > 10, f"{png} is blank"
             logged = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"))
             np.testing.assert_array_equal(logged, pixels)  # TensorBoard shows the same pixels
-        with Image.open(folder / "evolution.gif") as gif:
-            assert gif.n_frames == 2
+        assert_gif_shows_each_epoch(folder, 2)
 
 
 def test_traversal_rows_are_the_active_dimensions_by_the_kl_logged(run: dict) -> None:

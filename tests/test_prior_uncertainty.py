@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from conftest import assert_gif_shows_each_epoch
 import torch
 import wandb
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -71,8 +72,7 @@ def test_csv_run_has_every_picture_and_the_numbers(z2_run):
                     assert png.format == "PNG"
                     assert png.size == (round(width * PNG_DPI), round(height * PNG_DPI))
                     assert len(set(png.convert("L").getdata())) > 10, f"{name} is blank"
-            with Image.open(f"{latents}/{name}/evolution.gif") as gif:
-                assert gif.n_frames == 2
+            assert_gif_shows_each_epoch(Path(latents) / name, 2)
     with open(trainer.log_dir + "/metrics.csv") as f:
         rows = [row for row in csv.DictReader(f) if row.get("uncertainty/mean")]
     assert [int(float(row["epoch"])) for row in rows] == [0, 1]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from conftest import assert_gif_shows_each_epoch
 import torch
 import wandb
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -83,8 +84,7 @@ def test_pngs_of_each_epoch_and_an_evolution_gif(z2_run):
                 assert png.format == "PNG"
                 assert png.size == (round(width * PNG_DPI), round(height * PNG_DPI))
                 assert len(set(png.convert("L").getdata())) > 10, f"{name} of epoch {epoch} is blank"
-        with Image.open(folder / "evolution.gif") as gif:
-            assert gif.n_frames == 2
+        assert_gif_shows_each_epoch(folder, 2)
 
 
 def test_wandb_holds_pictures_and_scalars_on_the_epoch_axis_and_the_table_at_the_end(z2_run):

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -16,13 +17,27 @@ Limits = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax
 
 
 def save_figure(figure: Figure, path: str) -> str:
-    """Write `figure` as the PNG `path`, whole or not at all: a reader never sees half a PNG."""
+    """Write `figure` as the PNG `path`, whole or not at all (a reader never sees half a PNG), and its frame of the
+    evolution GIF. Rendered once for both."""
+    figure.set_dpi(PNG_DPI)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    saved = save_png(Image.fromarray(np.asarray(canvas.buffer_rgba())), path)
+    figure.clear()  # matplotlib.figure.Figure is not tracked by pyplot: dropping it frees it
+    return saved
+
+
+def save_png(image: Image.Image, path: str) -> str:
+    """Write the picture `image` as the PNG `path`, whole or not at all (a reader never sees half a PNG), then its
+    frame of the evolution GIF."""
+    from lvae.figures.animation import save_frame
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
-    figure.savefig(tmp, dpi=PNG_DPI, pil_kwargs={"compress_level": 1})  # 0.6x the time of zlib level 6, 11% larger
+    image.save(tmp, format="PNG", compress_level=1)  # zlib level 1: 0.6x the time of level 6, 11% larger
     tmp.replace(path)
-    figure.clear()  # matplotlib.figure.Figure is not tracked by pyplot: dropping it frees it
+    save_frame(image, path)
     return str(path)
 
 

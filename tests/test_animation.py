@@ -1,0 +1,52 @@
+"""The evolution GIF is put together from the frames saved with each epoch's PNG, and from the PNGs themselves where
+a frame is missing or older than its PNG."""
+
+from pathlib import Path
+
+import numpy as np
+from conftest import assert_gif_shows_each_epoch
+from PIL import Image
+
+from lvae.figures.animation import animate, frame_path
+from lvae.figures.canvas import save_png
+
+
+def picture(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    pixels = np.repeat(np.repeat(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), 10, axis=0), 10, axis=1)
+    return Image.fromarray(pixels)  # 160 x 120, blocks of few colours
+
+
+def test_each_png_is_saved_with_its_frame_and_the_gif_shows_every_epoch(tmp_path: Path) -> None:
+    for epoch in range(3):
+        save_png(picture(epoch), str(tmp_path / f"epoch_{epoch:03d}.png"))
+        assert frame_path(tmp_path / f"epoch_{epoch:03d}.png").is_file()
+    drawn = animate({"scatter": str(tmp_path)})
+    assert drawn.animations == [("scatter", str(tmp_path / "evolution.gif"))]
+    assert_gif_shows_each_epoch(tmp_path, 3)
+
+
+def test_a_missing_or_stale_frame_is_made_from_its_png(tmp_path: Path) -> None:
+    for epoch in range(3):
+        save_png(picture(epoch), str(tmp_path / f"epoch_{epoch:03d}.png"))
+    frame_path(tmp_path / "epoch_000.png").unlink()  # a run folder from before frames were kept
+    # Epoch 2 redrawn by a version that wrote no frame: its frame is older than its PNG.
+    picture(7).save(tmp_path / "epoch_002.png")
+    animate({"scatter": str(tmp_path)})
+    assert_gif_shows_each_epoch(tmp_path, 3)
+
+
+def test_a_picture_whose_size_changed_is_drawn_whole_on_white(tmp_path: Path) -> None:
+    save_png(picture(0), str(tmp_path / "epoch_000.png"))
+    save_png(picture(1).crop((0, 0, 160, 60)), str(tmp_path / "epoch_001.png"))  # fewer rows
+    save_png(picture(2).crop((0, 0, 100, 120)), str(tmp_path / "epoch_002.png"))
+    animate({"traversals": str(tmp_path)})
+    with Image.open(tmp_path / "evolution.gif") as gif:
+        assert gif.size == (160, 120)
+    assert_gif_shows_each_epoch(tmp_path, 3)
+
+
+def test_one_epoch_makes_no_gif(tmp_path: Path) -> None:
+    save_png(picture(0), str(tmp_path / "epoch_000.png"))
+    assert animate({"scatter": str(tmp_path)}).animations == []
+    assert not (tmp_path / "evolution.gif").exists()
