@@ -112,9 +112,18 @@ def figure_of(job: Job) -> Figure:
 
 
 def thumbnail_boxes(fig: Figure) -> list[Bbox]:
-    """The pixel boxes of the thumbnails in `fig` (the images placed on the figure), as drawn."""
+    """The pixel boxes of the thumbnails in `fig`, as drawn: the opaque patches of the one figure image that holds
+    them all (thumbnails that touched would be one patch)."""
+    from scipy import ndimage
+
     FigureCanvasAgg(fig).draw()
-    return [Bbox.from_extents(*np.array(image.get_extent())[[0, 2, 1, 3]]) for image in fig.images]
+    boxes = []
+    for image in fig.images:
+        x0, x1, y0, y1 = image.get_extent()
+        patches, _ = ndimage.label(np.asarray(image.get_array())[..., 3] > 0)
+        for rows, cols in ndimage.find_objects(patches):  # the array's first row is the image's top
+            boxes.append(Bbox.from_extents(x0 + cols.start, y1 - rows.stop, x0 + cols.stop, y1 - rows.start))
+    return boxes
 
 
 def assert_apart(boxes: list, expected: int) -> None:
