@@ -110,14 +110,15 @@ def main() -> None:
             gif[type(callback).__name__] = (time.perf_counter() - start) / args.epochs
         logger.experiment.finish()
 
-    print(f"\nmedian seconds per epoch over epochs 1-{args.epochs - 1}; GIF: its making at fit end, per frame")
+    print(f"\nmedian seconds per epoch over epochs 1-{args.epochs - 1}; GIF: putting it together at fit end, per frame")
     print(f"{'picture':22s} {'prepare':>8s} {'draw':>8s} {'log':>8s} {'GIF':>8s}")
     for callback in pictures:
         name = type(callback).__name__
         parts = [statistics.median(seconds[name, part][1:]) if seconds[name, part][1:] else float("nan")
                  for part in ("prepare", "draw", "log")]
         print(f"{name:22s} " + " ".join(f"{value:8.3f}" for value in (*parts, gif[name])))
-    print(f"prepare and log run in the training loop; draw and GIF in the drawing process; {load()} at end")
+    print(f"prepare and log run in the training loop, draw in the drawing process (timed here in the loop), the GIF "
+          f"at the end of fit from the frames each draw saved; {load()} at end")
 
 
 if __name__ == "__main__":

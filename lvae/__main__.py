@@ -3,6 +3,11 @@ imports this module as its main module, and must neither train nor import Lightn
 
 
 def main() -> None:
+    import sys
+
+    from lvae.drawing import start_early
+
+    start_early(sys.argv[1:])  # its imports run on the core that Lightning's import leaves idle
     from lvae.cli import main as cli_main
 
     cli_main()

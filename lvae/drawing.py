@@ -136,7 +136,9 @@ class DrawingProcess:
     def pid(self) -> Optional[int]:
         return self._pid
 
-    def submit(self, job: Job) -> Future:
+    def submit(self, job: Job, lend_core: bool = True) -> Future:
+        """Send `job`; with `lend_core`, torch in this process uses one thread less until `settle` finds no job
+        pending."""
         for _ in range(2):
             before = None
             if self._executor is None:
@@ -153,6 +155,8 @@ class DrawingProcess:
                 self._pid = next((p.pid for p in multiprocessing.active_children() if p.pid not in before), None)
                 if self._pid is not None:
                     lower_priority(self._pid)  # at once: its imports would otherwise compete with training
+            if not lend_core:
+                return future
             self._pending.add(future)
             import torch  # the training process's: already imported there
 
@@ -206,3 +210,37 @@ class DrawingProcess:
         self._executor, self._pid = None, None
         self._pending.clear()
         self.settle()
+
+
+# What the drawing jobs import: every figure module and, for the t-SNE map, openTSNE and scikit-learn (about 2 s of
+# CPU in all, 1 s of it openTSNE's import of scikit-learn and SciPy).
+DRAWING_STACK = ("lvae.figures.scatter", "lvae.figures.tsne", "lvae.figures.prior", "lvae.figures.uncertainty",
+                 "lvae.figures.traversal", "lvae.figures.interpolation", "lvae.figures.reconstructions",
+                 "lvae.figures.animation", "openTSNE", "sklearn.neighbors")
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")  # set by torchrun, Lightning's launcher, SLURM
+_early: Optional[DrawingProcess] = None
+
+
+def start_early(argv: list[str]) -> None:
+    """Start the drawing process and its imports before the `lvae` command imports Lightning: Lightning's import
+    takes one core for about 6 s and leaves the other idle, which the drawing stack's import then uses instead of
+    the first epochs' training. Only for `fit` and `validate` (the commands that draw), not for `--help` or
+    `--print_config`, and only in the process of global rank zero (the one that draws). The first trainer's picture
+    callbacks take it over (`take_early`); unused, it ends with the command."""
+    global _early
+    if not argv or argv[0] not in ("fit", "validate") or _early is not None:
+        return
+    if any(arg in ("-h", "--help") or arg.startswith("--print_config") for arg in argv):
+        return
+    if any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES):
+        return
+    _early = DrawingProcess()
+    _early.submit(Job("lvae.drawing:import_modules", {"modules": DRAWING_STACK}), lend_core=False)
+
+
+def take_early() -> DrawingProcess:
+    """The drawing process `start_early` started, the first time it is asked for; a new one (started on first use)
+    after that, or when none was started."""
+    global _early
+    drawing, _early = _early, None
+    return drawing if drawing is not None else DrawingProcess()

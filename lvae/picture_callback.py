@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lvae.checkpoints import RunCheckpoint
-from lvae.drawing import DrawingProcess, Drawn, Job, run_job
+from lvae.drawing import Drawn, Job, run_job, take_early
 from lvae.errors import ConfigError
 from lvae.latents import FollowedInputs, Latents, unusable
 from lvae.sink import PictureSink
@@ -25,11 +25,12 @@ INTERRUPT_GRACE_SECONDS = 15.0
 
 
 class _Shared:
-    """What the picture callbacks of one trainer share: the drawing process (started by the first job, closed by
-    the last callback to tear down) and, for a module lvae did not write, the followed validation inputs."""
+    """What the picture callbacks of one trainer share: the drawing process (the one the `lvae` command started
+    early, else started by the first job; closed by the last callback to tear down) and, for a module lvae did not
+    write, the followed validation inputs."""
 
     def __init__(self) -> None:
-        self.drawing = DrawingProcess()
+        self.drawing = take_early()
         self.followed = FollowedInputs()
         self.users: set[int] = set()
 
@@ -72,7 +73,9 @@ class PictureCallback(Callback):
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         root = trainer.log_dir or trainer.default_root_dir  # a broadcast: resolved here, on every rank, once
         self.sink = PictureSink(trainer, Path(root))
-        self._shared = _SHARED.setdefault(trainer, _Shared())
+        if trainer not in _SHARED:
+            _SHARED[trainer] = _Shared()
+        self._shared = _SHARED[trainer]
         self._shared.users.add(id(self))
         if self.background and trainer.is_global_zero and stage in ("fit", "validate"):
             # Starts the drawing process and imports the figures while the first epoch trains.

@@ -121,6 +121,58 @@ def test_an_error_in_training_stops_the_drawing_process_instead_of_waiting_for_i
     assert torch.get_num_threads() == threads  # the core lent to the drawing process is given back
 
 
+def report_pid() -> Drawn:
+    return Drawn(scalars={"pid": float(os.getpid())})
+
+
+class DrawnWhere(PictureCallback):
+    """Records which process drew its picture."""
+
+    def __init__(self):
+        super().__init__()
+        self.pids: list[int] = []
+
+    def prepare(self, trainer, pl_module, latents, epoch):
+        return report_pid
+
+    def _log(self, drawn: Drawn, epoch: int) -> None:
+        self.pids.append(int(drawn.scalars["pid"]))
+
+
+def test_the_lvae_command_starts_the_drawing_process_early_and_the_fit_draws_with_it(
+        mnist_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lvae import drawing
+
+    for name in drawing.RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for argv, rank in ((["fit", "--help"], None), (["fit", "--print_config"], None), (["test"], None),
+                       (["fit"], ("LOCAL_RANK", "1")), (["fit"], ("RANK", "3"))):
+        if rank:
+            monkeypatch.setenv(*rank)
+        drawing.start_early(argv)
+        assert drawing._early is None, argv  # nothing to draw, or not the rank that draws
+        if rank:
+            monkeypatch.delenv(rank[0])
+    drawing.start_early(["fit", "--config", "mnist"])
+    early = drawing._early.pid
+    assert early is not None and is_running(early)
+    callback = DrawnWhere()
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, callbacks=[callback])
+    trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
+    assert callback.pids == [early, early]  # taken over by the first trainer, not a second process
+    assert drawing._early is None and not is_running(early)  # closed with the fit, as its own would be
+
+
+def is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a child that exited but was not yet reaped is not alive
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def test_tensorboard_users_get_the_pictures_as_images(mnist_root: Path, tmp_path: Path) -> None:
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
