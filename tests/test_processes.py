@@ -185,7 +185,10 @@ def test_a_dead_torchrun_process_ends_the_job_with_one_message_from_the_survivor
     assert message.endswith(f"during epoch 2, step 5, so the job was ended. The checkpoints on disk are whole: "
                             f"{(run / 'checkpoints' / 'last.ckpt').resolve()} holds epoch 1, step 4. Continue with "
                             f"--run_id torchrun-twonodes --ckpt_path last"), message
-    assert "[rank0]:" not in printed and not re.search(r'File ".*/lvae/', printed)  # no traceback from lvae
+    # No traceback through lvae's own source. torchrun's traceback of its child's failure is torchrun's, and its
+    # files may sit under a folder named lvae (a clone's .venv): only lvae's own package folders count.
+    own = [f'File "{REPO / folder}/' for folder in ("lvae", "callbacks")]
+    assert "[rank0]:" not in printed and not any(frame in printed for frame in own), printed[-3000:]
     (wandb_run,) = torchrun_job["wandb_runs_before_resume"]
     assert wandb_closed(wandb_run.parent.parent)
 
