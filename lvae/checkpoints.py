@@ -1,14 +1,21 @@
 """Checkpoints that are always whole, found and checked before use, and written when a run is interrupted; a
 resumed run that continues exactly where its checkpoint stopped."""
 
+import collections.abc
+import importlib
+import importlib.util
+import inspect
+import json
 import os
 import pickle
 import random
 import re
 import signal
 import threading
+import types
+import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import lightning as L
 import numpy as np
@@ -21,6 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lvae.errors import CheckpointError
+from lvae.runs import RUN_ID, shell
 
 # The keys that define a run: the model's class and shape and the data's class and identity. Continuing a run with
 # another value for one of these would make it another run under the same name, so a resume that changes one is
@@ -52,34 +60,122 @@ def load_checkpoint(path: Any, map_location: Any = "cpu") -> dict[str, Any]:
             "its own checkpoints always load. Use a checkpoint written by lvae, or ask its author for one.") from None
 
 
-def check_class_paths(hparams: dict[str, Any], given: dict[str, Any], where: str) -> None:
-    """Refuse hyperparameters that would import a class the user did not ask for.
+def trusted_class(class_path: str) -> Optional[type]:
+    """The class `class_path` names when that class is defined in lvae, else None. Only lvae's own modules are
+    imported to find out: a path that leaves them (``lvae.model.nn.Linear``, a class lvae merely imports) is not
+    followed into another module, and names nothing lvae trusts."""
+    parts = class_path.split(".")
+    if parts[0] != "lvae" or not all(part.isidentifier() for part in parts):
+        return None
+    for i in range(len(parts) - 1, 0, -1):  # the longest prefix that is one of lvae's modules
+        name = ".".join(parts[:i])
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
+            obj: Any = importlib.import_module(name)
+            break
+    else:
+        return None
+    for attr in parts[i:]:
+        obj = getattr(obj, attr, None)
+    defined_in = getattr(obj, "__module__", None) or ""
+    return obj if isinstance(obj, type) and (defined_in == "lvae" or defined_in.startswith("lvae.")) else None
 
-    Lightning's `load_from_checkpoint` imports and calls the checkpoint's `_instantiator`, and jsonargparse imports
-    every `class_path` it is handed. Only Lightning's own instantiator and `lvae.*` classes are taken from a file;
-    any other class must be passed in by the caller (`given`, the keyword arguments of the load)."""
+
+UNKNOWN = inspect.Parameter.empty  # the type of a parameter a class does not declare, or does not annotate
+
+
+def _plain_type(annotation: Any) -> bool:
+    """Whether a parameter of this type takes a string as text (str, a number, a path, a literal), never as the
+    import path of a class or function, as jsonargparse does for callables and classes."""
+    if annotation is UNKNOWN:
+        return False
+    if annotation is None or annotation is type(None) or annotation is Ellipsis:
+        return True
+    if isinstance(annotation, type):
+        return issubclass(annotation, (str, int, float, bool, Path))
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return True
+    if origin in (typing.Union, types.UnionType, tuple, list, dict, collections.abc.Sequence):
+        return all(_plain_type(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+def _parameter_types(cls: Optional[type]) -> dict[str, Any]:
+    """A class's constructor parameters and their annotations; empty for an unknown class."""
+    if cls is None:
+        return {}
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {name: param.annotation for name, param in parameters.items()}
+
+
+IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def check_class_paths(hparams: dict[str, Any], given: dict[str, Any], where: str, owner: Optional[type] = None
+                      ) -> None:
+    """Refuse hyperparameters that would make lvae import or build a class it did not write.
+
+    Lightning's `load_from_checkpoint` imports and calls the checkpoint's `_instantiator`; that instantiator
+    (jsonargparse) imports every `class_path` it is handed and every string where a callable or a class is expected;
+    `VAE` builds a network from a `class_path`. A file may name only Lightning's own instantiator and classes
+    defined in lvae (`trusted_class`), in any of these forms; any other class must be passed in by the caller
+    (`given`, the keyword arguments of the load), or be `owner`, the class the caller loads with."""
     instantiator = hparams.get("_instantiator")
     if instantiator is not None and instantiator not in LIGHTNING_INSTANTIATORS:
         raise CheckpointError(f"{where} is refused: its hyperparameters name the instantiator {instantiator!r}, which "
                               "lvae does not import from a file; only Lightning's own is accepted")
 
-    def visit(value: Any, key: str) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                visit(v, f"{key}.{k}" if key else str(k))
-        elif isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                visit(v, f"{key}[{i}]")
+    def refuse(key: str, value: str) -> NoReturn:
         top = key.split(".")[0].split("[")[0]
-        leaf = key.rsplit(".", 1)[-1]
-        if leaf in ("class_path", "_class_path") and isinstance(value, str) and top not in given \
-                and not value.startswith("lvae."):
-            raise CheckpointError(
-                f"{where} is refused: its hyperparameter {key} names the class {value!r}, and lvae imports no class "
-                f"from a file that is not lvae's own. If you trust it, pass it in yourself: "
-                f"load_from_checkpoint(path, {top}=...), or name the same class_path in your config.")
+        how = (f"load_from_checkpoint(path, {top}=...)" if top != "_class_path" else
+               "load it with that class, YourModule.load_from_checkpoint(path)")
+        raise CheckpointError(
+            f"{where} is refused: its hyperparameter {key} names the class {value!r}, and lvae imports and builds no "
+            f"class from a file that is not defined in lvae. If you trust it, pass it in yourself: {how}, or name "
+            "the same class_path in your config.")
 
-    visit({k: v for k, v in hparams.items() if k != "_instantiator"}, "")
+    def named_class(value: Any, key: str) -> Optional[type]:
+        if not isinstance(value, str):
+            refuse(key, repr(value))
+        if owner is not None and value == f"{owner.__module__}.{owner.__qualname__}":
+            return owner
+        return trusted_class(value) or refuse(key, value)
+
+    def visit(value: Any, key: str, annotation: Any) -> None:
+        if key.split(".")[0].split("[")[0] in given:
+            return
+        if isinstance(value, dict):
+            path_key = next((k for k in ("class_path", "_class_path") if k in value), None)
+            types_ = _parameter_types(named_class(value[path_key], f"{key}.{path_key}" if key else path_key)) \
+                if path_key else {}
+            for k, v in value.items():
+                if k == path_key:
+                    continue
+                inner = v if k in ("init_args", "dict_kwargs") and isinstance(v, dict) else {k: v}
+                for name, item in inner.items():
+                    where_ = f"{key}.{k}" if k in ("init_args", "dict_kwargs") else key
+                    visit(item, f"{where_}.{name}" if where_ else str(name), types_.get(name, UNKNOWN))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f"{key}[{i}]", UNKNOWN)
+        elif isinstance(value, str) and not _plain_type(annotation) and \
+                (annotation is not UNKNOWN or IMPORT_PATH.fullmatch(value)):
+            named_class(value, key)
+
+    types_ = _parameter_types(owner)
+    top_class = hparams.get("_class_path")
+    if top_class is not None:
+        types_ = _parameter_types(named_class(top_class, "_class_path"))
+    for key, value in hparams.items():
+        if key not in ("_instantiator", "_class_path"):
+            visit(value, key, types_.get(key, UNKNOWN))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -224,8 +320,8 @@ class RunCheckpoint(ModelCheckpoint):
 def continue_flags(last: Path) -> str:
     """The flags that continue the run whose last checkpoint is `last`: the run named when it is a run folder's."""
     if last.parent.name == "checkpoints" and last.name == "last.ckpt":
-        return f"--run_id {last.parent.parent.name} --ckpt_path last"
-    return f"--ckpt_path {last}"
+        return shell("--run_id", last.parent.parent.name, "--ckpt_path", "last")
+    return shell("--ckpt_path", last)
 
 
 class RandomState(Callback):
@@ -373,9 +469,23 @@ def check_checkpoint(path: str, config: Namespace) -> None:
              if key.startswith("model.")]
     if wrong:
         named = "; ".join(f"{key}: checkpoint {ran!r}, config {now!r}" for key, ran, now in wrong)
-        fix = " ".join(f"--{key} {ran}" for key, ran, _ in wrong if key != "model.class_path")
+        fix = flags([(key, ran) for key, ran, _ in wrong if key != "model.class_path"])
         raise CheckpointError(f"--ckpt_path {path} was trained with another model ({named}). Use the "
                               f"checkpoint's values ({fix or 'its model class'}) or the config saved beside it.")
+
+
+def flags(values: list[tuple[str, Any]]) -> str:
+    """`--key value` for each of `values`, as a shell takes them: a list or a network as JSON, each word quoted. A
+    value that names a class lvae does not take from a file is not offered: it is the checkpoint's to claim, not
+    lvae's to advise."""
+    words: list[str] = []
+    for key, value in values:
+        try:
+            check_class_paths({key: value}, {}, "")
+        except CheckpointError:
+            continue
+        words += [f"--{key}", value if isinstance(value, str) else json.dumps(_plain(value))]
+    return shell(*words)
 
 
 def check_continues(path: Path, given: str, config: Namespace, root: Path) -> dict[str, Any]:
@@ -394,11 +504,13 @@ def check_continues(path: Path, given: str, config: Namespace, root: Path) -> di
 
     run = path.parent.parent.name
     named = "; ".join(f"{key}: {ran} (run) vs {now} (now)" for key, ran, now in differences)
-    own = " ".join(f"--{key} {ran}" for key, ran, _ in differences)
-    other = next((p.parent.parent.name for p in last_checkpoints(root) if p != path and agrees(p)), None)
+    own = flags([(key, ran) for key, ran, _ in differences])
+    other = next((p.parent.parent.name for p in last_checkpoints(root)
+                  if p != path and RUN_ID.fullmatch(p.parent.parent.name) and agrees(p)), None)
     ways = [f"Continue it with its own values ({own})"]
     if other:
-        ways.append(f"continue the newest run that agrees with this command (--run_id {other} --ckpt_path last)")
+        ways.append(f"continue the newest run that agrees with this command "
+                    f"({shell('--run_id', other, '--ckpt_path', 'last')})")
     ways.append("start a new run (without --ckpt_path)")
     raise CheckpointError(f"--ckpt_path {given} would continue run {run}, which differs from this command on keys that "
                           f"define a run ({named}). {'; or '.join(ways)}. The keys that define a run: "

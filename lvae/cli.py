@@ -37,6 +37,7 @@ from lvae.checkpoints import (AtomicCheckpointIO, RandomState, RunCheckpoint, se
 from lvae.data import check_same_batches, saved_train_position
 from lvae.errors import CheckpointError, ConfigError, DivergenceError, LVAEError
 from lvae.model import VAE
+from lvae.runs import RunFolder, check_run_id, first_start, global_zero, launcher_run_id, shell
 
 RUN_ID_ENV = "LVAE_RUN_ID"  # how DDP ranks started by Lightning learn the run id that rank zero chose
 WANDB_PROBE_SECONDS = 5.0
@@ -121,8 +122,10 @@ def condense(message: str) -> list[str]:
         said.append(f"callbacks.{old.group(1)} is now lvae.callbacks.{old.group(1)}: in your config, write "
                     "`class_path: lvae.callbacks.` where it says `class_path: callbacks.`")
     elif missing:
-        paths = re.findall(r"class_path[=:]? ?'([^']+)'", message)
-        class_path = next((path for path in paths if path.startswith(missing.group(1))), missing.group(1))
+        # A class path named in a config is quoted after class_path; one given on the command line is the value.
+        paths = re.findall(r"class_path[=:]? ?'([^']+)'", message) + re.findall(r"Given value: (\S+)$", message, re.M)
+        module = missing.group(1)
+        class_path = next((path for path in paths if path.startswith(f"{module}.")), module)
         said.append(f"class_path {class_path} cannot be imported: is its module on PYTHONPATH? Run lvae from the "
                     "folder that holds it, or add that folder to PYTHONPATH.")
     return said
@@ -221,26 +224,6 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def launcher_run_id() -> Optional[str]:
-    """The id every process of one multi-node job shares, when a launcher started them all.
-
-    Lightning's own DDP launcher starts ranks from rank zero (they inherit LVAE_RUN_ID); torchrun and SLURM
-    start every process independently, so each would otherwise make up its own id and its own run folder."""
-    if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
-        return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
-    if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return f"slurm-{os.environ['SLURM_JOB_ID']}"
-    return None
-
-
-def first_start() -> bool:
-    """Whether this process starts its job: global rank zero, and not a restart. Ranks that Lightning's launcher
-    starts, torchrun's other processes and nodes, elastic restarts and SLURM requeues share a run id by design."""
-    others = ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
-              "SLURM_PROCID")
-    return all(os.environ.get(var, "0") in ("", "0") for var in others)
-
-
 class ResumableProgressBar(TQDMProgressBar):
     """Lightning's progress bar, also for an epoch resumed from its middle: Lightning skips that epoch's
     `on_train_epoch_start`, where the bar learns the epoch's length and number, so it would read "Training: 23/?"."""
@@ -293,9 +276,11 @@ class LVAECLI(LightningCLI):
     """LightningCLI with one folder per run, offline W&B by default, runs that are found and never overwritten,
     and clean errors for bad values."""
 
-    def __init__(self, args: Any = None, run: bool = True):
+    def __init__(self, args: Any = None, run: bool = True, run_folder: Optional[RunFolder] = None):
         self._print_config = False
         self._checkpoint_run: Optional[str] = None  # the run under the runs folder whose checkpoint this command reads
+        # Claimed or held by fit; the caller that passes it releases it (main does, however the command ends).
+        self.run_folder = run_folder if run_folder is not None else RunFolder()
         # Subclass mode over any LightningModule and LightningDataModule: --model and --data take a class of your
         # own; lvae's VAE and MNISTDataModule are the defaults.
         super().__init__(L.LightningModule, L.LightningDataModule, save_config_callback=RunConfig, args=args, run=run,
@@ -342,6 +327,8 @@ class LVAECLI(LightningCLI):
             self._parse_command_line(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        if config.get("run_id") is not None:  # a name, before it is used as a path
+            check_run_id(config.run_id)
         # Completed once, before the checkpoint is compared with it and before the classes are built.
         for key in ("model", "data"):
             plain_numbers(config[key])
@@ -399,6 +386,8 @@ class LVAECLI(LightningCLI):
             if folder.name == "checkpoints" and folder.parent.parent == root.resolve() and \
                     (subcommand != "fit" or run_id in (None, folder.parent.name)):
                 self._checkpoint_run = folder.parent.name
+        if self._checkpoint_run:
+            check_run_id(self._checkpoint_run, "folder")
         if subcommand == "fit" and self._checkpoint_run:
             checkpoint = check_continues(Path(config.ckpt_path), given, config, root)
             position = saved_train_position(checkpoint)
@@ -411,8 +400,19 @@ class LVAECLI(LightningCLI):
         """`--run_id X --ckpt_path last` before run X has a checkpoint: start it, so that one command starts or
         continues a run (a SLURM job that is requeued, a preemptible one)."""
         if run_dir.exists() and first_start():
+            holder = RunFolder.holder(run_dir)
+            if holder:
+                raise CheckpointError(f"--ckpt_path last: run {run_dir.name} is being trained by {holder} right now; "
+                                      "a run is continued by one process at a time (it has no checkpoint yet). Wait "
+                                      "for it to end (or stop it), then continue the run; or start another run.")
+            others = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+            if others:
+                raise CheckpointError(
+                    f"--ckpt_path last: run {run_dir.name} has no checkpoints/last.ckpt, but has "
+                    f"{', '.join(p.name for p in others)}. Continue it from one of those: "
+                    f"{shell('--run_id', run_dir.name, '--ckpt_path', others[-1])}")
             raise CheckpointError(f"--ckpt_path last: run {run_dir.name} has no checkpoint to continue ({run_dir} "
-                                  "holds no checkpoints/last.ckpt: it stopped before its first one). Start it again "
+                                  "holds no checkpoints/: it stopped before its first one). Start it again "
                                   f"under another --run_id, or remove {run_dir} to reuse the id.")
         rank_zero_info(f"lvae: run {run_dir.name} has no checkpoint yet; starting it from the beginning (the same "
                        "command continues it once it has one)")
@@ -430,10 +430,9 @@ class LVAECLI(LightningCLI):
         if self.subcommand == "fit":
             run_id = (config.run_id or os.environ.get(RUN_ID_ENV) or self._checkpoint_run or launcher_run_id()
                       or new_run_id())
-            if config.ckpt_path is None and config.run_id and (root / run_id).exists() and first_start():
-                raise ConfigError(f"run {run_id} already exists ({root / run_id}); a run id is never reused for "
-                                  f"another run. Continue it with --run_id {run_id} --ckpt_path last, or give another "
-                                  "--run_id (or none, and lvae picks a new one).")
+            # A new run's folder is claimed by the one process that starts the job (claimed before it is written,
+            # after --print_config, which writes nothing); torchrun's and SLURM's processes share theirs by design.
+            claim = not self._checkpoint_run and first_start() and run_id != launcher_run_id()
             run_dir, wandb_id = root / run_id, run_id
         else:
             # An evaluation stays with its run, in a folder of its own: fit's pictures are never overwritten.
@@ -450,6 +449,11 @@ class LVAECLI(LightningCLI):
         if self._print_config:
             sys.stdout.write(self._parser(self.subcommand).dump(config, skip_none=False))
             sys.exit(0)
+        if self.subcommand == "fit" and global_zero():
+            if claim:
+                self.run_folder.claim(run_dir)
+            else:
+                self.run_folder.hold(run_dir)
 
     @staticmethod
     def _take_image_shape_from_data(config: Namespace) -> None:
@@ -491,7 +495,7 @@ class LVAECLI(LightningCLI):
                 args.job_type = args.get("job_type") or self.subcommand
                 offline, why = wandb_offline(bool(args.get("offline")), probe=not self._print_config)
                 args.offline = offline
-                sync = f"wandb sync {run_dir}/wandb/offline-run-*"
+                sync = f"wandb sync {shell(run_dir)}/wandb/offline-run-*"  # the glob stays the shell's
                 if why:
                     rank_zero_warn(f"W&B is not reachable ({why}); logging offline instead. Upload later with: {sync}")
                 if self._print_config:
@@ -557,12 +561,20 @@ class LVAECLI(LightningCLI):
 def main(args: Any = None) -> None:
     """Entry point of the `lvae` console script and of `python -m lvae`."""
     previous = os.environ.get(RUN_ID_ENV)
+    run_folder = RunFolder()
+    # Your modules in the working folder (my_networks.py, named by a class_path) import as they do under
+    # `python -m lvae`; searched after the installed packages, so a yaml.py or torch.py there shadows nothing.
+    here = os.getcwd()
+    searched = here not in {os.path.abspath(entry or os.curdir) for entry in sys.path}
+    if searched:
+        sys.path.append(here)
     try:
         with noise.quiet(), processes.Job():  # a DDP process that stops ends the job with one message
-            LVAECLI(args=args)
+            LVAECLI(args=args, run_folder=run_folder)
     except LVAEError as err:
         if err.exit_code == 2:  # refused before any work: nothing of the run stays on disk
             noise.unmake_dirs()
+            run_folder.release(refused=True)
         print(f"lvae: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except SIGTERMException:
@@ -578,6 +590,9 @@ def main(args: Any = None) -> None:
             sys.exit(130)
         raise
     finally:
+        run_folder.release()  # a requeued job, or the caller's next command, may continue the run
+        if searched and here in sys.path:
+            sys.path.remove(here)
         # An in-process caller (a notebook, a test) starts its next run with a fresh id.
         if previous is None:
             os.environ.pop(RUN_ID_ENV, None)

@@ -203,11 +203,11 @@ class VAE(L.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
                              strict: Optional[bool] = None, **kwargs: Any) -> "VAE":
         """Lightning's `load_from_checkpoint`, for untrusted files: the checkpoint is read as tensors and plain
-        values only, and its hyperparameters may name only Lightning's own instantiator and `lvae.*` classes. Any
-        other class (a network of your own) is passed in by keyword, e.g. ``encoder=MyEncoder``, and is then built
+        values only, and its hyperparameters may name only Lightning's own instantiator and classes defined in lvae
+        (`lvae.checkpoints.check_class_paths`). Any other class (a network of your own) is passed in by keyword, e.g. ``encoder=MyEncoder``, and is then built
         with the checkpoint's init_args."""
         hparams = load_checkpoint(checkpoint_path).get("hyper_parameters", {})
-        check_class_paths(hparams, kwargs, str(checkpoint_path))
+        check_class_paths(hparams, kwargs, str(checkpoint_path), owner=cls)
         for key in ("encoder", "decoder"):
             # The class you pass is the checkpoint's own: build it with the checkpoint's init_args.
             saved, given = hparams.get(key), kwargs.get(key)

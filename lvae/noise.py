@@ -77,7 +77,7 @@ def unmake_dirs() -> None:
     """Remove the folders `_make_dir` made, with what this command wrote in them (W&B's offline files): a command
     refused before any work (a bad image file found while loading, say) leaves nothing behind."""
     wandb = sys.modules.get("wandb")
-    if _made and wandb is not None and wandb.run is not None:
+    if wandb is not None and wandb.run is not None:
         wandb.finish(exit_code=2)  # its files are closed before they are removed
     while _made:
         folder = _made.pop(0)  # topmost first: removing it removes the rest

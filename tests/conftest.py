@@ -57,10 +57,15 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+LVAE_SCRIPT = Path(sys.executable).parent / "lvae"  # the console script pip installed
+
+
 def run_lvae(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 240,
-             check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m lvae ARGS` in `cwd` as a user would, with W&B offline."""
-    proc = subprocess.run([sys.executable, "-m", "lvae", *args], cwd=cwd, env=env or cli_env(),
+             check: bool = True, script: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m lvae ARGS` (with `script`, the installed `lvae` command) in `cwd` as a user would, with W&B
+    offline."""
+    command = [str(LVAE_SCRIPT)] if script else [sys.executable, "-m", "lvae"]
+    proc = subprocess.run([*command, *args], cwd=cwd, env=env or cli_env(),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"lvae {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n"

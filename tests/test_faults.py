@@ -45,6 +45,11 @@ MESSAGES = {
     "continue the run": "Continue with --run_id",
     "other values": "which differs from this command on keys that define a run",
     "run id taken": "a run id is never reused for another run",
+    # tests/test_run_folders.py
+    "run id rule": "is refused: a run id is a name of at most 64 ASCII letters, digits, '-', '_' and '.'",
+    "live run": "right now; a run is continued by one process at a time",
+    "no last.ckpt": "has no checkpoints/last.ckpt, but has",
+    "foreign class": "and lvae imports and builds no class from a file that is not defined in lvae",
     "named run started": "has no checkpoint yet; starting it from the beginning",
     "mid-epoch batches": "the rest of that epoch needs the batches it started with",
     "bad value": "for the accepted options.",

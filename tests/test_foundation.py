@@ -201,7 +201,7 @@ def test_real_digits_val_loss_falls_well_below_first_epoch(real_mnist_root: Path
 
 
 def test_processes_of_one_torchrun_or_slurm_job_share_one_run_id(monkeypatch) -> None:
-    from lvae.cli import launcher_run_id
+    from lvae.runs import launcher_run_id
 
     for var in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_NTASKS"):
         monkeypatch.delenv(var, raising=False)

@@ -15,8 +15,12 @@ from wandb_run import read_run
 from lvae import VAE, CheckpointError
 
 NETWORKS = '''
+import os
 import torch
 from torch import nn
+
+with open(os.path.join(os.path.dirname(__file__), "top_level_ran.txt"), "a") as ran:  # once per importing process
+    ran.write(f"{os.getpid()}\\n")
 
 
 class TinyEncoder(nn.Module):
@@ -75,22 +79,25 @@ def drawn(run: Path) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def own_networks(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`lvae fit --config mine.yaml` whose model names an encoder and decoder from a file in the working folder,
-    with every default picture, then continued, then predicted."""
+    """The installed `lvae` command, `lvae fit --config mine.yaml`, whose model names an encoder and decoder from a
+    file in the working folder (not on PYTHONPATH), with every default picture, then continued, then predicted."""
     cwd = tmp_path_factory.mktemp("networks")
     (cwd / "my_networks.py").write_text(NETWORKS)
     (cwd / "mine.yaml").write_text(CONFIG)
-    run_lvae(fit_args(mnist_root, "--run_id", "mine", config="mine.yaml"), cwd)
+    run_lvae(fit_args(mnist_root, "--run_id", "mine", config="mine.yaml"), cwd, script=True)
     run_lvae(fit_args(mnist_root, "--run_id", "mine", "--ckpt_path", "last", "--trainer.max_epochs", "3",
-                      "--trainer.callbacks", "[]", config="mine.yaml"), cwd)
+                      "--trainer.callbacks", "[]", config="mine.yaml"), cwd, script=True)
     run_lvae(["predict", "--config", "mine.yaml", "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu",
               "--trainer.callbacks", "[]", "--trainer.callbacks+=lvae.callbacks.LatentExport",
-              "--ckpt_path", str(cwd / "runs" / "mine" / "checkpoints" / "last.ckpt")], cwd)
+              "--ckpt_path", str(cwd / "runs" / "mine" / "checkpoints" / "last.ckpt")], cwd, script=True)
     return cwd
 
 
 def test_your_own_encoder_and_decoder_train_resume_predict_and_draw(own_networks: Path) -> None:
     run = own_networks / "runs" / "mine"
+    # Imported from the working folder by each of the three commands, and by nothing else (not the drawing process).
+    ran = (own_networks / "top_level_ran.txt").read_text().split()
+    assert len(ran) == len(set(ran)) == 3, ran
     assert drawn(run).keys() >= PICTURES and all(drawn(run)[name] == ["epoch_000.png", "epoch_001.png"]
                                                  for name in PICTURES)
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # plain values: the class as its path
@@ -130,6 +137,17 @@ def test_a_network_that_cannot_be_used_is_refused_before_any_work(own_networks: 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert all(text in proc.stderr for text in said), proc.stderr[-3000:]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_class_path_given_on_the_command_line_is_named_whole_when_it_cannot_be_imported(
+        mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from lvae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main(fit_args(mnist_root, "--model.encoder", "nowhere.Encoder", "--print_config"))
+    said = capsys.readouterr().err
+    assert exit.value.code == 2 and f"class_path nowhere.Encoder {MESSAGES['class path']}" in said, said
 
 
 def test_lvae_fit_with_no_config_draws_every_picture(mnist_root: Path, tmp_path: Path) -> None:

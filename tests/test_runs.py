@@ -83,7 +83,7 @@ def test_an_existing_run_id_without_ckpt_path_is_refused_and_left_as_it_was(data
 
 
 def test_other_ranks_and_requeues_share_an_existing_run_id(monkeypatch) -> None:
-    from lvae.cli import first_start
+    from lvae.runs import first_start
 
     for var in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "TORCHELASTIC_RESTART_COUNT",
                 "SLURM_RESTART_COUNT"):

@@ -1,0 +1,236 @@
+"""What someone else can cause, answered in-process: a run id is a name and never a path, a run folder goes to one of
+two commands that start it at once, a live run is continued by one process at a time, and a checkpoint names no
+class that lvae would import or build unless lvae defines it."""
+
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from test_faults import MESSAGES  # what the README's table quotes
+
+from lvae import CheckpointError, ConfigError
+from lvae.checkpoints import check_checkpoint, flags
+from lvae.cli import main
+from lvae.runs import RunFolder, launcher_run_id
+
+RULE = MESSAGES["run id rule"]
+
+
+def lvae(*args: str) -> int:
+    """`lvae ARGS` in this process, as a notebook calls it; its exit code."""
+    try:
+        main(list(args))
+    except SystemExit as exit:
+        return exit.code or 0
+    return 0
+
+
+def fit_args(data_dir: Path, *extra: str) -> list[str]:
+    return ["fit", "--data.data_dir", str(data_dir), "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
+            "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]", *extra]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    return cwd
+
+
+@pytest.mark.parametrize("run_id", ["../escape2", "/tmp/abs-run", "a b", "x" * 65, "-flag", ".hidden", "", "é"])
+@pytest.mark.parametrize("logger", ["false", "default W&B"])
+def test_a_run_id_that_is_not_a_name_is_refused_before_anything_exists(
+        workdir: Path, mnist_root: Path, capsys: pytest.CaptureFixture, run_id: str, logger: str) -> None:
+    loggers = ["--trainer.logger", "false"] if logger == "false" else []
+    assert lvae(*fit_args(mnist_root, f"--run_id={run_id}", *loggers)) == 2
+    said = capsys.readouterr().err
+    assert RULE in said and "Give another --run_id." in said and "Traceback" not in said, said
+    assert said.count("\n") <= 2, said
+    assert list(workdir.parent.iterdir()) == [workdir] and not list(workdir.iterdir())  # no folder, no W&B run
+    assert not Path("/tmp/abs-run").exists()
+
+
+def test_a_name_of_64_characters_is_a_run_id(workdir: Path, mnist_root: Path, capsys: pytest.CaptureFixture):
+    run_id = "Run-1_a." + "7" * 56
+    assert lvae(*fit_args(mnist_root, "--run_id", run_id, "--print_config")) == 0
+    assert f"run_id: {run_id}\n" in capsys.readouterr().out
+    assert not list(workdir.iterdir())  # --print_config writes nothing
+
+
+def test_a_launchers_id_obeys_the_same_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "my job")
+    with pytest.raises(ConfigError, match=r"'torchrun-my job' \(from torchrun's --rdzv-id\) is refused: a run id is a "
+                                          r".* Set torchrun's --rdzv-id to such a name, or give the run's name with "
+                                          r"--run_id\."):
+        launcher_run_id()
+
+
+def test_of_commands_that_start_one_run_at_once_one_gets_it(tmp_path: Path) -> None:
+    folder, start = tmp_path / "runs" / "race3", threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def start_run() -> None:
+        run = RunFolder()
+        start.wait()
+        try:
+            run.claim(folder)
+            outcomes.append("claimed")
+        except ConfigError as err:
+            outcomes.append(str(err))
+
+    threads = [threading.Thread(target=start_run) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count("claimed") == 1 and len(outcomes) == 8, outcomes
+    assert all(o.startswith("run race3 already exists") for o in outcomes if o != "claimed"), outcomes
+
+
+def test_a_refused_command_removes_the_folder_it_claimed_and_nothing_else(tmp_path: Path) -> None:
+    mine, other = RunFolder(), RunFolder()
+    mine.claim(tmp_path / "runs" / "a")
+    (tmp_path / "runs" / "a" / "config.yaml").write_text("written before the refusal")
+    other.hold(tmp_path / "runs" / "b")  # a continued run: held, not claimed
+    mine.release(refused=True)
+    other.release(refused=True)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["b"]
+    first = RunFolder()
+    first.claim(tmp_path / "new" / "runs" / "a")  # makes new/ and runs/ too
+    first.release(refused=True)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_live_run_is_not_continued_by_a_second_process(workdir: Path, mnist_root: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    # Another process trains run live: it holds the run's folder. (Here a `python -c` that holds it and waits.)
+    run = workdir / "runs" / "live"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from lvae.runs import RunFolder; run = RunFolder(); run.hold(Path(sys.argv[1])); "
+                               "print('held', flush=True); time.sleep(120)", str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        (run / "checkpoints").mkdir()
+        torch.save({"state_dict": {}}, run / "checkpoints" / "last.ckpt")
+        for args in (["--run_id", "live", "--ckpt_path", "last"], ["--ckpt_path", "last"]):
+            assert lvae(*fit_args(mnist_root, *args)) == 2
+            said = capsys.readouterr().err
+            assert f"run live is being trained by process {holder.pid} on " in said, said
+            assert MESSAGES["live run"] in said
+        (run / "checkpoints" / "last.ckpt").unlink()  # the first epoch: no checkpoint yet
+        assert lvae(*fit_args(mnist_root, "--run_id", "live", "--ckpt_path", "last")) == 2
+        assert f"run live is being trained by process {holder.pid} on " in capsys.readouterr().err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    RunFolder().hold(run)  # however the holder ended, SIGKILL included, a requeued job gets the run
+
+
+def test_a_run_without_last_ckpt_is_advised_its_other_checkpoint(workdir: Path, mnist_root: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    (workdir / "runs" / "r5" / "checkpoints").mkdir(parents=True)
+    (workdir / "runs" / "r5" / "checkpoints" / "best-epoch000.ckpt").write_bytes(b"")
+    assert lvae(*fit_args(mnist_root, "--run_id", "r5", "--ckpt_path", "last")) == 2
+    said = capsys.readouterr().err
+    assert f"run r5 {MESSAGES['no last.ckpt']} best-epoch000.ckpt. Continue it from one of those: " \
+           "--run_id r5 --ckpt_path runs/r5/checkpoints/best-epoch000.ckpt" in said, said
+    assert "remove" not in said  # the advice keeps the checkpoint
+
+
+# ----- checkpoints import nothing that lvae did not write -----
+
+EVIL = "evil_mod_lvae_test"
+
+
+@pytest.fixture
+def evil_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A module on sys.path whose import writes a marker file: what a checkpoint must never make lvae import."""
+    marker = tmp_path / "imported.txt"
+    (tmp_path / f"{EVIL}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                         "import torch\nclass Encoder(torch.nn.Module):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return marker
+
+
+@pytest.fixture(scope="module")
+def own_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An lvae VAE's checkpoint, as `torch.save` of what Lightning writes: weights and hyperparameters."""
+    from lvae import VAE
+
+    model = VAE(latent_dim=4, hidden_dim=16, latent_points=0)
+    return {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": "2.6.0"}
+
+
+LIGHTNING = {"_instantiator": "lightning.pytorch.cli.instantiate_module"}
+
+
+@pytest.mark.parametrize(("hparams", "named"), [
+    ({"encoder": f"{EVIL}.Encoder"}, f"encoder names the class '{EVIL}.Encoder'"),
+    ({**LIGHTNING, "encoder": f"{EVIL}.Encoder"}, f"encoder names the class '{EVIL}.Encoder'"),
+    ({"encoder": {"class_path": f"{EVIL}.Encoder"}}, "encoder.class_path names the class"),
+    ({"decoder": {"class_path": "lvae.networks.MLPDecoder", "init_args": {"net": {"class_path": f"{EVIL}.X"}}}},
+     "decoder.init_args.net.class_path names the class"),
+    ({"decoder": {"class_path": "lvae.networks.MLPDecoder", "init_args": {"act": f"{EVIL}.act"}}},
+     f"decoder.init_args.act names the class '{EVIL}.act'"),
+    ({**LIGHTNING, "_class_path": f"{EVIL}.Model"}, f"_class_path names the class '{EVIL}.Model'"),
+    # Classes that lvae's modules merely import are not lvae's, whatever path reaches them.
+    ({"encoder": {"class_path": "lvae.model.Normal"}}, "encoder.class_path names the class 'lvae.model.Normal'"),
+    ({"encoder": {"class_path": "lvae.model.nn.Linear"}}, "encoder.class_path names the class 'lvae.model.nn.Linear'"),
+    ({**LIGHTNING, "encoder": "lvae.model.nn.Linear"}, "encoder names the class 'lvae.model.nn.Linear'"),
+])
+def test_a_checkpoint_naming_a_class_lvae_did_not_write_is_refused_before_it_is_imported(
+        tmp_path: Path, evil_module: Path, own_checkpoint: dict, hparams: dict, named: str) -> None:
+    from lvae import VAE
+
+    path = tmp_path / "shared.ckpt"
+    torch.save({**own_checkpoint, "hyper_parameters": {**own_checkpoint["hyper_parameters"], **hparams}}, path)
+    with pytest.raises(CheckpointError, match=f"is refused: its hyperparameter {named}") as refused:
+        VAE.load_from_checkpoint(path)
+    assert MESSAGES["foreign class"] in str(refused.value)
+    assert not evil_module.exists() and EVIL not in sys.modules
+
+
+@pytest.mark.parametrize("hparams", [{}, LIGHTNING, {**LIGHTNING, "_class_path": "lvae.model.VAE"},
+                                     {"encoder": {"class_path": "lvae.networks.MLPEncoder",
+                                                  "init_args": {"hidden_dim": 8}}}])
+def test_lvaes_own_classes_load_in_every_form(tmp_path: Path, own_checkpoint: dict, hparams: dict) -> None:
+    from lvae import VAE
+
+    path = tmp_path / "own.ckpt"
+    saved = {**own_checkpoint["hyper_parameters"], **hparams}
+    state = own_checkpoint["state_dict"]
+    if "encoder" in hparams:
+        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    torch.save({**own_checkpoint, "hyper_parameters": saved, "state_dict": state}, path)
+    model = VAE.load_from_checkpoint(path, strict="encoder" not in hparams)
+    assert model.hparams.latent_dim == 4
+
+
+def test_advice_never_offers_a_value_lvae_would_refuse(tmp_path: Path, evil_module: Path,
+                                                       own_checkpoint: dict) -> None:
+    from jsonargparse import Namespace
+
+    hparams = {**own_checkpoint["hyper_parameters"], "latent_dim": 3,
+               "encoder": {"class_path": f"{EVIL}.Encoder", "init_args": {}}}
+    path = tmp_path / "other.ckpt"
+    torch.save({**own_checkpoint, "hyper_parameters": hparams}, path)
+    config = Namespace(model=Namespace(class_path="lvae.VAE", init_args=Namespace(latent_dim=4, encoder=None)))
+    with pytest.raises(CheckpointError) as refused:
+        check_checkpoint(str(path), config)
+    advice = str(refused.value).split("Use the checkpoint's values (")[1]
+    assert advice.startswith("--model.latent_dim 3)") and EVIL not in advice, str(refused.value)
+    assert not evil_module.exists()
+    # What is offered can be pasted: lists and networks as JSON, one shell word each.
+    assert flags([("model.image_shape", [3, 64, 64]), ("model.encoder", {"class_path": "lvae.networks.ConvEncoder"}),
+                  ("data.root", "my images")]) == \
+        "--model.image_shape '[3, 64, 64]' --model.encoder '{\"class_path\": \"lvae.networks.ConvEncoder\"}' " \
+        "--data.root 'my images'"
