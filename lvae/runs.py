@@ -44,7 +44,7 @@ def launcher_run_id() -> Optional[str]:
     Lightning's own DDP launcher starts ranks from rank zero (they inherit the id); torchrun and SLURM start every
     process independently, so each would otherwise make up its own id and its own run folder."""
     if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
-        return check_run_id(f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}", "torchrun's --rdzv-id")
+        return check_run_id(os.environ["TORCHELASTIC_RUN_ID"], "torchrun's --rdzv-id")
     if os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return check_run_id(f"slurm-{os.environ['SLURM_JOB_ID']}", "SLURM_JOB_ID")
     return None

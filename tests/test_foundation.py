@@ -212,4 +212,4 @@ def test_processes_of_one_torchrun_or_slurm_job_share_one_run_id(monkeypatch) ->
     monkeypatch.setenv("SLURM_NTASKS", "8")
     assert launcher_run_id() == "slurm-4242"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job7")
-    assert launcher_run_id() == "torchrun-job7"
+    assert launcher_run_id() == "job7"  # the rendezvous id is the run id, as the README says

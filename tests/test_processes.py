@@ -166,7 +166,7 @@ def torchrun_job(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     # resumed fit starts after its epoch: the kill waits for epoch 1's pictures.
     killed = torchrun_two_nodes(cwd, "twonodes", *args, "--trainer.max_epochs", "50",
                                 marker(cwd / "marks", step=5, hold=1), kill="marks/rank1.pid",
-                                drawn=tuple(f"runs/torchrun-twonodes/latents/{n}/epoch_001.png" for n in PICTURES))
+                                drawn=tuple(f"runs/twonodes/latents/{n}/epoch_001.png" for n in PICTURES))
     wandb_runs = list((cwd / "runs").glob("*/wandb/offline-run-*"))
     advice = re.search(r"Continue with (--run_id \S+ --ckpt_path last)$", "".join(out for _, out in killed), re.M)
     resumed = torchrun_two_nodes(cwd, "twonodes", *args, "--trainer.max_epochs", "3",
@@ -181,10 +181,10 @@ def test_a_dead_torchrun_process_ends_the_job_with_one_message_from_the_survivor
     # Rank 0 says it; torchrun's own summary of the failure (its agents' output) is torchrun's.
     (message,) = re.findall(r"^lvae: error: .*$", printed, re.M)
     assert message.startswith(f"lvae: error: {MESSAGES['dead process']} (rank 0 lost its connection to it: "), message
-    run = torchrun_job["cwd"] / "runs" / "torchrun-twonodes"
+    run = torchrun_job["cwd"] / "runs" / "twonodes"
     assert message.endswith(f"during epoch 2, step 5, so the job was ended. The checkpoints on disk are whole: "
                             f"{(run / 'checkpoints' / 'last.ckpt').resolve()} holds epoch 1, step 4. Continue with "
-                            f"--run_id torchrun-twonodes --ckpt_path last"), message
+                            f"--run_id twonodes --ckpt_path last"), message
     # No traceback through lvae's own source. torchrun's traceback of its child's failure is torchrun's, and its
     # files may sit under a folder named lvae (a clone's .venv): only lvae's own package folders count.
     own = [f'File "{REPO / folder}/' for folder in ("lvae", "callbacks")]
@@ -196,11 +196,11 @@ def test_a_dead_torchrun_process_ends_the_job_with_one_message_from_the_survivor
 def test_two_torchrun_nodes_make_one_run_that_resumes(torchrun_job: dict) -> None:
     cwd = torchrun_job["cwd"]
     assert all(code == 0 for code, _ in torchrun_job["resumed"]), torchrun_job["resumed"][0][1][-3000:]
-    assert [p.name for p in run_dirs(cwd / "runs")] == ["torchrun-twonodes"]
-    run = cwd / "runs" / "torchrun-twonodes"
+    assert [p.name for p in run_dirs(cwd / "runs")] == ["twonodes"]
+    run = cwd / "runs" / "twonodes"
     assert len(torchrun_job["wandb_runs_before_resume"]) == 1  # one W&B run, logged by rank zero
     wandb_runs = read_run(run)
-    assert {r.run_id for r in wandb_runs} == {"torchrun-twonodes"}  # the resumed fit continues it
+    assert {r.run_id for r in wandb_runs} == {"twonodes"}  # the resumed fit continues it
     for name in PICTURES:
         assert sorted(p.name for p in (run / "latents" / name).glob("epoch_*.png")) == \
                ["epoch_000.png", "epoch_001.png", "epoch_002.png"], name
@@ -226,7 +226,7 @@ def test_a_healthy_run_prints_nothing_a_user_cannot_act_on(torchrun_job: dict) -
     noise = [line for text in printed for line in text.splitlines()
              if (found := WARNING_LINE.search(line)) and not (found.group("file") or "").startswith(ours)]
     assert not noise, "\n".join(noise)
-    assert "run torchrun-twonodes in runs/torchrun-twonodes" in "".join(printed)  # lvae's own line still comes
+    assert "run twonodes in runs/twonodes" in "".join(printed)  # lvae's own line still comes
 
 
 def test_wandb_logger_still_hands_wandb_the_anonymous_setting_it_warns_about() -> None:

@@ -67,7 +67,7 @@ def test_a_name_of_64_characters_is_a_run_id(workdir: Path, mnist_root: Path, ca
 def test_a_launchers_id_obeys_the_same_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "my job")
-    with pytest.raises(ConfigError, match=r"'torchrun-my job' \(from torchrun's --rdzv-id\) is refused: a run id is a "
+    with pytest.raises(ConfigError, match=r"'my job' \(from torchrun's --rdzv-id\) is refused: a run id is a "
                                           r".* Set torchrun's --rdzv-id to such a name, or give the run's name with "
                                           r"--run_id\."):
         launcher_run_id()
