@@ -113,7 +113,10 @@ def condense(message: str) -> list[str]:
     reasons = [line for line in lines if line.strip() and not PARSER_KEY.search(line)
                and not any(part in line for part in STRUCTURE)]
     deepest = max(reasons, key=lambda line: len(line) - len(line.lstrip())) if reasons else lines[0]
-    reason = re.sub(r"\. Got value: .*$", "", deepest.strip().lstrip("- "))
+    reason, _, got = deepest.strip().lstrip("- ").partition(". Got value: ")
+    reason = re.sub(r"^Expected a typing\.Literal\[(.*)\]$", r"expected one of \1", reason)
+    if got:  # the value given, named as the parser's own messages do for other keys
+        reason += f"; got {got if len(got) <= 60 else got[:57] + '...'}"
     reason = re.sub(r"^Type .* expects a function or a callable class: ", "", reason)
     said = [f'Parser key "{".".join(keys)}": {reason}']
     old = OLD_CALLBACKS.search(message)

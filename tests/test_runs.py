@@ -183,6 +183,23 @@ def test_a_bad_value_is_one_short_message_pointing_at_help(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(("args", "said"), [
+    (["--data.dataset", "nosuch"], 'Parser key "data.dataset": expected one of \'mnist\', \'fashion_mnist\', '
+                                   '\'kmnist\'; got nosuch'),
+    (["--model.likelihood", "poisson"], 'Parser key "model.likelihood": expected one of \'bernoulli\', '
+                                        '\'gaussian\'; got poisson'),
+])
+def test_a_bad_choice_is_named_with_the_value_given(tmp_path: Path, monkeypatch, capsys, args: list[str], said: str):
+    from lvae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main(["fit", *args])
+    printed = capsys.readouterr().err
+    assert exit.value.code == 2 and printed.startswith(f"lvae fit: error: {said}\n"), printed
+    assert not list(tmp_path.iterdir())
+
+
 def test_help_describes_lvae(tmp_path: Path) -> None:
     proc = run_lvae(["--help"], tmp_path)
     assert "Train a VAE" in proc.stdout and "Lightning Trainer command line tool" not in proc.stdout
