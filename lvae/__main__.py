@@ -1,5 +1,5 @@
-"""`python -m lvae` and the `lvae` command. The CLI is imported inside `main`: the drawing process ("spawn")
-imports this module as its main module, and must neither train nor import Lightning."""
+"""`python -m lvae` and the `lvae` command. The CLI is imported inside `main`, after `start_early`: the drawing
+process's imports then run while Lightning's import takes the other core."""
 
 
 def main() -> None:

@@ -6,21 +6,32 @@ imports the drawing stack (matplotlib, openTSNE, scikit-learn); the drawing proc
 This module imports neither Lightning, nor torch, nor the drawing stack at its top: the drawing process starts by
 importing it, and needs none of them to draw. Lightning takes about 6 s of CPU to import on 2 cores, torch 2 s and
 another 0.5 s to exit; on 2 cores that time is taken from training.
+
+The drawing process is `python -c` running `serve` with the training process's sys.path; jobs and results go over
+two pipes as length-prefixed pickles. It imports lvae's modules and those a job names, never the user's
+`__main__`, so a script needs no `if __name__ == "__main__":` guard, and `python - < train.py`, `python -c` and
+notebooks get their pictures too.
 """
 
-import atexit
 import importlib
-import multiprocessing
-import sys
+import io
+import json
 import os
+import pickle
 import signal
+import struct
+import subprocess
+import sys
 import threading
 import time
 import warnings
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from queue import SimpleQueue
+from typing import IO, Any, Callable, Optional
+
+from lvae.errors import LVAEError
 
 # The drawing process runs at this niceness: it takes the CPU time training leaves (see bench/README.md).
 DRAWING_NICENESS = 10
@@ -53,7 +64,15 @@ class Job:
         return getattr(importlib.import_module(module), name)(**self.kwargs)
 
 
-def run_job(job: Job) -> Drawn:
+class DrawingStopped(LVAEError):
+    """The drawing process could not be started, or ended before a job's result came back; the message says why."""
+
+
+class MainModuleJob(LVAEError):
+    """A drawing job that needs something defined in the user's `__main__`, which the drawing process never runs."""
+
+
+def run_job(job: Callable[[], Drawn]) -> Drawn:
     """Run `job`, handing back the warnings it raised, to be raised where the user sees them."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -81,6 +100,84 @@ def lower_priority(pid: int = 0) -> None:
         pass
 
 
+def exit_status(returncode: int) -> str:
+    """How a child process ended, from its `Popen.returncode`: "exit code 1", "killed by SIGKILL"."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+class _JobPickler(pickle.Pickler):
+    """Pickles a job, refusing at once what only the user's `__main__` defines: the drawing process would fail to
+    find it, with a message about attribute lookups."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        module = obj.target.partition(":")[0] if isinstance(obj, Job) else getattr(obj, "__module__", None)
+        if module != "__main__":
+            return NotImplemented
+        name = obj.target.partition(":")[2] if isinstance(obj, Job) else \
+            getattr(obj, "__qualname__", type(obj).__qualname__)  # a function or class; else an instance's class
+        raise MainModuleJob(f"the drawing needs {name}, which is defined in __main__ (the script, notebook or "
+                            f"`python -c` code being run), and the drawing process does not run __main__: move {name} "
+                            "into a module it can import (a .py file on sys.path), or draw in the training loop with "
+                            "background=False")
+
+
+def _import_path() -> list[str]:
+    """This process's sys.path, as the import system reads it (str entries only)."""
+    return [entry for entry in sys.path if isinstance(entry, str)]
+
+
+def _pickle_job(job: Callable[[], Drawn]) -> bytes:
+    """`job`, after this process's sys.path as it is now (a notebook may have added to it since the drawing process
+    started): the drawing process takes that path before it unpickles the job, so the job's modules import there as
+    they would here."""
+    buffer = io.BytesIO()
+    pickle.dump(_import_path(), buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    _JobPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(job)
+    return buffer.getvalue()
+
+
+def _unpickle_job(data: bytes) -> Callable[[], Drawn]:
+    stream = io.BytesIO(data)
+    sys.path[:] = pickle.load(stream)
+    return pickle.load(stream)
+
+
+# A frame is its length, then a job (sys.path and the job, two pickles) or a result; an empty one asks the drawing
+# process to end.
+_FRAME = struct.Struct("!Q")
+
+
+def _write_frame(stream: IO[bytes], data: bytes) -> None:
+    stream.write(_FRAME.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _read_frame(stream: IO[bytes]) -> bytes:
+    """The next frame; b"" for the empty frame, or once the other side has closed the pipe (or died mid-frame)."""
+    header = stream.read(_FRAME.size)
+    if len(header) < _FRAME.size:
+        return b""
+    (size,) = _FRAME.unpack(header)
+    data = stream.read(size)
+    return data if len(data) == size else b""
+
+
+def _pickle_outcome(done: bool, value: Any) -> bytes:
+    """A job's result (`done`) or error, pickled; an error, in its words, where that cannot be pickled."""
+    try:
+        return pickle.dumps((done, value), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as err:
+        failed = err if done else value
+        return pickle.dumps((False, RuntimeError(f"{type(failed).__name__}: {failed}")),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _exit_when_orphaned(parent: int) -> None:
     # A training process killed outright (SIGKILL, the out-of-memory killer) cannot stop its drawing process.
     while os.getppid() == parent:
@@ -89,9 +186,9 @@ def _exit_when_orphaned(parent: int) -> None:
 
 
 def _exit_at_once() -> None:
-    # "spawn" ends its process with sys.exit, and tearing down an interpreter that holds matplotlib, SciPy and
-    # scikit-learn took 0.2 s at the end of every fit, with the user waiting (DrawingProcess.close). The drawing
-    # process has nothing to finalise: each job's files are written whole and closed before its result is sent.
+    # Tearing down an interpreter that holds matplotlib, SciPy and scikit-learn took 0.2 s at the end of every fit,
+    # with the user waiting (DrawingProcess.close). The drawing process has nothing to finalise: each job's files are
+    # written whole and closed before its result is sent.
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -100,71 +197,183 @@ def _exit_at_once() -> None:
     os._exit(0)
 
 
+def serve(parent: int, jobs: int, results: int) -> None:
+    """The drawing process's loop: runs the jobs that arrive on pipe `jobs` one at a time, and sends each one's
+    result or error on pipe `results`, until the training process `parent` says stop or is gone (checked every
+    `PARENT_CHECK_SECONDS`, also while a job is drawn)."""
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="lvae-parent-watch").start()
+    with open(jobs, "rb") as inbox, open(results, "wb") as outbox:
+        while frame := _read_frame(inbox):
+            try:
+                outcome = (True, run_job(_unpickle_job(frame)))
+            except Exception as err:  # the job failed, or names a module this process cannot import
+                outcome = (False, err)
+            _write_frame(outbox, _pickle_outcome(*outcome))
+    _exit_at_once()
+
+
+# The drawing process's whole main module: deaf to Ctrl-C before anything else (the training process handles it and
+# saves last.ckpt), then the training process's sys.path, where lvae may only be found through an entry a notebook
+# added.
+_CHILD_MAIN = ("import json, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+               "sys.path[:] = json.loads(sys.argv[1]); from lvae.drawing import serve; serve(*map(int, sys.argv[2:]))")
+
 # The drawing process runs one thread of native code. scikit-learn's neighbour search (the t-SNE affinities, the
 # k-NN agreement) otherwise starts an OpenMP thread per core, and while training holds the other core those threads
 # wait on one another: 0.13 s a search instead of 0.02 s, half of a warm t-SNE epoch (bench/README.md).
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def start_drawing_process(parent: int) -> None:
-    """Initializer of the drawing process: low priority, one thread of native code (set before NumPy loads its
-    libraries), deaf to Ctrl-C (the training process handles it and saves last.ckpt), quick to exit, and gone within
-    a second of its training process, however that ends."""
-    os.environ.update(ONE_THREAD)
-    lower_priority()
-    atexit.register(_exit_at_once)  # after the handlers of the modules the jobs import, which run first
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True, name="lvae-parent-watch").start()
+def _settle(future: Future, done: bool, value: Any) -> None:
+    try:
+        if done:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    except InvalidStateError:  # cancelled meanwhile (`DrawingProcess.stop`)
+        pass
+
+
+class _Child:
+    """One started drawing process. A thread writes it the jobs in the order sent, another reads their outcomes back
+    into their futures, and a third passes on what it prints to stderr, keeping the last line to say why it stopped."""
+
+    def __init__(self) -> None:
+        jobs_read, jobs_write = os.pipe()
+        results_read, results_write = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_MAIN, json.dumps(_import_path()), str(os.getpid()), str(jobs_read),
+                 str(results_write)],
+                pass_fds=(jobs_read, results_write), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                env={**os.environ, **ONE_THREAD})
+        except OSError as err:
+            os.close(jobs_write)
+            os.close(results_read)
+            raise DrawingStopped(f"the drawing process could not be started ({err})") from err
+        finally:
+            os.close(jobs_read)
+            os.close(results_write)
+        lower_priority(self.process.pid)  # at once: its imports would otherwise compete with training
+        self._stopped: Optional[DrawingStopped] = None  # why it ended, once it has
+        self._futures: deque[Future] = deque()  # of the jobs sent and not answered yet, in order
+        self._lock = threading.Lock()
+        self._outbox: SimpleQueue[Optional[bytes]] = SimpleQueue()
+        self._last_line = ""
+        self._stderr = threading.Thread(target=self._pass_on_stderr, daemon=True, name="lvae-drawing-stderr")
+        self._receiver = threading.Thread(target=self._receive, args=(results_read,), daemon=True,
+                                          name="lvae-drawing-results")
+        self._stderr.start()
+        self._receiver.start()
+        threading.Thread(target=self._send, args=(jobs_write,), daemon=True, name="lvae-drawing-jobs").start()
+
+    @property
+    def ended(self) -> bool:
+        return self._stopped is not None
+
+    def send(self, job: bytes) -> Future:
+        future: Future = Future()
+        with self._lock:
+            if self._stopped is not None:  # ended since the caller looked at `ended`
+                future.set_exception(self._stopped)
+            else:
+                self._futures.append(future)
+                self._outbox.put(job)
+        return future
+
+    def stop(self) -> None:
+        """End the process at once: the job being drawn is abandoned, the queued ones are cancelled."""
+        with self._lock:
+            for future in self._futures:
+                future.cancel()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._outbox.put(None)
+
+    def close(self) -> None:
+        """Let the jobs sent finish, then end the process."""
+        self._outbox.put(None)
+        self._receiver.join()
+
+    def _send(self, fd: int) -> None:
+        # A thread: a job larger than the pipe's buffer would otherwise hold training until the one before it is drawn.
+        try:
+            with open(fd, "wb") as pipe:
+                while (job := self._outbox.get()) is not None:
+                    _write_frame(pipe, job)
+                _write_frame(pipe, b"")  # stop, once the jobs before it are done
+        except OSError:  # the process has ended: `_receive` says why
+            pass
+
+    def _receive(self, fd: int) -> None:
+        with open(fd, "rb") as pipe:
+            while frame := _read_frame(pipe):
+                future = self._futures.popleft()
+                try:
+                    done, value = pickle.loads(frame)
+                except Exception as err:  # e.g. an error whose class cannot be made again here
+                    done, value = False, err
+                _settle(future, done, value)
+        why = exit_status(self.process.wait())  # the pipe closed: the process has ended
+        self._stderr.join(timeout=1.0)  # a process a job started may still hold stderr open
+        if self._last_line:
+            why = f"{why}: {self._last_line}"
+        with self._lock:
+            self._stopped = DrawingStopped(f"the drawing process stopped ({why}); the next picture starts a new one")
+            left, self._futures = list(self._futures), deque()
+        for future in left:
+            _settle(future, False, self._stopped)
+
+    def _pass_on_stderr(self) -> None:
+        with self.process.stderr as stream:
+            for line in stream:
+                text = line.decode(errors="replace")
+                sys.stderr.write(text)
+                sys.stderr.flush()
+                if text.strip():
+                    self._last_line = text.strip()
 
 
 # Drawing runs in a separate process, at a lower priority than training, and while it draws training leaves it a
 # core: a drawing thread would hold the GIL that each of training's small torch calls needs back
 # (bench/README.md has the measurements).
 class DrawingProcess:
-    """The drawing process of one trainer, shared by its picture callbacks; started on first use, jobs run one at a
-    time in the order they were sent. "spawn" rather than fork: the training process holds threads (W&B, the data
-    path) and possibly CUDA, which a forked child must not inherit. While jobs are pending, torch in the training
-    process uses one thread less; `settle`, on the training thread, gives it back."""
+    """The drawing process of one trainer, shared by its picture callbacks; started on first use (and again after it
+    died), jobs run one at a time in the order they were sent. A `python -c` process of lvae's own, not
+    multiprocessing's: "spawn" and "forkserver" run the user's `__main__` again (a script without a main guard
+    trains a second time there, or fails; stdin cannot be read twice), and "fork" would copy the training process's
+    threads (W&B, the data path) and possibly CUDA. While jobs are pending, torch in the training process uses one
+    thread less; `settle`, on the training thread, gives it back."""
 
     def __init__(self) -> None:
-        self._executor: Optional[ProcessPoolExecutor] = None
-        self._pid: Optional[int] = None
+        self._child: Optional[_Child] = None
         self._pending: set[Future] = set()
         self._threads: Optional[int] = None  # torch's thread count to give back when no job is pending
 
     @property
     def pid(self) -> Optional[int]:
-        return self._pid
+        return self._child.process.pid if self._child is not None else None
 
-    def submit(self, job: Job, lend_core: bool = True) -> Future:
-        """Send `job`; with `lend_core`, torch in this process uses one thread less until `settle` finds no job
+    def submit(self, job: Callable[[], Drawn], lend_core: bool = True) -> Future:
+        """Send `job`, a `Job` or a picklable callable (refused here, with `MainModuleJob`, where it needs the user's
+        `__main__`); with `lend_core`, torch in this process uses one thread less until `settle` finds no job
         pending."""
-        for _ in range(2):
-            before = None
-            if self._executor is None:
-                before = {p.pid for p in multiprocessing.active_children()}
-                self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                                     initializer=start_drawing_process, initargs=(os.getpid(),))
-            try:
-                future = self._executor.submit(run_job, job)
-            except BrokenProcessPool:  # the process died (killed, out of memory): start a new one, once
-                self._executor.shutdown(wait=False)
-                self._executor = None
-                continue
-            if before is not None:  # the first submit started the process
-                self._pid = next((p.pid for p in multiprocessing.active_children() if p.pid not in before), None)
-                if self._pid is not None:
-                    lower_priority(self._pid)  # at once: its imports would otherwise compete with training
-            if not lend_core:
-                return future
-            self._pending.add(future)
-            import torch  # the training process's: already imported there
-
-            if self._threads is None and torch.get_num_threads() > 1:
-                self._threads = torch.get_num_threads()
-                torch.set_num_threads(self._threads - 1)  # a core for the drawing
+        data = _pickle_job(job)
+        if self._child is None or self._child.ended:  # not started yet, or it died (killed, out of memory, a crash)
+            self._child = _Child()
+        future = self._child.send(data)
+        if not lend_core:
             return future
-        raise RuntimeError("the drawing process could not be started")
+        self._pending.add(future)
+        import torch  # the training process's: already imported there
+
+        if self._threads is None and torch.get_num_threads() > 1:
+            self._threads = torch.get_num_threads()
+            torch.set_num_threads(self._threads - 1)  # a core for the drawing
+        return future
 
     def settle(self) -> None:
         """Give torch its threads back once no job is pending. On the training thread: torch's thread count is the
@@ -191,13 +400,9 @@ class DrawingProcess:
     def stop(self) -> None:
         """Stop at once: queued jobs are dropped and the one being drawn is abandoned (each PNG is written whole or
         not at all)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            for process in multiprocessing.active_children():
-                if process.pid == self._pid:
-                    process.terminate()
-                    process.join(timeout=10)
-        self._executor, self._pid = None, None
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop()
         for future in self._pending:
             future.cancel()
         self._pending.clear()
@@ -205,9 +410,9 @@ class DrawingProcess:
 
     def close(self) -> None:
         """Finish: wait for what is pending, then end the process."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-        self._executor, self._pid = None, None
+        child, self._child = self._child, None
+        if child is not None:
+            child.close()
         self._pending.clear()
         self.settle()
 

@@ -2,7 +2,6 @@
 back, and turning a failing picture into a warning."""
 
 from concurrent.futures import CancelledError, Future
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Optional
 from weakref import WeakKeyDictionary
@@ -14,8 +13,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lvae.checkpoints import RunCheckpoint
-from lvae.drawing import Drawn, Job, run_job, take_early
-from lvae.errors import ConfigError
+from lvae.drawing import Drawn, DrawingStopped, Job, run_job, take_early
+from lvae.errors import ConfigError, LVAEError
 from lvae.latents import FollowedInputs, Latents, unusable
 from lvae.sink import PictureSink
 
@@ -79,7 +78,10 @@ class PictureCallback(Callback):
         self._shared.users.add(id(self))
         if self.background and trainer.is_global_zero and stage in ("fit", "validate"):
             # Starts the drawing process and imports the figures while the first epoch trains.
-            self._shared.drawing.submit(Job("lvae.drawing:import_modules", {"modules": self.figure_modules}))
+            try:
+                self._shared.drawing.submit(Job("lvae.drawing:import_modules", {"modules": self.figure_modules}))
+            except DrawingStopped:
+                pass  # the first picture starts it again, and its warning says why it could not
 
     @override
     def on_load_checkpoint(self, trainer: "L.Trainer", pl_module: "L.LightningModule",
@@ -187,12 +189,13 @@ class PictureCallback(Callback):
         hint = ""
         if isinstance(err, CancelledError):
             hint = " (training ended before it was drawn)"
-        elif isinstance(err, BrokenProcessPool):
-            hint = " (the drawing process stopped: killed, or out of memory?; the next picture starts a new one)"
         elif "pickle" in str(err).lower():
             hint = (" (pictures are drawn in a separate process: `prepare` must return a picklable job, e.g. a "
                     "lvae.drawing.Job, or functools.partial of a module-level function over NumPy arrays)")
-        what = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        if isinstance(err, LVAEError):  # its message says what happened, as the CLI prints it
+            what = str(err)
+        else:
+            what = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         rank_zero_warn(f"{type(self).__name__}: the picture of epoch {epoch} was skipped ({what}){hint}; training "
                        "goes on")
 

@@ -9,7 +9,6 @@ gloo it does at its next collective (the dead peer's connection resets within mi
 it has not.
 """
 
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -26,6 +25,7 @@ from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.strategies.launchers import subprocess_script
 
 from lvae.checkpoints import load_checkpoint
+from lvae.drawing import exit_status
 from lvae.errors import LVAEError
 
 GRACE_SECONDS = 10.0  # from a rank stopping to rank zero leaving the Job: 1-3 s measured on 2 busy cores
@@ -59,15 +59,6 @@ def first_sentence(err: BaseException) -> str:
     if text.startswith("[") and "] " in text:
         text = text.split("] ", 1)[1]
     return text.split(". ")[0].rstrip(".")
-
-
-def exit_status(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
 
 
 _open_job: Optional["Job"] = None  # the Job `lvae.cli.main` holds open; `track` reports the trainer to it
@@ -167,11 +158,10 @@ class Job:
         if self._ending.wait(GRACE_SECONDS):
             return
         # Rank zero is stuck where no error reaches it (with NCCL, a collective waits for its timeout): end every
-        # process as Lightning's watch would, after closing the W&B run and saying so from here.
+        # process as Lightning's watch would, after closing the W&B run and saying so from here. The drawing process
+        # ends by itself within a second of this one.
         message = self.describe(stopped)
         self._end_children(wait=0.0)
-        for process in multiprocessing.active_children():  # the drawing process
-            process.kill()
         wandb = sys.modules.get("wandb")
         if wandb is not None and wandb.run is not None:
             closing = threading.Thread(target=wandb.run.finish, kwargs={"exit_code": 1}, daemon=True)

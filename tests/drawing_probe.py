@@ -1,6 +1,9 @@
-"""Drawing jobs for tests (``drawing_probe:heavy_modules``, ``drawing_probe:native_threads``): what the drawing
-process holds."""
+"""Drawing jobs for tests (``drawing_probe:heavy_modules``, ``drawing_probe:native_threads``,
+``drawing_probe:settings``): what the drawing process holds; and ``drawing_probe:die``, a drawing process that
+crashes."""
 
+import os
+import signal
 import sys
 
 from lvae.drawing import Drawn
@@ -21,3 +24,16 @@ def native_threads() -> Drawn:
     NearestNeighbors(n_neighbors=5).fit(points).kneighbors(points)
     return Drawn(scalars={f"{pool['internal_api']}:{pool['filepath']}": float(pool["num_threads"])
                           for pool in threadpool_info()})
+
+
+def settings() -> Drawn:
+    """The drawing process's niceness, whether it ignores Ctrl-C, and whether its main module is a file."""
+    return Drawn(scalars={"niceness": float(os.getpriority(os.PRIO_PROCESS, 0)),
+                          "sigint_ignored": float(signal.getsignal(signal.SIGINT) is signal.SIG_IGN),
+                          "main_is_a_file": float(hasattr(sys.modules["__main__"], "__file__"))})
+
+
+def die(words: str, code: int) -> Drawn:
+    """Ends the drawing process as a crash would, its last words on stderr."""
+    print(words, file=sys.stderr, flush=True)
+    os._exit(code)

@@ -2,7 +2,6 @@
 
 import functools
 import json
-import multiprocessing
 import os
 import re
 import signal
@@ -20,8 +19,7 @@ from PIL import Image
 from wandb_run import read_run
 
 from lvae import VAE, MNISTDataModule
-from lvae.drawing import DRAWING_NICENESS
-from lvae.drawing import Drawn
+from lvae.drawing import DRAWING_NICENESS, DrawingProcess, DrawingStopped, Drawn, Job
 from lvae.picture_callback import PictureCallback
 
 
@@ -86,11 +84,27 @@ def test_a_killed_drawing_process_costs_one_picture_and_a_new_one_draws_the_next
     done = tmp_path / "drawn"
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, callbacks=[Killed(done)])
-    with pytest.warns(UserWarning, match=r"Killed: the picture of epoch 0 was skipped \(BrokenProcessPool.*the "
-                                         r"drawing process stopped"):
+    with pytest.warns(UserWarning, match=r"Killed: the picture of epoch 0 was skipped \(the drawing process stopped "
+                                         r"\(killed by SIGKILL\); the next picture starts a new one\)"):
         trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
     assert trainer.current_epoch == 2
     assert done.read_text() == "1"  # epoch 1 was drawn by a new drawing process
+
+
+def test_a_drawing_process_that_dies_or_cannot_start_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    drawing = DrawingProcess()
+    try:
+        died = drawing.submit(Job("drawing_probe:die", {"words": "Fatal error: out of cheese", "code": 3}),
+                              lend_core=False)
+        with pytest.raises(DrawingStopped, match=r"^the drawing process stopped \(exit code 3: Fatal error: out of "
+                                                 r"cheese\); the next picture starts a new one$"):
+            died.result(timeout=60)
+        assert drawing.submit(Job("drawing_probe:settings"), lend_core=False).result(timeout=60).scalars  # a new one
+    finally:
+        drawing.close()
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    with pytest.raises(DrawingStopped, match=r"^the drawing process could not be started \(\[Errno 2\] No such file"):
+        DrawingProcess().submit(Job("drawing_probe:settings"), lend_core=False)
 
 
 def draw_slowly(seconds: float) -> Drawn:
@@ -99,7 +113,9 @@ def draw_slowly(seconds: float) -> Drawn:
 
 
 class Slow(PictureCallback):
-    """Draws for a minute, and training fails while it draws."""
+    """Draws for a minute, and training fails while it draws; records the drawing process's pid."""
+
+    pid = None
 
     def prepare(self, trainer, pl_module, latents, epoch):
         return functools.partial(draw_slowly, 60.0)
@@ -107,17 +123,19 @@ class Slow(PictureCallback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if trainer.current_epoch == 1:
+            self.pid = self._shared.drawing.pid
             raise RuntimeError("training failed")
 
 
 def test_an_error_in_training_stops_the_drawing_process_instead_of_waiting_for_it(mnist_root: Path) -> None:
+    slow = Slow()
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, callbacks=[Slow()])
+                        enable_checkpointing=False, callbacks=[slow])
     threads, start = torch.get_num_threads(), time.perf_counter()
     with pytest.raises(RuntimeError, match="training failed"):
         trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
     assert time.perf_counter() - start < 40  # not the minute the picture of epoch 0 would take
-    assert not [p for p in multiprocessing.active_children() if p.name.startswith("SpawnProcess")]
+    assert slow.pid is not None and not is_running(slow.pid)
     assert torch.get_num_threads() == threads  # the core lent to the drawing process is given back
 
 
@@ -209,9 +227,8 @@ def test_the_drawing_process_priority_is_lowered_and_never_raised() -> None:
 def test_the_drawing_process_imports_neither_torch_nor_lightning_and_runs_one_native_thread() -> None:
     # Either import would cost training CPU on 2 cores: torch 2 s to import and 0.5 s to exit, Lightning 6 s. More
     # OpenMP threads than the one core training leaves wait on one another (0.13 s a neighbour search, not 0.02).
+    # It runs niced, leaves Ctrl-C to the training process (which saves last.ckpt), and runs no file as __main__.
     from lvae import callbacks
-    from lvae.drawing import DrawingProcess, Job
-
     modules = tuple(m for name in callbacks.__all__ for m in getattr(getattr(callbacks, name), "figure_modules", ()))
     assert "lvae.figures.tsne" in modules and "lvae.figures.reconstructions" in modules
     drawing = DrawingProcess()
@@ -220,9 +237,12 @@ def test_the_drawing_process_imports_neither_torch_nor_lightning_and_runs_one_na
                            {"modules": (*modules, "lvae.figures.animation", "openTSNE", "sklearn.neighbors")})).result()
         held = drawing.submit(Job("drawing_probe:heavy_modules")).result(timeout=120).scalars
         pools = drawing.submit(Job("drawing_probe:native_threads")).result(timeout=120).scalars
+        settings = drawing.submit(Job("drawing_probe:settings")).result(timeout=120).scalars
     finally:
         drawing.close()
     assert held == {}
+    assert settings == {"niceness": max(os.getpriority(os.PRIO_PROCESS, 0), DRAWING_NICENESS), "sigint_ignored": 1.0,
+                        "main_is_a_file": 0.0}
     assert any(name.startswith("openmp") for name in pools), pools  # scikit-learn's OpenMP pool was loaded
     assert set(pools.values()) == {1.0}, pools
 
@@ -299,7 +319,7 @@ def test_a_killed_fit_leaves_no_drawing_process_behind(mnist_root: Path, tmp_pat
     wait_for_file(out / "started_0", proc)
     helpers = descendants(proc.pid)
     drawing = int((out / "started_0").read_text())
-    assert drawing in helpers  # the drawing process, and multiprocessing's resource tracker
+    assert drawing in helpers  # the drawing process
     proc.send_signal(signal.SIGKILL)  # as the out-of-memory killer or a scheduler would
     proc.wait(timeout=30)
     deadline = time.monotonic() + 5
