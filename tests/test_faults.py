@@ -39,6 +39,9 @@ MESSAGES = {
     "no network": "W&B is not reachable",
     "perplexity": "TSNEEmbedding.perplexity=500.0 is too large for",
     "picture fails": "was skipped",  # tests/test_pictures.py
+    "drawing stopped": "the drawing process stopped (killed by SIGKILL); the next picture starts a new one",
+    "drawing in __main__": "into a module it can import (a .py file on sys.path), or draw in the training loop with "
+                           "background=False",  # tests/test_entry_points.py
     "untrusted checkpoint": "is refused: it holds",
     "dead process": "a process of the job stopped",  # tests/test_processes.py
     # tests/test_runs.py
