@@ -5,12 +5,14 @@ tensor; a batch is then one index operation instead of decoding a PIL image per 
 not the model, decides the speed of this small VAE).
 """
 
+import contextlib
 import functools
 import gzip
 import math
 import shutil
+import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Any, BinaryIO, Callable, Iterator, Literal, Optional
 
 import lightning as L
 import numpy as np
@@ -27,6 +29,7 @@ from lvae.errors import ConfigError, DataFilesError
 
 DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX headers: 0x0803 (uint8, 3 dims), 0x0801 (uint8, 1 dim)
+IDX_MAGIC = {3: IMAGES_MAGIC, 1: LABELS_MAGIC}  # dims -> magic number
 Batch = tuple[Tensor, Tensor, Tensor]  # images (B, 28, 28) uint8 until transfer, labels (B,), dataset index (B,)
 
 
@@ -35,35 +38,93 @@ def idx_files(split: str) -> tuple[str, str]:
     return f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte"
 
 
+def idx_shape(path: Path, head: bytes, dims: int, size: str) -> list[int]:
+    """The dimensions an IDX header declares, read from `head`: the file's first 4 + 4 * dims bytes, or all of it
+    when it is shorter (`size` says how long, in the message). Refuses a short header, a magic number that is not
+    uint8 values in `dims` dimensions, and images that are not 28x28."""
+    head_len, magic = 4 + 4 * dims, IDX_MAGIC[dims]
+    if len(head) < head_len:
+        raise DataFilesError(f"{path} is truncated: {size}, shorter than its {head_len}-byte IDX header")
+    found = int.from_bytes(head[:4], "big")
+    if found != magic:
+        raise DataFilesError(f"{path} is not an IDX {'image' if dims == 3 else 'label'} file: magic number "
+                             f"{found}, expected {magic}. Replace it with the original file.")
+    shape = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+    if dims == 3 and shape[1:] != [28, 28]:
+        raise DataFilesError(f"{path} holds {shape[1]}x{shape[2]} images; lvae reads 28x28 (MNIST, Fashion-MNIST, "
+                             "KMNIST)")
+    return shape
+
+
+def idx_size(shape: list[int]) -> int:
+    """The bytes of an IDX file of uint8 values with these dimensions: its header, then the values."""
+    return 4 + 4 * len(shape) + math.prod(shape)
+
+
+def check_idx_size(path: Path, shape: list[int], size: int, packed: bool = False) -> None:
+    """Refuse a file whose size is not what its header declares. A `packed` (.gz) file is measured by what it
+    unpacks to, counted no further than one byte past the declared size."""
+    expected = idx_size(shape)
+    if size == expected:
+        return
+    what = "truncated" if size < expected else "longer than its header says"
+    found = (f"{size} bytes" if not packed else f"it unpacks to {size} bytes" if size < expected else
+             f"it unpacks to more than {expected} bytes")
+    raise DataFilesError(f"{path} is {what}: {found}, its header ({'x'.join(map(str, shape))}) needs {expected}. "
+                         "Download or copy the file again.")
+
+
+def copy_at_most(src: BinaryIO, limit: int, dst: Optional[BinaryIO] = None) -> int:
+    """Copy up to `limit` bytes from `src` to `dst` (None: only count them) in 1 MiB reads; returns how many there
+    were. One read of `limit` bytes would first set aside all of them, however few the file holds."""
+    done = 0
+    while done < limit:
+        chunk = src.read(min(2**20, limit - done))
+        if not chunk:
+            break
+        if dst is not None:
+            dst.write(chunk)
+        done += len(chunk)
+    return done
+
+
+@contextlib.contextmanager
+def unpacking(packed: Path) -> Iterator[None]:
+    """Name a .gz that cannot be unpacked: not gzip, or its stream cut short or damaged."""
+    try:
+        yield
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise DataFilesError(f"{packed} cannot be unpacked ({type(err).__name__}: {err}). Download or copy the file "
+                             "again.") from None
+
+
+def checked_shape(path: Path, dims: int) -> list[int]:
+    """The dimensions an IDX file's header declares, once the file is known to hold exactly what they need.
+
+    A plain file is measured by its size. A .gz may inflate to a thousand times its size (2 MB to 2 GiB), so it is
+    inflated without keeping anything, and no further than one byte past the size its header declares.
+    """
+    head_len = 4 + 4 * dims
+    if not path.name.endswith(".gz"):
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            shape = idx_shape(path, f.read(head_len), dims, f"{size} bytes")
+        check_idx_size(path, shape, size)
+        return shape
+    with unpacking(path), gzip.open(path, "rb") as src:
+        head = src.read(head_len)
+        shape = idx_shape(path, head, dims, f"it unpacks to {len(head)} bytes")
+        check_idx_size(path, shape, head_len + copy_at_most(src, idx_size(shape) - head_len + 1), packed=True)
+    return shape
+
+
 def check_idx_pair(images: Path, labels: Path) -> int:
     """Check an images/labels IDX pair by what can be checked (magic numbers, shapes, sizes, counts).
 
     Returns the number of images; raises DataFilesError naming the file and what is wrong.
     """
-
-    def header(path: Path, magic: int, dims: int) -> list[int]:
-        size = path.stat().st_size
-        head_len = 4 + 4 * dims
-        if size < head_len:
-            raise DataFilesError(f"{path} is truncated: {size} bytes, shorter than its {head_len}-byte IDX header")
-        with open(path, "rb") as f:
-            head = f.read(head_len)
-        found = int.from_bytes(head[:4], "big")
-        if found != magic:
-            raise DataFilesError(f"{path} is not an IDX {'image' if dims == 3 else 'label'} file: magic number "
-                                 f"{found}, expected {magic}. Replace it with the original file.")
-        shape = [int.from_bytes(head[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
-        expected = head_len + math.prod(shape)
-        if size != expected:
-            what = "truncated" if size < expected else "longer than its header says"
-            raise DataFilesError(f"{path} is {what}: {size} bytes, its header ({'x'.join(map(str, shape))}) needs "
-                                 f"{expected}. Download or copy the file again.")
-        return shape
-
-    n_images, rows, cols = header(images, IMAGES_MAGIC, 3)
-    if (rows, cols) != (28, 28):
-        raise DataFilesError(f"{images} holds {rows}x{cols} images; lvae reads 28x28 (MNIST, Fashion-MNIST, KMNIST)")
-    (n_labels,) = header(labels, LABELS_MAGIC, 1)
+    n_images, _, _ = checked_shape(images, 3)
+    (n_labels,) = checked_shape(labels, 1)
     if n_images != n_labels:
         raise DataFilesError(f"{images} holds {n_images} images but {labels} holds {n_labels} labels; the pair "
                              "must come from the same split")
@@ -75,13 +136,29 @@ def check_idx_pair(images: Path, labels: Path) -> int:
     return n_images
 
 
-def read_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
-    """An IDX images/labels pair, plain or .gz, as arrays (N, 28, 28) and (N,) of uint8."""
-    def payload(path: Path, header: int) -> np.ndarray:
-        with (gzip.open(path) if str(path).endswith(".gz") else open(path, "rb")) as f:
-            return np.frombuffer(f.read(), dtype=np.uint8, offset=header)
+def unpack_idx(packed: Path, target: Path, dims: int) -> None:
+    """Unpack an IDX ``.gz`` to `target`, only once it is known to unpack to the size its header declares
+    (`checked_shape`): a refused file leaves nothing behind. A kill leaves only `<target>.part`, replaced next time."""
+    shape = checked_shape(packed, dims)
+    part = target.with_name(f"{target.name}.part")
+    try:
+        with unpacking(packed), gzip.open(packed, "rb") as src, open(part, "wb") as dst:
+            copy_at_most(src, idx_size(shape), dst)  # bounded again: the file may have changed since
+        part.rename(target)
+    finally:
+        part.unlink(missing_ok=True)
 
-    return payload(Path(images), 16).reshape(-1, 28, 28), payload(Path(labels), 8)
+
+def read_idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An IDX images/labels pair, plain or .gz, as arrays (N, 28, 28) and (N,) of uint8; each file is checked
+    first (`checked_shape`), so no more is read than its header declares."""
+    def values(path: Path, dims: int) -> np.ndarray:
+        shape = checked_shape(path, dims)
+        with unpacking(path), (gzip.open(path) if path.name.endswith(".gz") else open(path, "rb")) as f:
+            data = f.read(idx_size(shape))
+        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+    return values(Path(images), 3), values(Path(labels), 1)
 
 
 def write_idx(raw: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -275,10 +352,7 @@ class MNISTDataModule(L.LightningDataModule):
         for name in self._missing():
             packed = self.raw_folder / f"{name}.gz"
             if packed.is_file():
-                part = self.raw_folder / f"{name}.part"  # renamed when whole: a kill leaves no short file
-                with gzip.open(packed, "rb") as src, open(part, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-                part.rename(self.raw_folder / name)
+                unpack_idx(packed, self.raw_folder / name, dims=3 if "-idx3-" in name else 1)
         if self._missing():
             self._download()
         for split in ("train", "t10k"):

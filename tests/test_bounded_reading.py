@@ -1,0 +1,129 @@
+"""Files from elsewhere are untrusted input: reading one costs no more memory or disk than its content justifies,
+and a file that asks for more is refused by name before it is paid for (issue 20.5). Every bad file here is made
+by the test, small on disk."""
+
+import gzip
+import shutil
+import tracemalloc
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from lvae import DataFilesError, LVAEError, MNISTDataModule
+from lvae.data import IMAGES_MAGIC, read_idx_pair
+
+
+MiB = 2**20
+
+
+def peak_memory(call: Callable[[], object], refused: type[Exception]) -> tuple[int, Exception]:
+    """The peak of Python's allocations (numpy's included) while `call` runs, and the error it must raise."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(refused) as err:
+            call()
+        return tracemalloc.get_traced_memory()[1], err.value
+    finally:
+        tracemalloc.stop()
+
+
+def refused_by_lvae(error: Exception) -> None:
+    """What the CLI makes of it: lvae's message alone, exit code 2."""
+    assert isinstance(error, LVAEError) and error.exit_code == 2
+
+
+def sizes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in folder.iterdir()}
+
+
+# MNIST-format files: a .gz is unpacked no further than its header says.
+
+def gzip_bomb(path: Path, header: list[int], zeros: int) -> None:
+    """An IDX .gz whose header declares `header` and which inflates to `zeros` bytes after it (~1/1000 on disk)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+    with open(path, "wb") as f:
+        f.write(packer.compress(np.array(header, dtype=">u4").tobytes()))
+        for _ in range(zeros // MiB):
+            f.write(packer.compress(bytes(MiB)))
+        f.write(packer.flush())
+
+
+def packed_copy(mnist_root: Path, tmp_path: Path) -> Path:
+    """A copy of the fixture's MNIST/raw/ whose training images come as a .gz, for the module to unpack."""
+    raw = tmp_path / "MNIST" / "raw"
+    shutil.copytree(mnist_root / "MNIST" / "raw", raw)
+    images = raw / "train-images-idx3-ubyte"
+    with gzip.open(f"{images}.gz", "wb") as f:
+        f.write(images.read_bytes())
+    images.unlink()
+    return raw
+
+
+def test_a_packed_idx_file_is_unpacked_and_read_as_the_plain_one(mnist_root: Path, tmp_path: Path) -> None:
+    raw = packed_copy(mnist_root, tmp_path)
+    dm = MNISTDataModule(data_dir=str(tmp_path), download=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    plain = mnist_root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    assert (raw / "train-images-idx3-ubyte").read_bytes() == plain.read_bytes()
+    assert not list(raw.glob("*.part"))
+    images, labels = read_idx_pair(raw / "train-images-idx3-ubyte.gz", raw / "train-labels-idx1-ubyte")
+    assert images.shape == (360, 28, 28) and labels.shape == (360,)
+
+
+@pytest.mark.parametrize(("header", "zeros", "expected"), [
+    # 360 images declared (282,256 bytes), 64 MiB inflated: the classic bomb.
+    ([IMAGES_MAGIC, 360, 28, 28], 64 * MiB,
+     "train-images-idx3-ubyte.gz is longer than its header says: it unpacks to more than 282256 bytes, its header "
+     "(360x28x28) needs 282256"),
+    # 2^31 images declared (1.6 TB) and 16 MiB inflated: counted to its end, nothing set aside for the declared size.
+    ([IMAGES_MAGIC, 2**31, 28, 28], 16 * MiB,
+     f"train-images-idx3-ubyte.gz is truncated: it unpacks to {16 + 16 * MiB} bytes, its header (2147483648x28x28) "
+     f"needs {16 + 2**31 * 784}"),
+], ids=["longer", "truncated"])
+def test_a_packed_file_that_unpacks_to_another_size_than_declared_writes_nothing(
+        mnist_root: Path, tmp_path: Path, header: list[int], zeros: int, expected: str) -> None:
+    raw = packed_copy(mnist_root, tmp_path)
+    gzip_bomb(raw / "train-images-idx3-ubyte.gz", header, zeros)
+    before = sizes(raw)
+    assert before["train-images-idx3-ubyte.gz"] < 100_000
+    peak, error = peak_memory(MNISTDataModule(data_dir=str(tmp_path), download=False).prepare_data, DataFilesError)
+    assert str(raw / expected) in str(error) and "Download or copy the file again" in str(error)
+    refused_by_lvae(error)
+    assert sizes(raw) == before  # no unpacked file, no .part
+    assert peak < 8 * MiB
+    peak, error = peak_memory(lambda: read_idx_pair(raw / "train-images-idx3-ubyte.gz",
+                                                    raw / "train-labels-idx1-ubyte"), DataFilesError)
+    assert expected in str(error) and peak < 8 * MiB
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"no gzip here", "train-images-idx3-ubyte.gz cannot be unpacked (BadGzipFile"),
+    (gzip.compress(np.array([IMAGES_MAGIC, 10, 32, 32], dtype=">u4").tobytes()),
+     "train-images-idx3-ubyte.gz holds 32x32 images; lvae reads 28x28"),
+    (gzip.compress(bytes(100_000))[:5000], "train-images-idx3-ubyte.gz is not an IDX image file: magic number 0"),
+], ids=["not_gzip", "other_size", "not_idx"])
+def test_a_packed_file_that_is_not_an_idx_image_file_is_named_and_leaves_nothing(
+        mnist_root: Path, tmp_path: Path, content: bytes, expected: str) -> None:
+    raw = packed_copy(mnist_root, tmp_path)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(content)
+    before = sizes(raw)
+    with pytest.raises(DataFilesError) as error:
+        MNISTDataModule(data_dir=str(tmp_path), download=False).prepare_data()
+    assert str(raw / expected) in str(error.value)
+    assert sizes(raw) == before
+
+
+def test_a_packed_file_cut_short_inside_its_values_is_named_and_leaves_nothing(
+        mnist_root: Path, tmp_path: Path) -> None:
+    raw = packed_copy(mnist_root, tmp_path)
+    packed = raw / "train-images-idx3-ubyte.gz"
+    packed.write_bytes(packed.read_bytes()[:-5000])  # the gzip stream itself ends early
+    before = sizes(raw)
+    with pytest.raises(DataFilesError, match="cannot be unpacked") as error:
+        MNISTDataModule(data_dir=str(tmp_path), download=False).prepare_data()
+    assert str(packed) in str(error.value)
+    assert sizes(raw) == before
