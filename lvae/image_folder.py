@@ -1,13 +1,14 @@
 """Colour or grey images of any size: folders of your own pictures, and what every image data module shares.
 
-Images are decoded once (PIL, through torchvision's folder reader), their centred square resized to `image_size`
-and converted to `channels`. When all of them fit `memory_budget` they are held as one uint8 tensor and served as
+Images are found in torchvision's ImageFolder layout and order, each file once (`FolderWalk`), and decoded once
+(PIL), their centred square resized to `image_size` and converted to `channels`. When all of them fit `memory_budget` they are held as one uint8 tensor and served as
 whole batches (`InMemoryBatches`, as MNIST is); otherwise DataLoader workers decode each batch from the files again,
 in the same order, rank shares and mid-epoch resume (`StreamedBatches`).
 """
 
 import functools
 import math
+import os
 from pathlib import Path
 from typing import Callable, Iterator, Literal, Optional
 
@@ -19,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from typing_extensions import override
 
 from lvae.data import Batch, InMemoryBatches, trained_steps
@@ -57,29 +58,116 @@ def decode(path: str, size: int, channels: int) -> Tensor:
     return torch.from_numpy(np.array(img)).reshape(size, size, channels).permute(2, 0, 1)  # (C, S, S)
 
 
+class FolderWalk:
+    """The image files under a folder of images, each found once by its real path, with no link leading out of it.
+
+    torchvision's walk follows every link: a link to its own parent folder made a folder of 40 images read as 1,640,
+    each one in both train and val, and a link to / walks the whole disk. Here links are followed within `root` only,
+    and a folder or file reached again adds nothing. A link leading out of `root` is refused by name: lvae reads the
+    folder it is given, not what a link in it points at (a folder from elsewhere could otherwise make it read, and
+    show in its pictures, your own files). A folder or file reached from two class folders would be one image with
+    two labels, and is refused too. `arg` is the argument named in messages. Paths are strings: pathlib objects made
+    the walk of 50,000 files ten times slower than torchvision's.
+    """
+
+    def __init__(self, root: Path, arg: str):
+        self.root, self.arg, self.top = root, arg, os.path.realpath(root)
+        self.seen: dict[str, tuple[Optional[int], str]] = {self.top: (None, str(root))}  # real -> (label, path)
+        self.repeats = 0  # links to folders or files already read
+
+    def real(self, entry: "os.DirEntry[str]", parent: str) -> tuple[str, bool]:
+        """An entry's real path, given its folder's, and whether it is a folder."""
+        if not entry.is_symlink():
+            return os.path.join(parent, entry.name), entry.is_dir(follow_symlinks=False)
+        target = os.path.realpath(entry.path)  # a link that leads back to itself stays itself: named as unreadable
+        if os.path.commonpath([target, self.top]) != self.top:
+            raise DataFilesError(
+                f"data.{self.arg}={self.root}: {entry.path} is a link to {target}, outside the folder. lvae reads only "
+                f"the files inside data.{self.arg}, so that a folder from elsewhere cannot make it read others. Put "
+                f"the files themselves there (rm {entry.path} && cp -rl {target} {entry.path}: hard links, on the "
+                f"same filesystem), or give their folder as data.{self.arg}.")
+        return target, os.path.isdir(target)
+
+    def first_time(self, path: str, real: str, label: Optional[int]) -> bool:
+        """Whether `real` is reached for the first time (through `path`, under class `label`)."""
+        if real not in self.seen:
+            self.seen[real] = (label, path)
+            return True
+        other_label, other = self.seen[real]
+        if other_label is not None and other_label != label:
+            raise DataFilesError(
+                f"data.{self.arg}={self.root}: {other} and {path} are the same "
+                f"{'folder' if os.path.isdir(real) else 'file'} ({real}), in two class folders: one image would have "
+                "two labels. Keep it in one of them.")
+        self.repeats += 1
+        return False
+
+    def entries(self, folder: str, real: str, label: Optional[int]) -> tuple[list[str], list[tuple[str, str]]]:
+        """A folder's image files (real paths, by name) and the sub-folders first reached here (path, real path)."""
+        files, folders = [], []
+        with os.scandir(folder) as found:
+            for entry in sorted(found, key=lambda e: e.name):
+                target, is_dir = self.real(entry, real)
+                if is_dir:
+                    if self.first_time(entry.path, target, label):
+                        folders.append((entry.path, target))
+                elif has_file_allowed_extension(entry.name, IMG_EXTENSIONS) and self.first_time(entry.path, target,
+                                                                                                 label):
+                    files.append(target)
+        return files, folders
+
+    def images(self, folder: str, real: str, label: int) -> list[str]:
+        """The image files under a class folder, in torchvision's order: folders by the path they are reached
+        through, files by name within each."""
+        found: list[tuple[str, list[str]]] = []
+        todo = [(folder, real)]  # a stack, not recursion: a folder may be nested deeper than Python's frames
+        while todo:
+            path, target = todo.pop()
+            files, folders = self.entries(path, target, label)
+            found.append((path, files))
+            todo += folders
+        return [file for _, files in sorted(found, key=lambda item: item[0]) for file in files]
+
+    def report(self) -> None:
+        """Say how many links were passed over, if any."""
+        if self.repeats:
+            rank_zero_info(f"data.{self.arg}={self.root}: passed over {self.repeats} link(s) to folders or images "
+                           "already read; each image is read once")
+
+
 def scan(root: Path, arg: str) -> tuple[list[str], list[int], Optional[list[str]]]:
-    """The image files under `root`, their labels and the class names, in torchvision's ImageFolder layout.
+    """The image files under `root` (their real paths), their labels and the class names, in torchvision's
+    ImageFolder layout and order, each file once and no link followed out of `root` (see `FolderWalk`).
 
     Images directly in `root`, without class folders, are one unlabelled set: classes None, every label 0.
     Anything else raises DataFilesError saying what was found; `arg` is the argument named in messages.
     """
     if not root.is_dir():
         raise DataFilesError(f"data.{arg}={root}: no such folder. {LAYOUT}")
-    entries = sorted(root.iterdir())
-    loose = [str(p) for p in entries if p.is_file() and has_file_allowed_extension(p.name, IMG_EXTENSIONS)]
-    if not any(p.is_dir() for p in entries):
+    walk = FolderWalk(root, arg)
+    with os.scandir(root) as found:
+        entries = sorted(found, key=lambda e: e.name)
+    resolved = [(e.path, *walk.real(e, walk.top)) for e in entries]  # (path, real path, is a folder)
+    folders = [(path, real) for path, real, is_dir in resolved if is_dir]
+    loose = [(path, real) for path, real, is_dir in resolved
+             if not is_dir and has_file_allowed_extension(path, IMG_EXTENSIONS)]
+    if not folders:
         if not loose:
-            found = [p.name for p in entries]
-            what = f"holds no image files (found {', '.join(found[:5])}{', ...' if len(found) > 5 else ''})" \
-                if found else "is empty"
+            names = [e.name for e in entries]
+            what = f"holds no image files (found {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" \
+                if names else "is empty"
             raise DataFilesError(f"data.{arg}={root} {what}. {LAYOUT}")
-        return loose, [0] * len(loose), None
-    classes, class_to_idx = find_classes(root)
+        files = [real for path, real in loose if walk.first_time(path, real, 0)]
+        walk.report()
+        return files, [0] * len(files), None
+    classes = [os.path.basename(path) for path, _ in folders]
     if loose:
         raise DataFilesError(f"data.{arg}={root} holds both class folders ({', '.join(classes)}) and images outside "
-                             f"them ({len(loose)}, e.g. {loose[0]}); put every image into its class folder, or all of "
-                             f"them directly in {root} for an unlabelled set. {LAYOUT}")
-    samples = make_dataset(root, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+                             f"them ({len(loose)}, e.g. {loose[0][0]}); put every image into its class folder, or all "
+                             f"of them directly in {root} for an unlabelled set. {LAYOUT}")
+    samples = [(file, label) for label, (path, real) in enumerate(folders) if walk.first_time(path, real, label)
+               for file in walk.images(path, real, label)]
+    walk.report()
     counts = np.bincount([label for _, label in samples], minlength=len(classes))
     empty = [str(root / name) for name, count in zip(classes, counts) if count == 0]
     if empty:
@@ -256,6 +344,10 @@ class ImageFolderDataModule(ImageDataModule):
     Images directly in `root`, with no class folders, are one unlabelled set (`classes` None, every label 0), drawn
     without label colours. Every file is decoded once in `setup`, and all unreadable files are named before
     training. Non-square images are cropped to their centred square.
+
+    Links inside `root` are followed, and each file is read once, by its real path: a link back to a folder already
+    read adds nothing. A link that leads out of `root` is refused by name, before anything is read; put the files
+    themselves in the folder (copies, or hard links: ``cp -rl``).
 
     Args:
         root: the folder of images, e.g. ``my_images`` with ``my_images/cat/*.jpg`` and ``my_images/dog/*.png``.

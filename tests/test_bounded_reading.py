@@ -3,6 +3,8 @@ and a file that asks for more is refused by name before it is paid for (issue 20
 by the test, small on disk."""
 
 import gzip
+import logging
+import os
 import shutil
 import tracemalloc
 import zlib
@@ -11,9 +13,12 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from lvae import DataFilesError, LVAEError, MNISTDataModule
+from lvae import DataFilesError, ImageFolderDataModule, LVAEError, MNISTDataModule
 from lvae.data import IMAGES_MAGIC, read_idx_pair
+from lvae.image_folder import scan
 
 
 MiB = 2**20
@@ -127,3 +132,82 @@ def test_a_packed_file_cut_short_inside_its_values_is_named_and_leaves_nothing(
         MNISTDataModule(data_dir=str(tmp_path), download=False).prepare_data()
     assert str(packed) in str(error.value)
     assert sizes(raw) == before
+
+
+# Image folders: every file once, by its real path; no link followed out of the folder.
+
+def two_classes(root: Path, per_class: int = 20) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / name / f"{i:02d}.png")
+
+
+def folder_module(root: Path, **kwargs) -> ImageFolderDataModule:
+    dm = ImageFolderDataModule(str(root), **{"image_size": 8, "val_fraction": 0.1, "num_workers": 0} | kwargs)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("link", ["a/up", "a/deeper/loop", "b/root"], ids=["to_parent", "to_own_folder", "to_root"])
+def test_a_link_back_into_the_folder_adds_no_image_twice(tmp_path: Path, link: str, caplog) -> None:
+    root = tmp_path / "images"
+    two_classes(root)
+    (root / link).parent.mkdir(exist_ok=True)
+    target = {"a/up": "..", "a/deeper/loop": "..", "b/root": root}[link]
+    os.symlink(target, root / link)
+    with caplog.at_level(logging.INFO):
+        dm = folder_module(root)
+    (train, _), (val, _) = dm.splits["train"], dm.splits["val"]
+    assert (len(train), len(val)) == (36, 4)  # 40 images, as without the link (it read 1,640)
+    shared = {bytes(x.numpy()) for x in train} & {bytes(x.numpy()) for x in val}
+    assert not shared
+    files, _, _ = scan(root, "root")
+    assert sorted(files) == sorted(str(p.resolve()) for p in root.glob("[ab]/*.png"))
+    assert "passed over 1 link(s) to folders or images already read; each image is read once" in caplog.text
+
+
+def test_a_link_out_of_the_folder_is_refused_by_name(tmp_path: Path) -> None:
+    root, elsewhere = tmp_path / "images", tmp_path / "elsewhere"
+    two_classes(root)
+    two_classes(elsewhere)
+    os.symlink(elsewhere / "a", root / "b" / "more")
+    with pytest.raises(DataFilesError) as error:
+        folder_module(root)
+    assert (f"data.root={root}: {root / 'b' / 'more'} is a link to {(elsewhere / 'a').resolve()}, outside the folder"
+            in str(error.value))
+    assert f"cp -rl {(elsewhere / 'a').resolve()} {root / 'b' / 'more'}" in str(error.value)  # the fix
+    refused_by_lvae(error.value)
+
+
+def test_one_file_linked_into_two_class_folders_is_refused_and_twice_in_one_is_read_once(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    two_classes(root)
+    os.symlink(root / "a" / "00.png", root / "a" / "again.png")
+    assert len(scan(root, "root")[0]) == 40
+    os.symlink(root / "a" / "00.png", root / "b" / "same.png")
+    with pytest.raises(DataFilesError, match="in two class folders: one image would have two labels") as error:
+        scan(root, "root")
+    assert f"{root / 'a' / '00.png'} and {root / 'b' / 'same.png'}" in str(error.value)
+
+
+def test_a_link_to_itself_is_named_as_an_unreadable_image(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    two_classes(root)
+    os.symlink(root / "a" / "y.png", root / "a" / "x.png")
+    os.symlink(root / "a" / "x.png", root / "a" / "y.png")
+    with pytest.raises(DataFilesError, match=f"{root / 'a' / 'x.png'} cannot be read as an image"):
+        folder_module(root)
+
+
+def test_folders_without_links_are_listed_in_torchvision_order(tmp_path: Path) -> None:
+    """The order decides the seeded train/val split: a folder lvae read before is split as before."""
+    root = tmp_path / "images"
+    two_classes(root, per_class=3)
+    for sub in ("a/x", "a/x-y", "a/x/z", "b/X"):
+        (root / sub).mkdir()
+        Image.new("RGB", (8, 8)).save(root / sub / "in.png")
+    _, class_to_idx = find_classes(root)
+    expected = make_dataset(root, class_to_idx, IMG_EXTENSIONS)
+    assert scan(root, "root")[:2] == ([p for p, _ in expected], [label for _, label in expected])
