@@ -49,11 +49,31 @@ def split_off(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     return order[n_val:].sort().values, order[:n_val].sort().values
 
 
+def deep_white(img: Image.Image) -> Optional[float]:
+    """The value of white in an image of one of PIL's deep modes, by the range of its type; None for 8-bit modes.
+
+    Never the image's own brightest pixel: that would make a dark picture as bright as a light one. PIL reads 16-bit
+    PNG and TIFF as "I;16"; 16-bit PGM/PPM as "I", holding 0-65535 whatever their maxval; 32-bit TIFF integers as
+    "I" too; floats as "F", taken as [0, 1] as float images are.
+    """
+    if img.mode.startswith("I;16"):
+        return 2**16 - 1
+    if img.mode == "I":
+        return 2**16 - 1 if img.format in ("PNG", "PPM") else 2**31 - 1
+    if img.mode == "F":
+        return 1.0
+    return None
+
+
 def decode(path: str, size: int, channels: int) -> Tensor:
     """One image file as uint8 (C, size, size): converted to grey or RGB, its centred square resized."""
     mode = MODES[channels]
     with Image.open(path) as img:
         img.draft(mode, (size, size))  # JPEG only: decode at the smallest scale still >= size, far faster for photos
+        white = deep_white(img)
+        if white is not None:  # PIL's own conversion clips at 255: a 16-bit mid-grey (32768) would come out white
+            grey = np.asarray(img, dtype=np.float32) * np.float32(255 / white)  # (H, W)
+            img = Image.fromarray(np.rint(grey).clip(0, 255).astype(np.uint8))
         img = ImageOps.fit(img.convert(mode), (size, size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.array(img)).reshape(size, size, channels).permute(2, 0, 1)  # (C, S, S)
 
@@ -343,7 +363,8 @@ class ImageFolderDataModule(ImageDataModule):
 
     Images directly in `root`, with no class folders, are one unlabelled set (`classes` None, every label 0), drawn
     without label colours. Every file is decoded once in `setup`, and all unreadable files are named before
-    training. Non-square images are cropped to their centred square.
+    training. Non-square images are cropped to their centred square. Deep images (16-bit, 32-bit, float) are scaled
+    by the range of their type (65535 is white in a 16-bit image), never by their own brightest pixel.
 
     Links inside `root` are followed, and each file is read once, by its real path: a link back to a folder already
     read adds nothing. A link that leads out of `root` is refused by name, before anything is read; put the files

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
@@ -211,3 +212,24 @@ def test_folders_without_links_are_listed_in_torchvision_order(tmp_path: Path) -
     _, class_to_idx = find_classes(root)
     expected = make_dataset(root, class_to_idx, IMG_EXTENSIONS)
     assert scan(root, "root")[:2] == ([p for p, _ in expected], [label for _, label in expected])
+
+
+# Deep images: scaled by their type's range.
+
+@pytest.mark.parametrize(("name", "pixels", "expected"), [
+    ("mid.png", np.full((8, 8), 32768, dtype=np.uint16), 128 / 255),
+    ("dark.png", np.full((8, 8), 1000, dtype=np.uint16), 4 / 255),  # dark, not stretched to its own maximum
+    ("mid.tif", np.full((8, 8), 32768, dtype=np.uint16), 128 / 255),
+    ("mid.pgm", np.full((8, 8), 32768, dtype=np.uint16), 128 / 255),
+    ("quarter.tif", np.full((8, 8), 0.25, dtype=np.float32), 64 / 255),
+    ("mid32.tif", np.full((8, 8), 2**30, dtype=np.int32), 128 / 255),
+], ids=["png16", "png16_dark", "tiff16", "pgm16", "float", "int32"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_deep_images_are_scaled_by_their_type_s_range(tmp_path: Path, name: str, pixels: np.ndarray, expected: float,
+                                                        channels: int) -> None:
+    for i in range(10):
+        Image.fromarray(pixels).save(tmp_path / f"{i}{name}")
+    dm = folder_module(tmp_path, channels=channels)
+    images = dm.splits["train"][0].float() / 255  # (N, C, 8, 8) as the model sees them
+    assert images.shape[1] == channels
+    assert torch.allclose(images, torch.tensor(expected), atol=0.5 / 255)
