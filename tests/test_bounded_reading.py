@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tracemalloc
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -17,10 +18,10 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from lvae import DataFilesError, ImageFolderDataModule, LVAEError, MNISTDataModule
+from lvae import CheckpointError, ConfigError, DataFilesError, ImageFolderDataModule, LVAEError, MNISTDataModule
+from lvae.bounded import ALIAS_VALUES, check_checkpoint_archive, check_yaml_aliases
 from lvae.data import IMAGES_MAGIC, read_idx_pair
 from lvae.image_folder import scan
-
 
 MiB = 2**20
 
@@ -233,3 +234,94 @@ def test_deep_images_are_scaled_by_their_type_s_range(tmp_path: Path, name: str,
     images = dm.splits["train"][0].float() / 255  # (N, C, 8, 8) as the model sees them
     assert images.shape[1] == channels
     assert torch.allclose(images, torch.tensor(expected), atol=0.5 / 255)
+
+
+# Checkpoints: the zip torch.save writes, its records stored, their sizes within the file's.
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(MiB)}, "epoch": 3}, path)  # 4 MiB of zeros
+    return path
+
+
+def test_a_checkpoint_as_torch_save_writes_it_passes(checkpoint: Path) -> None:
+    check_checkpoint_archive(checkpoint)
+    check_checkpoint_archive(str(checkpoint))
+
+
+def test_a_checkpoint_of_compressed_records_is_refused_before_anything_is_inflated(checkpoint: Path) -> None:
+    packed = checkpoint.with_name("packed.ckpt")
+    with zipfile.ZipFile(checkpoint) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+        inflated = sum(r.file_size for r in src.infolist())
+    assert packed.stat().st_size < 100_000
+    peak, error = peak_memory(lambda: check_checkpoint_archive(packed), CheckpointError)
+    assert str(error).startswith(f"{packed} is refused: ") and "records are compressed" in str(error)
+    assert f"bytes that inflate to {inflated})" in str(error)  # 4 MiB of zeros and the rest
+    refused_by_lvae(error)
+    assert peak < MiB
+
+
+def test_a_checkpoint_whose_records_declare_more_than_the_file_holds_is_refused(checkpoint: Path) -> None:
+    with zipfile.ZipFile(checkpoint) as archive:
+        records = archive.infolist()
+    storage = next(r for r in records if r.filename.endswith("/data/0"))
+    data = bytearray(checkpoint.read_bytes())
+    entry = data.rindex(storage.filename.encode()) - 46  # its entry in the directory at the end, as torch reads it
+    data[entry + 20: entry + 28] = (2**30).to_bytes(4, "little") * 2  # its compressed and stored sizes: 1 GiB
+    checkpoint.write_bytes(data)
+    declared = sum(r.file_size for r in records) - storage.file_size + 2**30
+    with pytest.raises(CheckpointError, match=f"{checkpoint} is refused: its records declare {declared} bytes, more "
+                                              f"than the file's {len(data)}"):
+        check_checkpoint_archive(checkpoint)
+
+
+@pytest.mark.parametrize(("write", "expected"), [
+    (lambda path: torch.save({"w": torch.zeros(3)}, path, _use_new_zipfile_serialization=False),
+     "is refused: it is in torch's legacy checkpoint format"),
+    (lambda path: path.write_bytes(b"not a checkpoint at all"),
+     "is not a checkpoint: it is not the zip archive torch.save writes"),
+], ids=["legacy", "garbage"])
+def test_a_file_that_is_not_the_zip_torch_save_writes_is_refused(tmp_path: Path, write, expected: str) -> None:
+    path = tmp_path / "old.ckpt"
+    write(path)
+    with pytest.raises(CheckpointError) as error:
+        check_checkpoint_archive(path)
+    assert str(error.value).startswith(f"{path} {expected}")
+
+
+# Configs: aliases may not stand for more than the document could hold.
+
+LAUGHS = "\n".join(["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+                   + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+                   + ["trainer:", "  callbacks: *a8", ""])
+
+
+def test_a_billion_laughs_is_refused_without_building_it(tmp_path: Path) -> None:
+    config = tmp_path / "laughs.yaml"
+    config.write_text(LAUGHS)
+    assert config.stat().st_size < 600
+    peak, error = peak_memory(lambda: check_yaml_aliases(config), ConfigError)
+    assert str(error).startswith(f"{config} is refused: its aliases would add more than {ALIAS_VALUES:,} values")
+    assert "*a3 on line 5 alone stands for 11,111" in str(error) and "use fewer levels of aliases" in str(error)
+    refused_by_lvae(error)
+    assert peak < MiB
+    with pytest.raises(ConfigError, match="given.yaml is refused"):
+        check_yaml_aliases("given.yaml", LAUGHS)  # a config given as text, named as the caller says
+
+
+def test_an_alias_inside_its_own_anchor_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"c.yaml is refused: the alias \*a \(line 2\) is inside its own anchor &a"):
+        check_yaml_aliases("c.yaml", "model: &a\n  encoder: [1, *a]\n")
+
+
+def test_configs_lvae_ships_and_ordinary_anchors_pass(tmp_path: Path) -> None:
+    for config in (Path(__file__).parents[1] / "configs").glob("*.yaml"):
+        check_yaml_aliases(config)
+    shared = "base: &base {lr: 0.001, betas: [0.9, 0.999]}\nfirst: {<<: *base, lr: 0.01}\nsecond: *base\n"
+    check_yaml_aliases("shared.yaml", shared)
+    many = "a: &a [" + ", ".join(["1"] * 999) + "]\nb: [" + ", ".join(["*a"] * 99) + "]\n"  # 99,000 values added
+    check_yaml_aliases("many.yaml", many)
+    check_yaml_aliases("broken.yaml", "a: [unclosed\n")  # left to the parser's own message
