@@ -83,15 +83,36 @@ PARSER_KWARGS = {"prog": "lvae", "description": DESCRIPTION, "print_config": Non
 
 
 def packaged_config(name: str) -> str:
-    """`--config NAME`: a file, or else the config of that name installed with lvae (mnist, mnist_z2, ...)."""
-    if Path(name).exists() or "/" in name:
+    """`--config NAME`: a file, or else the config of that name installed with lvae (mnist, mnist_z2, ...). A file is
+    checked to be text before the parser reads it."""
+    if Path(name).is_file():
+        check_config_file(Path(name))
         return name
-    packaged = CONFIGS / (name if name.endswith(".yaml") else f"{name}.yaml")
+    known = sorted(p.name[:-5] for p in CONFIGS.iterdir() if p.name.endswith(".yaml"))
+    stem = Path(name).name.removesuffix(".yaml")
+    if Path(name).exists() or "/" in name:
+        hint = f"; lvae comes with a config of that name: --config {stem}" if stem in known else ""
+        raise ConfigError(f"--config {name}: no such file{hint}")
+    packaged = CONFIGS / f"{stem}.yaml"
     if not packaged.is_file():
-        known = sorted(p.name[:-5] for p in CONFIGS.iterdir() if p.name.endswith(".yaml"))
         raise ConfigError(f"--config {name}: no such file, and no config of that name comes with lvae (it has "
                           f"{', '.join(known)}, in {CONFIGS})")
     return str(packaged)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def check_config_file(path: Path) -> None:
+    """Refuse a config that is not UTF-8 text, naming it, before the parser meets it."""
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--config {path} holds {path.stat().st_size:,} bytes, which is no config (lvae reads at most "
+                          f"{MAX_CONFIG_BYTES:,}). Give the path of a .yaml config.")
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"--config {path} is not a YAML file: byte {err.start} is not UTF-8 text "
+                          f"({err.object[err.start:err.start + 1]!r}). Give the path of a .yaml config.") from None
 
 
 PARSER_KEY = re.compile(r'Parser key "([^"]+)":')
@@ -170,14 +191,19 @@ class LVAEArgumentParser(LightningArgumentParser):
 
 class RunConfig(SaveConfigCallback):
     """Stores the resolved config in the run folder, next to any earlier one (a resumed run adds config-2.yaml),
-    and in the loggers' hyperparameters (W&B's run config)."""
+    and in the loggers' hyperparameters (W&B's run config). Says that the run exists (`announce`) as it writes the
+    config: after the data module's setup, which may still refuse the command, and before W&B starts."""
 
-    def __init__(self, parser: LightningArgumentParser, config: Namespace, run_dir: str, **kwargs: Any):
+    def __init__(self, parser: LightningArgumentParser, config: Namespace, run_dir: str,
+                 announce: Optional[str] = None, **kwargs: Any):
         super().__init__(parser, config, save_to_log_dir=False, **kwargs)
         self.run_dir = Path(run_dir)
+        self.announce = announce
 
     @override
     def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.announce:
+            rank_zero_info(self.announce)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path, n = self.run_dir / "config.yaml", 2
         while path.exists():
@@ -332,6 +358,9 @@ class LVAECLI(LightningCLI):
         config = self.config[subcommand] if subcommand else self.config
         if config.get("run_id") is not None:  # a name, before it is used as a path
             check_run_id(config.run_id)
+        if subcommand == "fit" and config.trainer.max_epochs == 0:  # before the seed is set and said
+            self._parser(subcommand).error('Parser key "trainer.max_epochs": 0 trains nothing; give at least 1 (or '
+                                           '-1 for no limit)')
         # Completed once, before the checkpoint is compared with it and before the classes are built.
         for key in ("model", "data"):
             plain_numbers(config[key])
@@ -424,8 +453,6 @@ class LVAECLI(LightningCLI):
     @override
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        if self.subcommand == "fit" and config.trainer.max_epochs == 0:
-            raise ConfigError("trainer.max_epochs=0 trains nothing; give at least 1 (or -1 for no limit)")
         if config.trainer.logger in (None, True):
             default = self._parser(self.subcommand).parse_object({"trainer": {"logger": DEFAULT_LOGGER}})
             config.trainer.logger = default.trainer.logger
@@ -498,6 +525,9 @@ class LVAECLI(LightningCLI):
                 args.job_type = args.get("job_type") or self.subcommand
                 offline, why = wandb_offline(bool(args.get("offline")), probe=not self._print_config)
                 args.offline = offline
+                if offline and args.get("settings") is None:
+                    # lvae's own line says where the offline run is and how to upload it; W&B's eight say it again.
+                    args.settings = {"silent": True}
                 sync = f"wandb sync {shell(run_dir)}/wandb/offline-run-*"  # the glob stays the shell's
                 if why:
                     rank_zero_warn(f"W&B is not reachable ({why}); logging offline instead. Upload later with: {sync}")
@@ -508,7 +538,7 @@ class LVAECLI(LightningCLI):
                 else:
                     what = f"{'resumed ' if config.get('ckpt_path') else ''}run {run_id}"
                 mode = f"offline: {sync} uploads it" if offline else "online"
-                rank_zero_info(f"lvae: {what} in {run_dir} (W&B {mode})")
+                self.save_config_kwargs["announce"] = f"lvae: {what} in {run_dir} (W&B {mode})"
 
     @override
     def instantiate_classes(self) -> None:

@@ -12,6 +12,8 @@ import re
 import shlex
 import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Optional
 
@@ -71,6 +73,21 @@ def check_run_id(run_id: str, source: str = "--run_id") -> str:
                       f"and a W&B run id and be pasted into a shell. {fix}")
 
 
+@contextmanager
+def unwritable(root: Path) -> Iterator[None]:
+    """An OS error while making a run folder under `root` as lvae's refusal: a file in the way, no permission, a full
+    or read-only disk."""
+    try:
+        yield
+    except OSError as err:
+        if isinstance(err, FileExistsError) and Path(err.filename or "").is_dir():
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        why = "a file, not a folder" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror
+        raise ConfigError(f"runs go into {root}, and lvae cannot write there ({where}{why or err}). Set "
+                          "--trainer.default_root_dir to a folder you can write, or make room.") from None
+
+
 class RunFolder:
     """The run folder of one command: claimed when the command starts a run, held while the process trains it, and
     removed again when the command that claimed it is refused before any work."""
@@ -85,20 +102,22 @@ class RunFolder:
         """Make `path` for a new run, or refuse the id when the folder exists (made by another command, even one
         that started a moment ago), then hold it."""
         self._parents = [parent for parent in path.parents if not parent.exists()]  # deepest first
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.mkdir()
-        except FileExistsError:
-            raise ConfigError(f"run {path.name} already exists ({path}); a run id is never reused for another run. "
-                              f"Continue it with {shell('--run_id', path.name, '--ckpt_path', 'last')}, or give "
-                              "another --run_id (or none, and lvae picks a new one).") from None
+        with unwritable(path.parent):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir()
+            except FileExistsError:
+                raise ConfigError(f"run {path.name} already exists ({path}); a run id is never reused for another "
+                                  f"run. Continue it with {shell('--run_id', path.name, '--ckpt_path', 'last')}, or "
+                                  "give another --run_id (or none, and lvae picks a new one).") from None
         self.path, self._claimed = path, True
         self.hold(path)
 
     def hold(self, path: Path) -> None:
         """Hold `path` for this process's training; refused, naming the holder, while another process trains it."""
-        path.mkdir(parents=True, exist_ok=True)
-        hold = open(path / HOLD_FILE, "a+")
+        with unwritable(path.parent):
+            path.mkdir(parents=True, exist_ok=True)
+            hold = open(path / HOLD_FILE, "a+")
         try:
             fcntl.flock(hold, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -39,8 +39,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cwd = tmp_path / "work"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # and not silent: lvae quiets offline W&B itself
     return cwd
 
 
@@ -234,3 +233,61 @@ def test_advice_never_offers_a_value_lvae_would_refuse(tmp_path: Path, evil_modu
                   ("data.root", "my images")]) == \
         "--model.image_shape '[3, 64, 64]' --model.encoder '{\"class_path\": \"lvae.networks.ConvEncoder\"}' " \
         "--data.root 'my images'"
+
+
+# ----- refusals that name the file and the fix, and print no run that never exists -----
+
+def test_a_config_that_is_not_text_is_refused_naming_it(workdir: Path, mnist_root: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    (workdir / "garbage.yaml").write_bytes(bytes(range(256)) * 2)
+    assert lvae(*fit_args(mnist_root, "--config", "garbage.yaml")) == 2
+    said = capsys.readouterr().err
+    assert said == "lvae: error: --config garbage.yaml is not a YAML file: byte 128 is not UTF-8 text (b'\\x80'). " \
+                   "Give the path of a .yaml config.\n", said
+    assert lvae("fit", "--config", "configs/mnist_z2.yaml") == 2  # the README's path, typed by a pip user
+    assert "no such file; lvae comes with a config of that name: --config mnist_z2" in capsys.readouterr().err
+    assert sorted(p.name for p in workdir.iterdir()) == ["garbage.yaml"]
+
+
+def test_a_runs_folder_that_cannot_be_written_is_named_with_the_fix(workdir: Path, mnist_root: Path,
+                                                                     capsys: pytest.CaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    (workdir / "afile").write_text("")
+    assert lvae(*fit_args(mnist_root, "--trainer.default_root_dir", "afile")) == 2
+    said = capsys.readouterr().err
+    assert "lvae: error: runs go into afile, and lvae cannot write there (afile: a file, not a folder). Set " \
+           "--trainer.default_root_dir to a folder you can write, or make room." in said, said
+    assert "lvae: run " not in said and "Traceback" not in said  # no run was announced
+    # A read-only or full disk (root ignores permissions, so the kernel's answer is played here).
+    def refuse(path: Path, *args, **kwargs) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert lvae(*fit_args(mnist_root, "--trainer.default_root_dir", "shared/runs")) == 2
+    assert "runs go into shared/runs, and lvae cannot write there (shared/runs: Permission denied)" in \
+        capsys.readouterr().err
+    assert sorted(p.name for p in workdir.iterdir()) == ["afile"]
+
+
+def test_a_refused_data_file_announces_no_run(workdir: Path, mnist_root: Path, capfd: pytest.CaptureFixture):
+    raw = workdir / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (mnist_root / "MNIST" / "raw").iterdir():
+        (raw / f.name).write_bytes(f.read_bytes()[:-100] if f.name.startswith("t10k-images") else f.read_bytes())
+    assert lvae(*fit_args(workdir / "data")) == 2  # with the default W&B logger
+    captured = capfd.readouterr()  # W&B writes to the file descriptors
+    assert "is truncated" in captured.err
+    assert "lvae: run" not in captured.out + captured.err and "wandb:" not in captured.out + captured.err
+    assert sorted(p.name for p in workdir.iterdir()) == ["data"]
+
+
+def test_an_offline_run_is_announced_once_it_exists_in_lvaes_line_only(
+        workdir: Path, mnist_root: Path, capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    assert lvae(*fit_args(mnist_root, "--run_id", "quiet")) == 0
+    printed = capfd.readouterr()
+    assert "wandb" not in (printed.out + printed.err).lower(), printed  # W&B's own lines, written to the terminal
+    lines = caplog.messages  # Lightning's and lvae's, through Python's logging
+    (announced,) = [i for i, line in enumerate(lines) if line.startswith("lvae: run quiet in runs/quiet")]
+    assert lines[announced].endswith("(W&B offline: wandb sync runs/quiet/wandb/offline-run-* uploads it)")
+    assert announced > lines.index("mnist: train 330, val 30, test 100")  # after the data module's checks
+    assert list((workdir / "runs" / "quiet" / "wandb").glob("offline-run-*"))
