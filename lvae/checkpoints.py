@@ -395,7 +395,33 @@ def read_checkpoint(path: str) -> dict[str, Any]:
                               f"{first_line})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint (it has no state_dict)")
+    wrong = checkpoint_parts(checkpoint)
+    if wrong:
+        raise CheckpointError(f"--ckpt_path {path} is not a Lightning checkpoint: {wrong}. Use a checkpoint written "
+                              "by lvae (or Lightning), or ask its author for one.")
     return checkpoint
+
+
+# The parts of a Lightning checkpoint lvae reads, and the types they must have.
+PARTS = {"state_dict": dict, "hyper_parameters": dict, "datamodule_hyper_parameters": dict, "epoch": int,
+         "global_step": int, "callbacks": dict, "optimizer_states": list, "lr_schedulers": list, "loops": dict}
+
+
+def checkpoint_parts(checkpoint: dict[str, Any]) -> Optional[str]:
+    """What is wrong with a checkpoint's parts (a part of the wrong type, a weight that is not a tensor, a weight
+    that is not finite), in words; None when nothing is."""
+    for key, kind in PARTS.items():
+        if key in checkpoint and not isinstance(checkpoint[key], kind) or \
+                kind is int and isinstance(checkpoint.get(key), bool):
+            return f"its {key} is a {type(checkpoint[key]).__name__}, not a {kind.__name__}"
+    for name, value in checkpoint["state_dict"].items():
+        if not isinstance(value, torch.Tensor):
+            return f"its weight {name} is a {type(value).__name__}, not a tensor"
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            bad = int((~torch.isfinite(value)).sum())
+            return (f"its weight {name} holds {bad} NaN or infinite values: it is the state of a diverged run, which "
+                    "lvae never saves (an earlier checkpoint of that run, e.g. best-*.ckpt, holds finite weights)")
+    return None
 
 
 def section_values(config: Namespace, section: str) -> dict[str, Any]:

@@ -293,6 +293,9 @@ def wandb_offline(requested: bool, probe: bool = True) -> tuple[bool, Optional[s
     mode = os.environ.get("WANDB_MODE", "").lower()
     if requested or mode in ("offline", "dryrun"):
         return True, None
+    if mode == "online" and not wandb_has_api_key():
+        raise ConfigError("WANDB_MODE=online asks W&B to log online, and W&B has no API key here. Run `wandb login`, "
+                          "set WANDB_API_KEY, or unset WANDB_MODE to log offline (lvae then says how to upload).")
     if mode != "online" and not wandb_has_api_key():
         return True, None
     if not probe:

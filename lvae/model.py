@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from lvae.checkpoints import check_class_paths, load_checkpoint
 from lvae.divergence import divergence_message, diverged, vitals
-from lvae.errors import ConfigError, DivergenceError
+from lvae.errors import CheckpointError, ConfigError, DivergenceError
 from lvae.latents import LatentCollection, Latents, kl_to_prior
 from lvae.networks import ARCHITECTURES, ImageShape
 
@@ -353,6 +353,14 @@ class VAE(L.LightningModule):
 
     @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Before Lightning loads the weights: a crafted or damaged checkpoint is named, not a "size mismatch" trace.
+        own = self.state_dict()
+        for name, value in checkpoint.get("state_dict", {}).items():
+            if name in own and isinstance(value, Tensor) and value.shape != own[name].shape:
+                raise CheckpointError(f"the checkpoint's weight {name} has shape {tuple(value.shape)}, and this "
+                                      f"model's has {tuple(own[name].shape)}: the checkpoint was not written for this "
+                                      "model. Use the config saved beside the checkpoint, or a checkpoint of this "
+                                      "model.")
         if "latent_subset" in checkpoint:
             self.latents.load_state_dict(checkpoint["latent_subset"])
         self._saved_lr = checkpoint.get("hyper_parameters", {}).get("lr")

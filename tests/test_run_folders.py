@@ -242,7 +242,7 @@ def test_a_config_that_is_not_text_is_refused_naming_it(workdir: Path, mnist_roo
     (workdir / "garbage.yaml").write_bytes(bytes(range(256)) * 2)
     assert lvae(*fit_args(mnist_root, "--config", "garbage.yaml")) == 2
     said = capsys.readouterr().err
-    assert said == "lvae: error: --config garbage.yaml is not a YAML file: byte 128 is not UTF-8 text (b'\\x80'). " \
+    assert MESSAGES["not text"] in said and said == "lvae: error: --config garbage.yaml is not a YAML file: byte 128 is not UTF-8 text (b'\\x80'). " \
                    "Give the path of a .yaml config.\n", said
     assert lvae("fit", "--config", "configs/mnist_z2.yaml") == 2  # the README's path, typed by a pip user
     assert "no such file; lvae comes with a config of that name: --config mnist_z2" in capsys.readouterr().err
@@ -255,7 +255,7 @@ def test_a_runs_folder_that_cannot_be_written_is_named_with_the_fix(workdir: Pat
     (workdir / "afile").write_text("")
     assert lvae(*fit_args(mnist_root, "--trainer.default_root_dir", "afile")) == 2
     said = capsys.readouterr().err
-    assert "lvae: error: runs go into afile, and lvae cannot write there (afile: a file, not a folder). Set " \
+    assert MESSAGES["unwritable runs"] in said and "lvae: error: runs go into afile, and lvae cannot write there (afile: a file, not a folder). Set " \
            "--trainer.default_root_dir to a folder you can write, or make room." in said, said
     assert "lvae: run " not in said and "Traceback" not in said  # no run was announced
     # A read-only or full disk (root ignores permissions, so the kernel's answer is played here).
@@ -291,3 +291,56 @@ def test_an_offline_run_is_announced_once_it_exists_in_lvaes_line_only(
     assert lines[announced].endswith("(W&B offline: wandb sync runs/quiet/wandb/offline-run-* uploads it)")
     assert announced > lines.index("mnist: train 330, val 30, test 100")  # after the data module's checks
     assert list((workdir / "runs" / "quiet" / "wandb").glob("offline-run-*"))
+
+
+def damaged(checkpoint: dict, part: str) -> dict:
+    """`checkpoint` with one part damaged as a careless tool or an attacker would."""
+    state = dict(checkpoint["state_dict"])
+    if part == "NaN weights":
+        state["encoder.mu.weight"] = torch.full_like(state["encoder.mu.weight"], float("nan"))
+    elif part == "a weight of another shape":
+        state["decoder.net.0.weight"] = torch.zeros(3, 3)
+    elif part == "a weight that is a string":
+        state["decoder.net.0.bias"] = "zeros"
+    elif part == "a state_dict that is a list":
+        return {**checkpoint, "state_dict": list(state.values())}
+    elif part == "an epoch that is text":
+        return {**checkpoint, "epoch": "three"}
+    return {**checkpoint, "state_dict": state}
+
+
+@pytest.mark.parametrize(("part", "said"), [
+    ("NaN weights", "is not a Lightning checkpoint: its weight encoder.mu.weight holds 64 NaN or infinite values: it "
+                    "is the state of a diverged run"),
+    ("a weight of another shape", "the checkpoint's weight decoder.net.0.weight has shape (3, 3), and this model's "
+                                  "has (16, 4): the checkpoint was not written for this model"),
+    ("a weight that is a string", "is not a Lightning checkpoint: its weight decoder.net.0.bias is a str, not a "
+                                  "tensor"),
+    ("a state_dict that is a list", "is not a Lightning checkpoint: its state_dict is a list, not a dict"),
+    ("an epoch that is text", "is not a Lightning checkpoint: its epoch is a str, not a int"),
+])
+@pytest.mark.parametrize("subcommand", ["test", "validate"])
+def test_a_damaged_checkpoint_is_one_sentence(workdir: Path, mnist_root: Path, own_checkpoint: dict,
+                                              capfd: pytest.CaptureFixture, subcommand: str, part: str, said: str):
+    path = workdir / "damaged.ckpt"
+    torch.save(damaged(own_checkpoint, part), path)
+    assert lvae(subcommand, "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu",
+                "--model.latent_dim", "4", "--model.hidden_dim", "16", "--model.latent_points", "0",
+                "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
+                "--ckpt_path", str(path)) == 2
+    printed = capfd.readouterr().err
+    assert said in printed and "Traceback" not in printed, printed[-3000:]
+    assert MESSAGES["damaged checkpoint"] in printed or "this model's has" in printed
+    assert sorted(p.name for p in workdir.iterdir()) == ["damaged.ckpt"]  # no evaluation folder, no W&B run
+
+
+def test_online_wandb_without_an_api_key_is_refused_before_any_folder(
+        workdir: Path, mnist_root: Path, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(workdir.parent))  # and no login in ~/.netrc
+    assert lvae(*fit_args(mnist_root, "--run_id", "online")) == 2
+    said = capfd.readouterr().err
+    assert MESSAGES["online without a key"] in said and "WANDB_MODE=online asks W&B to log online, and W&B has no API key here. Run `wandb login`, set " \
+           "WANDB_API_KEY, or unset WANDB_MODE" in said, said
+    assert not list(workdir.iterdir())  # the id is not blocked by an empty folder
