@@ -8,7 +8,7 @@ check here reads only what states that cost (a zip's directory, a YAML event str
 import os
 import zipfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import BinaryIO, Optional, Union
 
 import yaml
 
@@ -17,7 +17,7 @@ from lvae.errors import CheckpointError, ConfigError
 ALIAS_VALUES = 100_000  # values the aliases of one YAML document may add to those it writes (lvae's own: none)
 
 
-def check_checkpoint_archive(path: Union[str, os.PathLike]) -> None:
+def check_checkpoint_archive(path: Union[str, os.PathLike, BinaryIO]) -> None:
     """Refuse a checkpoint whose loading could take more memory than the file's own size, before `torch.load`.
 
     torch.save writes a zip archive whose records are stored as they are (ZIP_STORED), so loading one costs at most
@@ -29,33 +29,40 @@ def check_checkpoint_archive(path: Union[str, os.PathLike]) -> None:
     refused: its loader sets aside each storage at the size its pickle declares before reading any of it, so a few
     bytes can ask for any amount of memory, and neither lvae nor Lightning writes that format.
 
+    `path` may also be a seekable binary file, as torch.load takes; it is left at the position it had.
     Raises CheckpointError naming the file, what is wrong and the fix.
     """
-    size = Path(path).stat().st_size
-    try:
-        with zipfile.ZipFile(path) as archive:
-            records = archive.infolist()
-    except zipfile.BadZipFile:
+    if isinstance(path, (str, os.PathLike)):
         with open(path, "rb") as f:
-            legacy = f.read(1) == b"\x80"  # a pickle's PROTO opcode, the first byte of the legacy format
-        if legacy:
-            raise CheckpointError(
-                f"{path} is refused: it is in torch's legacy checkpoint format (torch < 1.6), whose loader sets aside "
-                "the memory the file declares before reading it. lvae reads the zip archives torch.save writes; if "
-                "you trust the file, load it in Python and save it again with torch.save.") from None
-        raise CheckpointError(f"{path} is not a checkpoint: it is not the zip archive torch.save writes. Use a "
-                              "checkpoint written by lvae or Lightning (a .ckpt file).") from None
+            return check_checkpoint_archive(f)
+    name, start = getattr(path, "name", "the checkpoint"), path.tell()
+    try:
+        size = path.seek(0, os.SEEK_END)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                records = archive.infolist()
+        except zipfile.BadZipFile:
+            path.seek(0)
+            if path.read(1) == b"\x80":  # a pickle's PROTO opcode, the first byte of the legacy format
+                raise CheckpointError(
+                    f"{name} is refused: it is in torch's legacy checkpoint format (torch < 1.6), whose loader sets "
+                    "aside the memory the file declares before reading it. lvae reads the zip archives torch.save "
+                    "writes; if you trust the file, load it in Python and save it again with torch.save.") from None
+            raise CheckpointError(f"{name} is not a checkpoint: it is not the zip archive torch.save writes. Use a "
+                                  "checkpoint written by lvae or Lightning (a .ckpt file).") from None
+    finally:
+        path.seek(start)
     packed = [r for r in records if r.compress_type != zipfile.ZIP_STORED or r.compress_size != r.file_size]
     if packed:
         raise CheckpointError(
-            f"{path} is refused: {len(packed)} of its {len(records)} records are compressed (e.g. {packed[0].filename}"
+            f"{name} is refused: {len(packed)} of its {len(records)} records are compressed (e.g. {packed[0].filename}"
             f"; {sum(r.compress_size for r in packed)} bytes that inflate to {sum(r.file_size for r in packed)}), "
             "which torch.save never does, and loading it would take the inflated size in memory. Use the checkpoint "
             "as torch.save wrote it, not a recompressed copy.")
     declared = sum(record.file_size for record in records)
     if declared > size:
         raise CheckpointError(
-            f"{path} is refused: its records declare {declared} bytes, more than the file's {size}, so they share "
+            f"{name} is refused: its records declare {declared} bytes, more than the file's {size}, so they share "
             "bytes and loading it would take more memory than it holds. Use the checkpoint as torch.save wrote it.")
 
 

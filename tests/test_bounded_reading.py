@@ -3,6 +3,7 @@ and a file that asks for more is refused by name before it is paid for (issue 20
 by the test, small on disk."""
 
 import gzip
+import io
 import logging
 import os
 import shutil
@@ -248,6 +249,9 @@ def checkpoint(tmp_path: Path) -> Path:
 def test_a_checkpoint_as_torch_save_writes_it_passes(checkpoint: Path) -> None:
     check_checkpoint_archive(checkpoint)
     check_checkpoint_archive(str(checkpoint))
+    buffer = io.BytesIO(checkpoint.read_bytes())  # torch.load takes an open file too, read from where it stands
+    check_checkpoint_archive(buffer)
+    assert torch.load(buffer, weights_only=True)["epoch"] == 3
 
 
 def test_a_checkpoint_of_compressed_records_is_refused_before_anything_is_inflated(checkpoint: Path) -> None:
