@@ -48,8 +48,9 @@ def check_checkpoint_archive(path: Union[str, os.PathLike, BinaryIO]) -> None:
                     f"{name} is refused: it is in torch's legacy checkpoint format (torch < 1.6), whose loader sets "
                     "aside the memory the file declares before reading it. lvae reads the zip archives torch.save "
                     "writes; if you trust the file, load it in Python and save it again with torch.save.") from None
-            raise CheckpointError(f"{name} is not a checkpoint: it is not the zip archive torch.save writes. Use a "
-                                  "checkpoint written by lvae or Lightning (a .ckpt file).") from None
+            raise CheckpointError(f"{name} is not a checkpoint: it is not a whole zip archive, as torch.save writes "
+                                  "(another kind of file, or one cut short). Use a checkpoint written by lvae or "
+                                  "Lightning, copied whole.") from None
     finally:
         path.seek(start)
     packed = [r for r in records if r.compress_type != zipfile.ZIP_STORED or r.compress_size != r.file_size]

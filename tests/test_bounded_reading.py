@@ -285,9 +285,10 @@ def test_a_checkpoint_whose_records_declare_more_than_the_file_holds_is_refused(
 @pytest.mark.parametrize(("write", "expected"), [
     (lambda path: torch.save({"w": torch.zeros(3)}, path, _use_new_zipfile_serialization=False),
      "is refused: it is in torch's legacy checkpoint format"),
-    (lambda path: path.write_bytes(b"not a checkpoint at all"),
-     "is not a checkpoint: it is not the zip archive torch.save writes"),
-], ids=["legacy", "garbage"])
+    (lambda path: path.write_bytes(b"not a checkpoint at all"), "is not a checkpoint: it is not a whole zip archive"),
+    (lambda path: (torch.save({"w": torch.zeros(3)}, path), path.write_bytes(path.read_bytes()[:-100])),
+     "is not a checkpoint: it is not a whole zip archive"),
+], ids=["legacy", "garbage", "cut_short"])
 def test_a_file_that_is_not_the_zip_torch_save_writes_is_refused(tmp_path: Path, write, expected: str) -> None:
     path = tmp_path / "old.ckpt"
     write(path)
