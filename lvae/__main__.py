@@ -1,16 +1,23 @@
 """`python -m lvae` and the `lvae` command. The CLI is imported inside `main`, after `start_early`: the drawing
-process's imports then run while Lightning's import takes the other core."""
+process's imports then run while Lightning's import takes the other core. SIGTERM and Ctrl-C are lvae's from the
+first line: while Lightning imports, either ends the command with one line and the shell's exit code."""
 
 
 def main() -> None:
     import sys
 
-    from lvae.drawing import start_early
+    from lvae.signals import SIGINT_EXIT, EntrySignals
 
-    start_early(sys.argv[1:])  # its imports run on the core that Lightning's import leaves idle
-    from lvae.cli import main as cli_main
+    with EntrySignals():
+        try:
+            from lvae.drawing import start_early
 
-    cli_main()
+            start_early(sys.argv[1:])  # its imports run on the core that Lightning's import leaves idle
+            from lvae.cli import main as cli_main
+        except KeyboardInterrupt:
+            print("lvae: stopped by Ctrl-C", file=sys.stderr)
+            sys.exit(SIGINT_EXIT)
+        cli_main()
 
 
 if __name__ == "__main__":

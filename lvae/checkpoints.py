@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from lvae.bounded import check_checkpoint_archive
 from lvae.errors import CheckpointError
 from lvae.runs import RUN_ID, shell
 
@@ -48,6 +49,7 @@ def load_checkpoint(path: Any, map_location: Any = "cpu") -> dict[str, Any]:
 
     A checkpoint is untrusted input: it may come from anyone, and a full unpickle runs whatever code the file
     names. A file that names anything else is refused by name, before any of it runs."""
+    check_checkpoint_archive(path)  # what its records declare fits its size, before torch reads any of them
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -228,8 +230,14 @@ class RunCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self._in_step = False
         self._interrupt_pending = False
+        self._sigint_found: Any = signal.default_int_handler
+        self._interrupt_saved: Optional[int] = None  # the step whose interruption last.ckpt holds
+        self._trained = False  # training ran to its end: an interruption after it (fit's last pictures) loses nothing
 
-    _interrupt_saved: Optional[int] = None  # the step whose interruption last.ckpt holds
+    @override
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        super().on_train_end(trainer, pl_module)
+        self._trained = True
 
     @override
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
@@ -243,10 +251,11 @@ class RunCheckpoint(ModelCheckpoint):
     @override
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         super().on_train_start(trainer, pl_module)
+        self._trained = False
         # Only over Python's own Ctrl-C handling: a process started with SIGINT ignored keeps ignoring it.
         if threading.current_thread() is threading.main_thread() and \
                 signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, self._on_sigint)
+            self._sigint_found = signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if not self._in_step or self._interrupt_pending:  # a second Ctrl-C does not wait for a step that hangs
@@ -256,7 +265,7 @@ class RunCheckpoint(ModelCheckpoint):
     def _restore_sigint(self) -> None:
         if threading.current_thread() is threading.main_thread() and \
                 signal.getsignal(signal.SIGINT) == self._on_sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, self._sigint_found)  # the handler it found: Python's own
 
     @override
     def on_train_batch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: Any,
@@ -300,7 +309,8 @@ class RunCheckpoint(ModelCheckpoint):
     def save_interrupted(self, trainer: "L.Trainer") -> None:
         """Write `last.ckpt` with the state at an interruption (Ctrl-C, SIGTERM), once per interruption; picture
         callbacks call it before they wait for their last pictures."""
-        if not self.save_last or self.dirpath is None or self._interrupt_saved == trainer.global_step:
+        if not self.save_last or self.dirpath is None or self._interrupt_saved == trainer.global_step or \
+                self._trained:
             return
         self._interrupt_saved = trainer.global_step
         path = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"

@@ -32,12 +32,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lvae import noise, processes
+from lvae.bounded import check_yaml_aliases
 from lvae.checkpoints import (AtomicCheckpointIO, RandomState, RunCheckpoint, section_values,
                               check_checkpoint, check_continues, continue_flags, find_last_checkpoint)
 from lvae.data import check_same_batches, saved_train_position
 from lvae.errors import CheckpointError, ConfigError, DivergenceError, LVAEError
 from lvae.model import VAE
 from lvae.runs import RunFolder, check_run_id, first_start, global_zero, launcher_run_id, shell
+from lvae.signals import SIGINT_EXIT, SIGTERM_EXIT, STOPPED, EntrySignals
 
 RUN_ID_ENV = "LVAE_RUN_ID"  # how DDP ranks started by Lightning learn the run id that rank zero chose
 WANDB_PROBE_SECONDS = 5.0
@@ -109,10 +111,11 @@ def check_config_file(path: Path) -> None:
         raise ConfigError(f"--config {path} holds {path.stat().st_size:,} bytes, which is no config (lvae reads at most "
                           f"{MAX_CONFIG_BYTES:,}). Give the path of a .yaml config.")
     try:
-        path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError(f"--config {path} is not a YAML file: byte {err.start} is not UTF-8 text "
                           f"({err.object[err.start:err.start + 1]!r}). Give the path of a .yaml config.") from None
+    check_yaml_aliases(f"--config {path}", text)  # a small file whose aliases expand without end
 
 
 PARSER_KEY = re.compile(r'Parser key "([^"]+)":')
@@ -582,6 +585,24 @@ class LVAECLI(LightningCLI):
         processes.track(trainer, subcommand.get("run_id"))
         return trainer
 
+    def after_fit(self) -> None:
+        self._stop_if_terminated()
+
+    def after_validate(self) -> None:
+        self._stop_if_terminated()
+
+    def after_test(self) -> None:
+        self._stop_if_terminated()
+
+    def after_predict(self) -> None:
+        self._stop_if_terminated()
+
+    def _stop_if_terminated(self) -> None:
+        """A SIGTERM that Lightning took note of where it no longer looks (after an evaluation's last batch, while
+        its pictures were drawn) still ends the command as one."""
+        if self.trainer.received_sigterm:
+            raise SIGTERMException(SIGTERM_EXIT)
+
     def fit(self, **kwargs: Any) -> None:
         """`trainer.fit`, whose divergence message says how to continue this run, when it can be continued."""
         try:
@@ -605,7 +626,8 @@ def main(args: Any = None) -> None:
     if searched:
         sys.path.append(here)
     try:
-        with noise.quiet(), processes.Job():  # a DDP process that stops ends the job with one message
+        # SIGTERM is lvae's wherever Lightning's handler is not; a DDP process that stops ends the job with one message.
+        with EntrySignals(), noise.quiet(), processes.Job():
             LVAECLI(args=args, run_folder=run_folder)
     except LVAEError as err:
         if err.exit_code == 2:  # refused before any work: nothing of the run stays on disk
@@ -614,16 +636,16 @@ def main(args: Any = None) -> None:
         print(f"lvae: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except SIGTERMException:
-        # Lightning turned SIGTERM into this after the callbacks saved state; the shell convention is 128 + 15.
-        print("lvae: stopped by SIGTERM", file=sys.stderr)
-        sys.exit(143)
+        # Lightning (or EntrySignals) turned SIGTERM into this after the callbacks saved state.
+        print(STOPPED, file=sys.stderr)
+        sys.exit(SIGTERM_EXIT)
     except KeyboardInterrupt:  # outside training (while starting up): nothing to save
         print("lvae: stopped by Ctrl-C", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(SIGINT_EXIT)
     except SystemExit as err:
         # Lightning ends a fit stopped by Ctrl-C with sys.exit(1), once last.ckpt is saved; the convention is 128 + 2.
         if isinstance(err.__context__, KeyboardInterrupt):
-            sys.exit(130)
+            sys.exit(SIGINT_EXIT)
         raise
     finally:
         run_folder.release()  # a requeued job, or the caller's next command, may continue the run

@@ -25,6 +25,7 @@ from typing_extensions import override
 
 from lvae.data import Batch, InMemoryBatches, trained_steps
 from lvae.errors import ConfigError, DataFilesError
+from lvae.runs import shell
 
 LAYOUT = ("Expected one sub-folder per class holding that class's images (root/cat/001.png, root/dog/002.jpg, ...), "
           "or, for unlabelled images, the images directly in the folder (root/001.png, ...). Image files end in "
@@ -104,8 +105,8 @@ class FolderWalk:
             raise DataFilesError(
                 f"data.{self.arg}={self.root}: {entry.path} is a link to {target}, outside the folder. lvae reads only "
                 f"the files inside data.{self.arg}, so that a folder from elsewhere cannot make it read others. Put "
-                f"the files themselves there (rm {entry.path} && cp -rl {target} {entry.path}: hard links, on the "
-                f"same filesystem), or give their folder as data.{self.arg}.")
+                f"the files themselves there ({shell('rm', entry.path)} && {shell('cp', '-rl', target, entry.path)}: "
+                f"hard links, on the same filesystem), or give their folder as data.{self.arg}.")
         return target, os.path.isdir(target)
 
     def first_time(self, path: str, real: str, label: Optional[int]) -> bool:

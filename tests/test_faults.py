@@ -57,6 +57,13 @@ MESSAGES = {
     "not text": "is not a YAML file: byte",
     "unwritable runs": "and lvae cannot write there",
     "online without a key": "asks W&B to log online, and W&B has no API key here",
+    # tests/test_bounded_reading.py
+    "unpacks to more": "longer than its header says: it unpacks to more than",
+    "link out of the folder": "outside the folder",
+    "links read once": "link(s) to folders or images already read; each image is read once",
+    "two labels": "in two class folders: one image would have two labels",
+    "compressed checkpoint": "records are compressed",
+    "billion laughs": "its aliases would add more than 100,000 values to those it writes",
     "named run started": "has no checkpoint yet; starting it from the beginning",
     "mid-epoch batches": "the rest of that epoch needs the batches it started with",
     "bad value": "for the accepted options.",

@@ -344,3 +344,30 @@ def test_online_wandb_without_an_api_key_is_refused_before_any_folder(
     assert MESSAGES["online without a key"] in said and "WANDB_MODE=online asks W&B to log online, and W&B has no API key here. Run `wandb login`, set " \
            "WANDB_API_KEY, or unset WANDB_MODE" in said, said
     assert not list(workdir.iterdir())  # the id is not blocked by an empty folder
+
+
+LAUGHS = "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+
+
+def test_small_files_that_would_take_memory_without_end_are_refused_through_lvae(
+        workdir: Path, mnist_root: Path, own_checkpoint: dict, capfd: pytest.CaptureFixture) -> None:
+    import zipfile
+
+    (workdir / "laughs.yaml").write_text(LAUGHS)
+    assert lvae(*fit_args(mnist_root, "--config", "laughs.yaml")) == 2
+    assert f"--config laughs.yaml is refused: {MESSAGES['billion laughs']}" in capfd.readouterr().err
+    # The same checkpoint, its records deflated: small on disk, its full size once read.
+    torch.save(own_checkpoint, workdir / "own.ckpt")
+    with zipfile.ZipFile(workdir / "own.ckpt") as plain, \
+            zipfile.ZipFile(workdir / "packed.ckpt", "w", zipfile.ZIP_DEFLATED) as packed:
+        for record in plain.infolist():
+            packed.writestr(record.filename, plain.read(record))
+    assert lvae("test", "--data.data_dir", str(mnist_root), "--model.latent_dim", "4", "--model.hidden_dim", "16",
+                "--trainer.logger", "false", "--ckpt_path", "packed.ckpt") == 2
+    assert f"--ckpt_path packed.ckpt is refused: " in capfd.readouterr().err
+    with pytest.raises(CheckpointError, match=MESSAGES["compressed checkpoint"]):
+        from lvae import VAE
+
+        VAE.load_from_checkpoint(workdir / "packed.ckpt")
+    assert sorted(p.name for p in workdir.iterdir()) == ["laughs.yaml", "own.ckpt", "packed.ckpt"]
