@@ -515,12 +515,17 @@ def flags(values: list[tuple[str, Any]]) -> str:
     value that names a class lvae does not take from a file is not offered: it is the checkpoint's to claim, not
     lvae's to advise."""
     words: list[str] = []
-    for key, value in values:
+    for key, value in sorted(values, key=lambda kv: (kv[0].split(".")[0], not kv[0].endswith(".class_path"))):
+        if key == "model.image_shape":
+            continue  # lvae takes it from the data module
         try:
             check_class_paths({key: value}, {}, "")
+            if key.endswith(".class_path") and not trusted_class(value):
+                continue  # a class of the user's own: named in their config, not advised from a file
         except CheckpointError:
             continue
-        words += [f"--{key}", value if isinstance(value, str) else json.dumps(_plain(value))]
+        flag = key.removesuffix(".class_path")  # --data lvae.ImageFolderDataModule, then its own arguments
+        words += [f"--{flag}", value if isinstance(value, str) else json.dumps(_plain(value))]
     return shell(*words)
 
 
@@ -540,7 +545,14 @@ def check_continues(path: Path, given: str, config: Namespace, root: Path) -> di
 
     run = path.parent.parent.name
     named = "; ".join(f"{key}: {ran} (run) vs {now} (now)" for key, ran, now in differences)
-    own = flags([(key, ran) for key, ran, _ in differences])
+    advice = {key: ran for key, ran, _ in differences}
+    saved = {"model": checkpoint.get("hyper_parameters") or {},
+             "data": checkpoint.get("datamodule_hyper_parameters") or {}}
+    for key in RUN_KEYS:  # another class takes the run's other values too (an image folder needs its root)
+        section, name = key.split(".")
+        if f"{section}.class_path" in advice and saved[section].get(name) is not None and key not in advice:
+            advice[key] = saved[section][name]
+    own = flags(list(advice.items()))
     other = next((p.parent.parent.name for p in last_checkpoints(root)
                   if p != path and RUN_ID.fullmatch(p.parent.parent.name) and agrees(p)), None)
     ways = [f"Continue it with its own values ({own})"]

@@ -108,8 +108,8 @@ MAX_CONFIG_BYTES = 1 << 20
 def check_config_file(path: Path) -> None:
     """Refuse a config that is not UTF-8 text, naming it, before the parser meets it."""
     if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"--config {path} holds {path.stat().st_size:,} bytes, which is no config (lvae reads at most "
-                          f"{MAX_CONFIG_BYTES:,}). Give the path of a .yaml config.")
+        raise ConfigError(f"--config {path} holds {path.stat().st_size:,} bytes, which is no config (lvae reads at "
+                          f"most {MAX_CONFIG_BYTES:,}). Give the path of a .yaml config.")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
@@ -566,8 +566,8 @@ class LVAECLI(LightningCLI):
         if config.get("enable_checkpointing") is False:
             # Asked for no checkpoints: drop ours too, or Lightning refuses the combination.
             extra = [cb for cb in extra if not isinstance(cb, ModelCheckpoint)]
-        if self.subcommand == "fit":
-            extra.append(RandomState())
+        # In every subcommand: an evaluation of a fit's checkpoint would otherwise be told by Lightning to add it.
+        extra.append(RandomState())
         given = config.get("callbacks") or []
         if config.get("enable_progress_bar") is not False and \
                 not any(isinstance(cb, ProgressBar) for cb in [*(given if isinstance(given, list) else [given])]):

@@ -277,8 +277,9 @@ def check_same_batches(state: dict[str, int], batch_size: int, world_size: Optio
     raise ConfigError(
         f"the checkpoint stopped in the middle of epoch {state['epoch']} ({done} of {total} steps); the rest of that "
         f"epoch needs the batches it started with: --data.batch_size {saved_size} on {saved_world} process(es) "
-        f"(now {now}). To change them, finish the epoch first (add --trainer.max_epochs {state['epoch'] + 1}), "
-        "then continue with the new values.")
+        f"(now {now}). To change them, first finish that epoch with the batches it started with (the same command "
+        f"with --data.batch_size {saved_size} --trainer.max_epochs {state['epoch'] + 1}), then continue with the new "
+        "values.")
 
 
 class MNISTDataModule(L.LightningDataModule):

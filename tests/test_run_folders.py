@@ -371,3 +371,33 @@ def test_small_files_that_would_take_memory_without_end_are_refused_through_lvae
 
         VAE.load_from_checkpoint(workdir / "packed.ckpt")
     assert sorted(p.name for p in workdir.iterdir()) == ["laughs.yaml", "own.ckpt", "packed.ckpt"]
+
+
+def test_the_advice_to_continue_a_run_of_another_data_module_parses_as_pasted(
+        workdir: Path, mnist_root: Path, own_checkpoint: dict, capsys: pytest.CaptureFixture) -> None:
+    import shlex
+
+    import numpy as np
+    from PIL import Image
+
+    folder = workdir / "my images"  # a space: the advice quotes it
+    for name in ("cats", "dogs"):
+        (folder / name).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((16, 16, 3), 40 * i, dtype=np.uint8)).save(folder / name / f"{i}.png")
+    run = workdir / "runs" / "pets"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({**own_checkpoint, "hyper_parameters": {**own_checkpoint["hyper_parameters"], "image_shape": [3, 16, 16]},
+                "datamodule_hyper_parameters": {"_class_path": "lvae.image_folder.ImageFolderDataModule",
+                                                "root": str(folder), "image_size": 16, "channels": 3,
+                                                "val_fraction": 0.25, "split_seed": 0}},
+               run / "checkpoints" / "last.ckpt")
+    common = ["--model.latent_dim", "4", "--model.hidden_dim", "16", "--model.latent_points", "0"]
+    assert lvae("fit", "--run_id", "pets", "--ckpt_path", "last", *common) == 2  # the MNIST default: refused
+    said = capsys.readouterr().err
+    advice = said.split("Continue it with its own values (")[1].split(")")[0]
+    assert advice.startswith("--data lvae.image_folder.ImageFolderDataModule --data.") and "--data.root '" in advice and \
+        "image_shape" not in advice, advice
+    assert lvae("fit", "--run_id", "pets", "--ckpt_path", "last", *common, *shlex.split(advice), "--print_config") == 0
+    printed = capsys.readouterr().out
+    assert f"root: {folder}" in printed and "class_path: lvae.image_folder.ImageFolderDataModule" in printed
