@@ -72,12 +72,19 @@ class MainModuleJob(LVAEError):
     """A drawing job that needs something defined in the user's `__main__`, which the drawing process never runs."""
 
 
+# The warnings a drawing job hands back: those about the picture (matplotlib's, numpy's about the data drawn). Not
+# ResourceWarning, DeprecationWarning and the like, which are about code, not the picture, and which the job's
+# "always" would otherwise catch once per file the garbage collector happens to close while it runs.
+PICTURE_WARNINGS = (UserWarning, RuntimeWarning)
+
+
 def run_job(job: Callable[[], Drawn]) -> Drawn:
-    """Run `job`, handing back the warnings it raised, to be raised where the user sees them."""
+    """Run `job`, handing back the warnings about its picture it raised (every time, not once per place), to be
+    raised where the user sees them."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         drawn = job()
-    drawn.warnings.extend(str(w.message) for w in caught)
+    drawn.warnings.extend(str(w.message) for w in caught if issubclass(w.category, PICTURE_WARNINGS))
     return drawn
 
 

@@ -162,15 +162,13 @@ class PictureCallback(Callback):
 
     def _log(self, drawn: Drawn, epoch: int) -> None:
         for message in drawn.warnings:
-            rank_zero_warn(f"{type(self).__name__}, epoch {epoch}: {message}")
+            rank_zero_warn(f"{type(self).__name__}: while drawing the picture of epoch {epoch}: {message}")
         for name, path, caption in drawn.pictures:
             self.sink.log_picture(name, Path(path), epoch, caption)
         if drawn.scalars:
             self.sink.log_scalars(drawn.scalars, epoch)
         if drawn.state is not None:
             self.apply(drawn.state)
-        for name, path in drawn.animations:
-            self.sink.log_animation(name, Path(path))
 
     def _collect(self, wait: bool) -> None:
         """Log this callback's finished picture (waiting for it with `wait`). Never raises: a picture that failed,
@@ -217,9 +215,14 @@ class PictureCallback(Callback):
             # not their sum (bench/README.md).
             folders = {name: str(self.sink.png_path(name, 0).parent) for name in self.names}
             try:
-                self._log(run_job(Job("lvae.figures.animation:animate", {"folders": folders})), trainer.current_epoch)
+                drawn = run_job(Job("lvae.figures.animation:animate", {"folders": folders}))
             except Exception as err:  # a picture must never end training
-                self._warn(trainer.current_epoch, err)
+                rank_zero_warn(f"{type(self).__name__}: no evolution GIF ({type(err).__name__}: {err})")
+                return
+            for message in drawn.warnings:
+                rank_zero_warn(f"{type(self).__name__}: while making the evolution GIF: {message}")
+            for name, path in drawn.animations:
+                self.sink.log_animation(name, Path(path))
 
     @override
     def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:

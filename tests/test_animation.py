@@ -1,12 +1,15 @@
 """The evolution GIF is put together from the frames saved with each epoch's PNG, and from the PNGs themselves where
 a frame is missing or older than its PNG."""
 
+import gc
+import warnings
 from pathlib import Path
 
 import numpy as np
 from conftest import assert_gif_shows_each_epoch
 from PIL import Image
 
+from lvae.drawing import Drawn, run_job
 from lvae.figures.animation import animate, frame_path
 from lvae.figures.canvas import save_png
 
@@ -50,3 +53,30 @@ def test_one_epoch_makes_no_gif(tmp_path: Path) -> None:
     save_png(picture(0), str(tmp_path / "epoch_000.png"))
     assert animate({"scatter": str(tmp_path)}).animations == []
     assert not (tmp_path / "evolution.gif").exists()
+
+
+def test_putting_the_gif_together_leaves_no_file_open(tmp_path: Path) -> None:
+    # Each epoch's GIF frame was opened and left to the garbage collector: an "unclosed file" warning per frame at
+    # the end of every fit, raised as the picture's own.
+    save_png(picture(0), str(tmp_path / "epoch_000.png"))
+    save_png(picture(1).crop((0, 0, 160, 60)), str(tmp_path / "epoch_001.png"))  # drawn on a canvas
+    save_png(picture(2), str(tmp_path / "epoch_002.png"))
+    picture(3).save(tmp_path / "epoch_003.png")  # no fresh frame: quantized from the PNG
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        animate({"scatter": str(tmp_path)})
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
+def warn_of_everything() -> Drawn:
+    warnings.warn("No artists with labels found to put in legend.", UserWarning)
+    warnings.warn("invalid value encountered in divide", RuntimeWarning)
+    warnings.warn("unclosed file <_io.BufferedReader name='epoch_000.gif'>", ResourceWarning)
+    warnings.warn("this function is deprecated", DeprecationWarning)
+    return Drawn()
+
+
+def test_a_drawing_job_hands_back_only_the_warnings_about_its_picture() -> None:
+    assert run_job(warn_of_everything).warnings == ["No artists with labels found to put in legend.",
+                                                    "invalid value encountered in divide"]

@@ -39,15 +39,14 @@ def _frame(png: Path, size: tuple[int, int]) -> Image.Image:
     run folder written before frames were kept) quantized from the PNG."""
     frame = frame_path(png)
     fresh = frame.is_file() and frame.stat().st_mtime >= png.stat().st_mtime
-    image = Image.open(frame if fresh else png)
-    if image.size != size:  # a picture whose size changed (traversals: the rows of the active dimensions)
-        canvas = Image.new("RGB", size, "white")
-        canvas.paste(image.convert("RGB"), (0, 0))
-        image = quantize(canvas)
-    elif not fresh:
-        image = quantize(image)
-    image.load()
-    return image
+    # Closed here: a GIF frame keeps its file open after loading (it might hold more frames), one open file per
+    # epoch and picture until the garbage collector found it.
+    with Image.open(frame if fresh else png) as image:
+        if image.size != size:  # a picture whose size changed (traversals: the rows of the active dimensions)
+            canvas = Image.new("RGB", size, "white")
+            canvas.paste(image.convert("RGB"), (0, 0))
+            return quantize(canvas)
+        return image.copy() if fresh else quantize(image)
 
 
 def animate(folders: dict[str, str], frame_ms: int = 500) -> Drawn:
