@@ -10,6 +10,7 @@ an unrelated run, and refuse to run twice in one folder; this module is where th
 import importlib
 import importlib.resources
 import inspect
+import json
 import netrc
 import os
 import re
@@ -116,6 +117,36 @@ def check_config_file(path: Path) -> None:
         raise ConfigError(f"--config {path} is not a YAML file: byte {err.start} is not UTF-8 text "
                           f"({err.object[err.start:err.start + 1]!r}). Give the path of a .yaml config.") from None
     check_yaml_aliases(f"--config {path}", text)  # a small file whose aliases expand without end
+
+
+LOGGER_FLAGS = ("--trainer.logger", "--trainer.logger+")
+RUN_FOLDER = "."  # a logger's save_dir that lvae replaces with the run folder
+
+
+def logger_with_save_dir(value: str) -> str:
+    """A logger named on the command line (a class path, a name, JSON of one or a list) with `save_dir` filled in
+    where its class requires one (TensorBoardLogger, CSVLogger), so that the parser accepts it: lvae puts every
+    logger's files in the run folder, which does not exist yet when the command line is parsed."""
+    try:
+        spec = json.loads(value) if value.lstrip().startswith(("{", "[")) else value
+    except ValueError:
+        return value  # the parser names what is wrong with it
+    specs = spec if isinstance(spec, list) else [spec]
+    filled = []
+    for one in specs:
+        one = {"class_path": one} if isinstance(one, str) else one
+        if not isinstance(one, dict) or not isinstance(one.get("class_path"), str):
+            return value
+        path = one["class_path"] if "." in one["class_path"] else f"lightning.pytorch.loggers.{one['class_path']}"
+        try:
+            required = inspect.signature(import_class(path)).parameters["save_dir"].default is inspect.Parameter.empty
+        except (ImportError, AttributeError, KeyError, TypeError, ValueError):
+            required = False  # not a logger lvae knows to fill in: the parser says what is wrong, if anything
+        init_args = dict(one.get("init_args") or {})
+        if required:
+            init_args.setdefault("save_dir", RUN_FOLDER)
+        filled.append({**one, "init_args": init_args} if init_args else one)
+    return json.dumps(filled if isinstance(spec, list) else filled[0])
 
 
 PARSER_KEY = re.compile(r'Parser key "([^"]+)":')
@@ -381,6 +412,10 @@ class LVAECLI(LightningCLI):
                 given[i + 1] = packaged_config(given[i + 1])
             elif arg.startswith("--config="):
                 given[i] = "--config=" + packaged_config(arg.split("=", 1)[1])
+        given = [logger_with_save_dir(arg) if i and given[i - 1] in LOGGER_FLAGS else
+                 next((f"{flag}={logger_with_save_dir(arg[len(flag) + 1:])}" for flag in LOGGER_FLAGS
+                       if arg.startswith(f"{flag}=")), arg)
+                 for i, arg in enumerate(given)]
         kept = [arg for arg in given if arg != PRINT_CONFIG]
         self._print_config = len(kept) < len(given)
         self.config = parser.parse_args(kept)

@@ -401,3 +401,14 @@ def test_the_advice_to_continue_a_run_of_another_data_module_parses_as_pasted(
     assert lvae("fit", "--run_id", "pets", "--ckpt_path", "last", *common, *shlex.split(advice), "--print_config") == 0
     printed = capsys.readouterr().out
     assert f"root: {folder}" in printed and "class_path: lvae.image_folder.ImageFolderDataModule" in printed
+
+
+def test_tensorboard_and_csv_loggers_named_on_the_command_line_write_into_the_run_folder(
+        workdir: Path, mnist_root: Path) -> None:
+    for loggers in ("lightning.pytorch.loggers.TensorBoardLogger", '["CSVLogger", {"class_path": "TensorBoardLogger"}]'):
+        run_id = "tb" if loggers.startswith("lightning") else "both"
+        assert lvae(*fit_args(mnist_root, "--run_id", run_id, "--trainer.logger", loggers)) == 0
+        run = workdir / "runs" / run_id
+        assert list(run.glob("events.out.tfevents.*")), sorted(p.name for p in run.iterdir())
+        assert (run / "metrics.csv").is_file() == (run_id == "both")
+    assert sorted(p.name for p in workdir.iterdir()) == ["runs"]  # no lightning_logs/ beside it
