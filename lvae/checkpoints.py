@@ -10,6 +10,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 import threading
 import types
@@ -28,7 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lvae.bounded import check_checkpoint_archive
-from lvae.errors import CheckpointError
+from lvae.errors import CheckpointError, CheckpointWriteError
 from lvae.runs import RUN_ID, shell
 
 # The keys that define a run: the model's class and shape and the data's class and identity. Continuing a run with
@@ -195,18 +196,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}{PARTIAL}")  # one fixed name: a stale one is overwritten
-        with open(partial, "wb") as f:
-            try:
+        try:
+            with open(partial, "wb") as f:
                 torch.save(checkpoint, f)
-            except RuntimeError as err:
-                # Ctrl-C in the middle of torch.save comes out as its zip writer's "unexpected pos" error, with
-                # the KeyboardInterrupt as context: raise the interrupt, so that Lightning ends the run as one
-                # (last.ckpt saved, no traceback) instead of as a crash. Seen once in CI.
-                if isinstance(err.__context__, KeyboardInterrupt):
-                    raise err.__context__ from None
+                f.flush()
+                os.fsync(f.fileno())
+        except (RuntimeError, OSError) as err:
+            # torch.save's zip writer reports a failed write as "unexpected pos", with the real cause as context:
+            # Ctrl-C (raised as the interrupt, so that Lightning ends the run as one) or the disk's own error.
+            cause = err if isinstance(err, OSError) else err.__context__
+            if isinstance(cause, KeyboardInterrupt):
+                raise cause from None
+            if not isinstance(cause, OSError):
                 raise
-            f.flush()
-            os.fsync(f.fileno())
+            partial.unlink(missing_ok=True)
+            free = shutil.disk_usage(target.parent).free
+            kept = f"{target} still holds the last one written" if target.exists() else f"{target} was not written"
+            raise CheckpointWriteError(
+                f"{target} could not be written ({cause.strerror or cause}; {free:,} bytes free on its disk). The "
+                f"checkpoints on disk are whole: {kept}. Make room, then continue the run.") from None
         os.replace(partial, target)
 
     @override

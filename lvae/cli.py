@@ -132,7 +132,7 @@ def logger_with_save_dir(value: str) -> str:
     except ValueError:
         return value  # the parser names what is wrong with it
     specs = spec if isinstance(spec, list) else [spec]
-    filled = []
+    filled, added = [], False
     for one in specs:
         one = {"class_path": one} if isinstance(one, str) else one
         if not isinstance(one, dict) or not isinstance(one.get("class_path"), str):
@@ -143,9 +143,11 @@ def logger_with_save_dir(value: str) -> str:
         except (ImportError, AttributeError, KeyError, TypeError, ValueError):
             required = False  # not a logger lvae knows to fill in: the parser says what is wrong, if anything
         init_args = dict(one.get("init_args") or {})
-        if required:
-            init_args.setdefault("save_dir", RUN_FOLDER)
+        if required and "save_dir" not in init_args:
+            init_args["save_dir"], added = RUN_FOLDER, True
         filled.append({**one, "init_args": init_args} if init_args else one)
+    if not added:
+        return value  # false, null, a logger that needs nothing: as given
     return json.dumps(filled if isinstance(spec, list) else filled[0])
 
 

@@ -25,6 +25,12 @@ class CheckpointError(LVAEError):
     exit_code = 2
 
 
+class CheckpointWriteError(LVAEError):
+    """A checkpoint that could not be written (a full disk); the ones already on disk are whole."""
+
+    exit_code = 1
+
+
 class DivergenceError(LVAEError, FloatingPointError):
     """The run diverged: a loss, mean or log-variance that `lvae.divergence` calls absurd, or NaN."""
 

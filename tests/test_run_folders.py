@@ -229,10 +229,10 @@ def test_advice_never_offers_a_value_lvae_would_refuse(tmp_path: Path, evil_modu
     assert advice.startswith("--model.latent_dim 3)") and EVIL not in advice, str(refused.value)
     assert not evil_module.exists()
     # What is offered can be pasted: lists and networks as JSON, one shell word each.
-    assert flags([("model.image_shape", [3, 64, 64]), ("model.encoder", {"class_path": "lvae.networks.ConvEncoder"}),
-                  ("data.root", "my images")]) == \
-        "--model.image_shape '[3, 64, 64]' --model.encoder '{\"class_path\": \"lvae.networks.ConvEncoder\"}' " \
-        "--data.root 'my images'"
+    assert flags([("model.widths", [3, 64, 64]), ("model.encoder", {"class_path": "lvae.networks.ConvEncoder"}),
+                  ("data.root", "my images"), ("model.image_shape", [1, 28, 28])]) == \
+        "--data.root 'my images' --model.widths '[3, 64, 64]' " \
+        "--model.encoder '{\"class_path\": \"lvae.networks.ConvEncoder\"}'"  # image_shape: lvae takes it from the data
 
 
 # ----- refusals that name the file and the fix, and print no run that never exists -----
@@ -412,3 +412,31 @@ def test_tensorboard_and_csv_loggers_named_on_the_command_line_write_into_the_ru
         assert list(run.glob("events.out.tfevents.*")), sorted(p.name for p in run.iterdir())
         assert (run / "metrics.csv").is_file() == (run_id == "both")
     assert sorted(p.name for p in workdir.iterdir()) == ["runs"]  # no lightning_logs/ beside it
+    from lvae.cli import logger_with_save_dir
+
+    for as_given in ("false", "null", "WandbLogger", '{"class_path": "CSVLogger", "init_args": {"save_dir": "logs"}}'):
+        assert logger_with_save_dir(as_given) == as_given
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB filesystem (tmpfs, mounted as root does in CI): a disk that fills up."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a small tmpfs cannot be mounted here ({mounted.stderr.decode().strip()}): needs root")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_says_so_and_names_the_checkpoint_it_could_not_write(
+        workdir: Path, mnist_root: Path, small_disk: Path, capfd: pytest.CaptureFixture) -> None:
+    # The run's config fits; its first checkpoint (about 8 MB) does not.
+    assert lvae(*fit_args(mnist_root, "--run_id", "full", "--trainer.logger", "false",
+                          "--trainer.default_root_dir", str(small_disk))) == 1
+    said = capfd.readouterr().err
+    checkpoint = small_disk / "full" / "checkpoints" / "best-epoch000.ckpt"
+    assert f"lvae: error: {checkpoint} could not be written (No space left on device; " in said, said[-3000:]
+    assert "The checkpoints on disk are whole" in said and "Traceback" not in said, said[-3000:]
+    assert not list(small_disk.rglob("*.partial"))  # nothing half-written is left to fill the disk
