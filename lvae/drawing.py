@@ -1,4 +1,5 @@
-"""The drawing process: one separate, low-priority process that runs the picture jobs of one trainer, in order.
+"""The drawing processes: separate, low-priority processes that run the picture jobs of one trainer, each picture's
+jobs in one of them, in order (`DrawingPool`; one process, unless training leaves cores free).
 
 A picture callback does its model work in the training process and sends a `Job` here: the name of a function in
 one of the `lvae.figures` modules and its arguments (NumPy arrays and plain values). The training process never
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from queue import SimpleQueue
 from typing import IO, Any, Callable, Optional
 
-from lvae.errors import LVAEError
+from lvae.errors import ConfigError, LVAEError
 
 # The drawing process runs at this niceness: it takes the CPU time training leaves (see bench/README.md).
 DRAWING_NICENESS = 10
@@ -344,37 +345,99 @@ class _Child:
                     self._last_line = text.strip()
 
 
-# Drawing runs in a separate process, at a lower priority than training, and while it draws training leaves it a
-# core: a drawing thread would hold the GIL that each of training's small torch calls needs back
+# Drawing runs in separate processes, at a lower priority than training; where training keeps every core busy it
+# lends one while they draw: a drawing thread would hold the GIL that each of training's small torch calls needs back
 # (bench/README.md has the measurements).
 class DrawingProcess:
-    """The drawing process of one trainer, shared by its picture callbacks; started on first use (and again after it
-    died), jobs run one at a time in the order they were sent. A `python -c` process of lvae's own, not
-    multiprocessing's: "spawn" and "forkserver" run the user's `__main__` again (a script without a main guard
-    trains a second time there, or fails; stdin cannot be read twice), and "fork" would copy the training process's
-    threads (W&B, the data path) and possibly CUDA. While jobs are pending, torch in the training process uses one
-    thread less; `settle`, on the training thread, gives it back."""
+    """One drawing process, started on its first job (and again after it died); its jobs run one at a time in the
+    order they were sent. A `python -c` process of lvae's own, not multiprocessing's: "spawn" and "forkserver" run
+    the user's `__main__` again (a script without a main guard trains a second time there, or fails; stdin cannot be
+    read twice), and "fork" would copy the training process's threads (W&B, the data path) and possibly CUDA."""
 
     def __init__(self) -> None:
         self._child: Optional[_Child] = None
-        self._pending: set[Future] = set()
-        self._threads: Optional[int] = None  # torch's thread count to give back when no job is pending
 
     @property
     def pid(self) -> Optional[int]:
         return self._child.process.pid if self._child is not None else None
 
-    def submit(self, job: Callable[[], Drawn], lend_core: bool = True) -> Future:
+    def submit(self, job: Callable[[], Drawn]) -> Future:
         """Send `job`, a `Job` or a picklable callable (refused here, with `MainModuleJob`, where it needs the user's
-        `__main__`); with `lend_core`, torch in this process uses one thread less until `settle` finds no job
-        pending."""
+        `__main__`)."""
         data = _pickle_job(job)
         if self._child is None or self._child.ended:  # not started yet, or it died (killed, out of memory, a crash)
             self._child = _Child()
-        future = self._child.send(data)
-        if not lend_core:
-            return future
+        return self._child.send(data)
+
+    def stop(self) -> None:
+        """Stop at once: queued jobs are dropped and the one being drawn is abandoned (each PNG is written whole or
+        not at all)."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop()
+
+    def close(self) -> None:
+        """Finish: wait for the jobs sent, then end the process."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.close()
+
+
+PROCESSES_VARIABLE = "LVAE_DRAWING_PROCESSES"  # how many drawing processes a trainer runs, where set
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a SLURM or container share), not the whole machine."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def drawing_processes(cores: int, training_cores: int) -> int:
+    """How many drawing processes a trainer runs on `cores`, of which training keeps `training_cores` busy: one per
+    core left free, and at least one (on a machine training keeps busy, it draws on the core torch lends it)."""
+    return max(1, cores - training_cores)
+
+
+def process_count(training_cores: int) -> int:
+    """`LVAE_DRAWING_PROCESSES` where it is set, else `drawing_processes` on this process's cores."""
+    value = os.environ.get(PROCESSES_VARIABLE, "").strip()
+    if not value:
+        return drawing_processes(usable_cores(), training_cores)
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{PROCESSES_VARIABLE}={value!r} must be a number of drawing processes, 1 or more (unset, "
+                          "lvae runs one per core that training leaves free)")
+    return int(value)
+
+
+class DrawingPool:
+    """The drawing processes of one trainer, shared by its picture callbacks: `size` of them, each started on its
+    first job, the first being the one the `lvae` command started early (`take_early`). Each callback sends all its
+    jobs to one process, its `slot`, so they are drawn in order (a t-SNE map starts from the last one); the pictures
+    of other slots are drawn beside them. With `lend_core` (training leaves no core free), torch in the training
+    process uses one thread less while any job is pending; `settle`, on the training thread, gives it back."""
+
+    def __init__(self, size: int, lend_core: bool) -> None:
+        self.processes = [take_early(), *(DrawingProcess() for _ in range(size - 1))]
+        self.lend_core = lend_core
+        self._slots = 0  # slots handed out
+        self._pending: set[Future] = set()
+        self._threads: Optional[int] = None  # torch's thread count to give back when no job is pending
+
+    @property
+    def pids(self) -> list[int]:
+        """The processes started so far."""
+        return [process.pid for process in self.processes if process.pid is not None]
+
+    def slot(self) -> int:
+        """A slot for the next picture callback, in turn: pictures spread over the processes."""
+        slot, self._slots = self._slots % len(self.processes), self._slots + 1
+        return slot
+
+    def submit(self, slot: int, job: Callable[[], Drawn]) -> Future:
+        """Send `job` to the process of `slot` (`DrawingProcess.submit`)."""
+        future = self.processes[slot].submit(job)
         self._pending.add(future)
+        if not self.lend_core:
+            return future
         import torch  # the training process's: already imported there
 
         if self._threads is None and torch.get_num_threads() > 1:
@@ -405,21 +468,18 @@ class DrawingProcess:
         return True
 
     def stop(self) -> None:
-        """Stop at once: queued jobs are dropped and the one being drawn is abandoned (each PNG is written whole or
-        not at all)."""
-        child, self._child = self._child, None
-        if child is not None:
-            child.stop()
+        """Stop every process at once (`DrawingProcess.stop`)."""
+        for process in self.processes:
+            process.stop()
         for future in self._pending:
             future.cancel()
         self._pending.clear()
         self.settle()
 
     def close(self) -> None:
-        """Finish: wait for what is pending, then end the process."""
-        child, self._child = self._child, None
-        if child is not None:
-            child.close()
+        """Finish: wait for the jobs sent, then end the processes."""
+        for process in self.processes:
+            process.close()
         self._pending.clear()
         self.settle()
 
@@ -447,7 +507,7 @@ def start_early(argv: list[str]) -> None:
     if any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES):
         return
     _early = DrawingProcess()
-    _early.submit(Job("lvae.drawing:import_modules", {"modules": DRAWING_STACK}), lend_core=False)
+    _early.submit(Job("lvae.drawing:import_modules", {"modules": DRAWING_STACK}))
 
 
 def take_early() -> DrawingProcess:

@@ -7,13 +7,15 @@ from typing import Any, Callable, Optional
 from weakref import WeakKeyDictionary
 
 import lightning as L
+import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lvae.checkpoints import RunCheckpoint
-from lvae.drawing import Drawn, DrawingStopped, Job, run_job, take_early
+from lvae.drawing import DrawingPool, Drawn, DrawingStopped, Job, process_count, run_job, usable_cores
 from lvae.errors import ConfigError, LVAEError
 from lvae.latents import FollowedInputs, Latents, unusable
 from lvae.sink import PictureSink
@@ -23,15 +25,34 @@ from lvae.sink import PictureSink
 INTERRUPT_GRACE_SECONDS = 15.0
 
 
-class _Shared:
-    """What the picture callbacks of one trainer share: the drawing process (the one the `lvae` command started
-    early, else started by the first job; closed by the last callback to tear down) and, for a module lvae did not
-    write, the followed validation inputs."""
+def training_cores(trainer: "L.Trainer") -> int:
+    """About how many cores of this machine training keeps busy: torch's threads in each of the trainer's processes
+    here on a CPU, about one for each process that drives an accelerator (a GPU)."""
+    processes = trainer.num_devices  # the trainer's processes on this machine: one per device
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        return torch.get_num_threads() * processes
+    return processes
 
-    def __init__(self) -> None:
-        self.drawing = take_early()
+
+class _Shared:
+    """What the picture callbacks of one trainer share: the drawing processes (one per core training leaves free,
+    at least one, the first the one the `lvae` command started early; closed by the last callback to tear down), each
+    callback's slot among them, and, for a module lvae did not write, the followed validation inputs."""
+
+    def __init__(self, trainer: "L.Trainer") -> None:
+        training = training_cores(trainer)
+        self.drawing = DrawingPool(process_count(training), lend_core=usable_cores() <= training)
         self.followed = FollowedInputs()
         self.users: set[int] = set()
+        self.slots: dict[int, int] = {}  # id of a callback -> the drawing process its jobs go to
+
+    def join(self, callback: "PictureCallback") -> None:
+        self.users.add(id(callback))
+        if id(callback) not in self.slots:
+            self.slots[id(callback)] = self.drawing.slot()
+
+    def submit(self, callback: "PictureCallback", job: Callable[[], Drawn]) -> Future:
+        return self.drawing.submit(self.slots[id(callback)], job)
 
 
 _SHARED: "WeakKeyDictionary[L.Trainer, _Shared]" = WeakKeyDictionary()
@@ -73,13 +94,13 @@ class PictureCallback(Callback):
         root = trainer.log_dir or trainer.default_root_dir  # a broadcast: resolved here, on every rank, once
         self.sink = PictureSink(trainer, Path(root))
         if trainer not in _SHARED:
-            _SHARED[trainer] = _Shared()
+            _SHARED[trainer] = _Shared(trainer)
         self._shared = _SHARED[trainer]
-        self._shared.users.add(id(self))
+        self._shared.join(self)
         if self.background and trainer.is_global_zero and stage in ("fit", "validate"):
             # Starts the drawing process and imports the figures while the first epoch trains.
             try:
-                self._shared.drawing.submit(Job("lvae.drawing:import_modules", {"modules": self.figure_modules}))
+                self._shared.submit(self, Job("lvae.drawing:import_modules", {"modules": self.figure_modules}))
             except DrawingStopped:
                 pass  # the first picture starts it again, and its warning says why it could not
 
@@ -131,7 +152,7 @@ class PictureCallback(Callback):
         """Run `job` in the drawing process (or here, without `background`); its result is logged when ready."""
         if self.background:
             try:
-                self._pending = (self._shared.drawing.submit(job), epoch)
+                self._pending = (self._shared.submit(self, job), epoch)
             except Exception as err:  # e.g. a job that cannot be pickled
                 self._warn(epoch, err)
             return

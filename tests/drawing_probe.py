@@ -37,3 +37,8 @@ def die(words: str, code: int) -> Drawn:
     """Ends the drawing process as a crash would, its last words on stderr."""
     print(words, file=sys.stderr, flush=True)
     os._exit(code)
+
+
+def pid() -> Drawn:
+    """Which process drew."""
+    return Drawn(scalars={"pid": float(os.getpid())})

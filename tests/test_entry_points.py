@@ -168,10 +168,10 @@ def test_a_picture_module_on_a_path_added_after_the_drawing_process_started_is_f
     # As in a notebook that adds its folder to sys.path once the drawing process runs: each job brings the path.
     drawing = DrawingProcess()
     try:
-        drawing.submit(Job("lvae.drawing:import_modules", {"modules": ()}), lend_core=False).result(timeout=60)
+        drawing.submit(Job("lvae.drawing:import_modules", {"modules": ()})).result(timeout=60)
         (tmp_path / "my_pictures.py").write_text("from lvae.drawing import Drawn\n\n\n"
                                                  "def draw():\n    return Drawn(scalars={'drawn': 1.0})\n")
         monkeypatch.syspath_prepend(str(tmp_path))
-        assert drawing.submit(Job("my_pictures:draw"), lend_core=False).result(timeout=60).scalars == {"drawn": 1.0}
+        assert drawing.submit(Job("my_pictures:draw")).result(timeout=60).scalars == {"drawn": 1.0}
     finally:
         drawing.close()

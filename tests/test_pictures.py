@@ -94,17 +94,16 @@ def test_a_killed_drawing_process_costs_one_picture_and_a_new_one_draws_the_next
 def test_a_drawing_process_that_dies_or_cannot_start_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     drawing = DrawingProcess()
     try:
-        died = drawing.submit(Job("drawing_probe:die", {"words": "Fatal error: out of cheese", "code": 3}),
-                              lend_core=False)
+        died = drawing.submit(Job("drawing_probe:die", {"words": "Fatal error: out of cheese", "code": 3}))
         with pytest.raises(DrawingStopped, match=r"^the drawing process stopped \(exit code 3: Fatal error: out of "
                                                  r"cheese\); the next picture starts a new one$"):
             died.result(timeout=60)
-        assert drawing.submit(Job("drawing_probe:settings"), lend_core=False).result(timeout=60).scalars  # a new one
+        assert drawing.submit(Job("drawing_probe:settings")).result(timeout=60).scalars  # a new one
     finally:
         drawing.close()
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     with pytest.raises(DrawingStopped, match=r"^the drawing process could not be started \(\[Errno 2\] No such file"):
-        DrawingProcess().submit(Job("drawing_probe:settings"), lend_core=False)
+        DrawingProcess().submit(Job("drawing_probe:settings"))
 
 
 def draw_slowly(seconds: float) -> Drawn:
@@ -123,7 +122,7 @@ class Slow(PictureCallback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if trainer.current_epoch == 1:
-            self.pid = self._shared.drawing.pid
+            (self.pid,) = self._shared.drawing.pids
             raise RuntimeError("training failed")
 
 
