@@ -24,7 +24,7 @@ from typing import Any, NoReturn, Optional
 
 import lightning as L
 import yaml
-from jsonargparse import ArgumentParser, DefaultHelpFormatter, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -49,8 +49,9 @@ WANDB_PROBE_SECONDS = 5.0
 DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "lvae"}}
 ERROR_LINES = 4  # of a parser's message: with the line pointing at --help, a bad value costs at most 5 lines
 PRINT_CONFIG = "--print_config"
-DESCRIPTION = ("Train a VAE on MNIST-format digits and watch its latent space learn. Each run lives in "
-               "runs/<run_id>/: its config, checkpoints, W&B run and pictures.")
+DESCRIPTION = ("Train a VAE (lvae's, or your own LightningModule with encode/decode) on MNIST-format digits, CIFAR-10 "
+               "or a folder of your images, and watch its latent space learn. Each run lives in runs/<run_id>/: its "
+               "config, checkpoints, W&B run and pictures.")
 SUBCOMMANDS = {
     "fit": "Train a VAE; --ckpt_path last continues the most recent run, --run_id ID --ckpt_path last continues "
            "run ID (or starts it, if it does not exist yet).",
@@ -298,6 +299,14 @@ class ResumableProgressBar(TQDMProgressBar):
         super().on_train_start(trainer, pl_module)
         self.on_train_epoch_start(trainer, pl_module)
 
+    @override
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+        # Lightning shows the logger's version, here the last 4 characters of the run id ("v_num=e211"): lvae's run
+        # line names the whole run.
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
 
 def wandb_reachable() -> tuple[bool, str]:
     """Whether the W&B server answers HTTP within a few seconds (any status counts as an answer)."""
@@ -354,6 +363,16 @@ class LVAECLI(LightningCLI):
         super().__init__(L.LightningModule, L.LightningDataModule, save_config_callback=RunConfig, args=args, run=run,
                          seed_everything_default=0, parser_class=LVAEArgumentParser, parser_kwargs=PARSER_KWARGS,
                          subclass_mode_model=True, subclass_mode_data=True)
+
+    @override
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={L.__version__}"])
+        parser = self.parser_class(**kwargs)
+        packaged = ", ".join(sorted(p.name[:-5] for p in CONFIGS.iterdir() if p.name.endswith(".yaml")))
+        parser.add_argument("-c", "--config", action=ActionConfigFile,
+                            help=f"A YAML config file, or the name of one installed with lvae ({packaged}); may be "
+                                 "given several times, later ones override earlier ones.")
+        return parser
 
     @override
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict[str, Any],

@@ -440,3 +440,17 @@ def test_a_full_disk_says_so_and_names_the_checkpoint_it_could_not_write(
     assert f"lvae: error: {checkpoint} could not be written (No space left on device; " in said, said[-3000:]
     assert "The checkpoints on disk are whole" in said and "Traceback" not in said, said[-3000:]
     assert not list(small_disk.rglob("*.partial"))  # nothing half-written is left to fill the disk
+
+
+def test_help_names_the_packaged_configs_and_the_bar_no_scrap_of_the_run_id(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lvae.cli import ResumableProgressBar
+
+    assert lvae("fit", "--help") == 0
+    assert "or the name of one installed with lvae (cifar10, ddp, fashion_mnist, image_folder, mnist, mnist_z2)" in \
+        " ".join(capsys.readouterr().out.split())
+    trainer = L.Trainer(logger=CSVLogger(tmp_path, version="20261206-201114-6fdc"), accelerator="cpu")
+    assert "v_num" not in ResumableProgressBar().get_metrics(trainer, L.LightningModule())
