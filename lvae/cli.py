@@ -38,6 +38,7 @@ from lvae.checkpoints import (AtomicCheckpointIO, RandomState, RunCheckpoint, se
                               check_checkpoint, check_continues, continue_flags, find_last_checkpoint)
 from lvae.data import check_same_batches, saved_train_position
 from lvae.errors import CheckpointError, ConfigError, DivergenceError, LVAEError
+from lvae.history import WandbHistory
 from lvae.model import VAE
 from lvae.runs import RunFolder, check_run_id, first_start, global_zero, launcher_run_id, shell
 from lvae.signals import SIGINT_EXIT, SIGTERM_EXIT, STOPPED, EntrySignals
@@ -622,8 +623,8 @@ class LVAECLI(LightningCLI):
         if config.get("enable_checkpointing") is False:
             # Asked for no checkpoints: drop ours too, or Lightning refuses the combination.
             extra = [cb for cb in extra if not isinstance(cb, ModelCheckpoint)]
-        # In every subcommand: an evaluation of a fit's checkpoint would otherwise be told by Lightning to add it.
-        extra.append(RandomState())
+        # In every subcommand: an evaluation of a fit's checkpoint would otherwise be told by Lightning to add them.
+        extra += [RandomState(), WandbHistory()]
         given = config.get("callbacks") or []
         if config.get("enable_progress_bar") is not False and \
                 not any(isinstance(cb, ProgressBar) for cb in [*(given if isinstance(given, list) else [given])]):

@@ -36,6 +36,9 @@ def test_resume_continues_the_same_run_folder_and_wandb_run(resumed: tuple[Path,
     assert first.run_id == second.run_id == run.name  # `wandb sync` appends the second part to the same run
     assert sorted(set(first.values("epoch"))) == [0, 1]
     assert [row["epoch"] for row in second.rows_with("val/loss")] == [2, 3]  # no repeats, no gaps
+    # `wandb sync runs/<id>/wandb/offline-run-*` keeps only rows whose step increases: the second part follows the first.
+    steps = [[row["_step"] for row in part.history] for part in (first, second)]
+    assert steps[0] and steps[1] and max(steps[0]) < min(steps[1]), steps
     assert (run / "config.yaml").is_file() and (run / "config-2.yaml").is_file()  # both configs kept
 
 

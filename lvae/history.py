@@ -1,0 +1,81 @@
+"""One W&B history across a run's resumes."""
+
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import WandbLogger
+from typing_extensions import override
+
+
+class WandbHistory(Callback):
+    """Keeps the W&B run's step in every checkpoint, and continues from it when training resumes.
+
+    Each resumed fit of an offline run writes a new `wandb/offline-run-*` folder whose history would start again at
+    step 0; `wandb sync` of them all into the one run would drop the resumed part, since W&B keeps only rows whose
+    step increases. The step is kept in the checkpoint and, for the rows logged after it (an epoch's last metrics,
+    the last pictures), in `wandb/lvae-step` beside the offline runs when the fit ends, however it ends short of a
+    SIGKILL. Online, W&B continues the run's step itself, and this changes nothing."""
+
+    MARK = "lvae-step"
+
+    def __init__(self) -> None:
+        self._trainer: Optional["L.Trainer"] = None  # state_dict is called without it
+        self._loaded: Optional[int] = None
+
+    @staticmethod
+    def _logger(trainer: Optional["L.Trainer"]) -> Optional[WandbLogger]:
+        if trainer is None or not trainer.is_global_zero:
+            return None
+        return next((logger for logger in trainer.loggers if isinstance(logger, WandbLogger)), None)
+
+    def _run(self, trainer: Optional["L.Trainer"]) -> Any:
+        logger = self._logger(trainer)
+        return logger.experiment if logger is not None else None
+
+    def _mark(self, trainer: "L.Trainer") -> Optional[Path]:
+        logger = self._logger(trainer)
+        return Path(logger.save_dir) / "wandb" / self.MARK if logger is not None and logger.save_dir else None
+
+    @override
+    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        self._trainer = trainer
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        run = self._run(self._trainer)
+        return {"step": int(run.step) if run is not None else 0}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = int(state_dict.get("step", 0))
+
+    @override
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        loaded, self._loaded = self._loaded, None
+        run, mark = self._run(trainer), self._mark(trainer)
+        if loaded is None or run is None:
+            return  # a new run, or no W&B
+        if mark is not None and mark.is_file():
+            try:
+                loaded = max(loaded, int(mark.read_text()))
+            except ValueError:
+                pass  # not lvae's number: the checkpoint's step stands
+        if run.step < loaded:
+            run.log({}, step=loaded)  # moves the step on; writes no row
+
+    def _keep_step(self, trainer: "L.Trainer") -> None:
+        run, mark = self._run(trainer), self._mark(trainer)
+        if run is not None and mark is not None and mark.parent.is_dir():
+            mark.write_text(str(int(run.step)))
+
+    @override
+    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+        self._keep_step(trainer)
+
+    @override
+    def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        if stage == "fit":
+            self._keep_step(trainer)
+        self._trainer = None
