@@ -5,6 +5,7 @@ shadow it. None of them imports the drawing stack (matplotlib, openTSNE, scikit-
 the modules of `lvae.figures`, in the drawing process.
 """
 
+from lvae.callbacks.latent_explorer import LatentExplorer
 from lvae.callbacks.latent_export import LatentExport
 from lvae.callbacks.latent_interpolation import LatentInterpolation
 from lvae.callbacks.latent_scatter import LatentScatter
@@ -14,5 +15,5 @@ from lvae.callbacks.prior_samples import PriorSamples
 from lvae.callbacks.reconstructions import Reconstructions
 from lvae.callbacks.tsne_embedding import TSNEEmbedding
 
-__all__ = ["LatentExport", "LatentInterpolation", "LatentScatter", "LatentTraversal", "LatentUncertainty",
-           "PriorSamples", "Reconstructions", "TSNEEmbedding"]
+__all__ = ["LatentExplorer", "LatentExport", "LatentInterpolation", "LatentScatter", "LatentTraversal",
+           "LatentUncertainty", "PriorSamples", "Reconstructions", "TSNEEmbedding"]

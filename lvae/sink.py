@@ -33,6 +33,14 @@ class PictureSink:
     def png_path(self, name: str, epoch: int) -> Path:
         return self.root / "latents" / name / f"epoch_{epoch:03d}.png"
 
+    def page_path(self, name: str) -> Path:
+        """Where a page of the whole run goes: ``latents/<name>.html`` under `root`."""
+        return self.root / "latents" / f"{name}.html"
+
+    def kept_path(self, name: str) -> Path:
+        """Where the data a page of the whole run is written from is kept: ``latents/<name>/`` under `root`."""
+        return self.root / "latents" / name
+
     def log_picture(self, name: str, path: Path, epoch: int, caption: Optional[str] = None) -> None:
         """Log the PNG `path` of `name` for `epoch` to every picture-taking logger."""
         for run in self._wandb():
@@ -66,6 +74,14 @@ class PictureSink:
 
             self._declare(run, key)
             run.log({key: wandb.Table(columns=columns, data=rows), "epoch": epoch})
+
+    def log_page(self, name: str, path: Path) -> None:
+        """Log the self-contained HTML page `path` of `name` to W&B, as an HTML panel, unchanged: W&B's default adds
+        a stylesheet from its server, and the page needs none (other loggers have no place for a page)."""
+        for run in self._wandb():
+            import wandb
+
+            run.log({f"latents/{name}": wandb.Html(str(path), inject=False)})
 
     def log_animation(self, name: str, path: Path) -> None:
         """Log the evolution GIF `path` of `name` to W&B (other loggers keep the per-epoch images)."""
