@@ -4,6 +4,7 @@ posterior ellipses are the posteriors, legends carry the dataset's class names, 
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import lightning as L
@@ -172,6 +173,87 @@ def test_decoded_prior_draws_at_one_spot_do_not_cover_one_another():
     assert 1 <= len(boxes) < 64
     assert_apart(boxes, len(boxes))
     assert f"64 prior draws z ~ N(0, I) placed in the map, {len(boxes)} shown decoded" in caption
+
+
+def inside_the_figure(fig: Figure, text) -> bool:
+    """Whether the drawn text lies wholly inside the PNG."""
+    box = text.get_window_extent(FigureCanvasAgg(fig).get_renderer())
+    return 0 <= box.x0 and box.x1 <= fig.bbox.width and 0 <= box.y0 and box.y1 <= fig.bbox.height
+
+
+def crowd(n: int, seed: int) -> torch.Tensor:
+    """n means (n, 2) in ten overlapping clusters, as a VAE's are: dense in the middle."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = 1.5 * torch.randn(10, 2, generator=generator)
+    return centres[torch.arange(n) % 10] + torch.randn(n, 2, generator=generator)
+
+
+def test_the_z2_title_stays_inside_the_picture_when_the_limits_widen(tmp_path):
+    mu, logvar = crowd(2000, 0), torch.full((2000, 2), -3.0)
+    callback = with_sink(LatentScatter(uncertainty="ellipse"), tmp_path)
+    job = callback.prepare(L.Trainer(logger=False), None, latents(mu, logvar), epoch=12)
+    widened = dict(job.kwargs, detail=job.kwargs["detail"] + "; limits widened")  # as a later epoch's says
+    fig = figure_of(Job(job.target, widened))
+    title = fig.axes[0].title
+    assert "limits widened" in title.get_text() and "0 of 2000 outside the limits" in title.get_text()
+    assert inside_the_figure(fig, title), title.get_window_extent(FigureCanvasAgg(fig).get_renderer()).bounds
+
+
+@pytest.mark.parametrize("uncertainty", ["size", "ellipse"])
+def test_thumbnails_cover_no_point_where_the_points_crowd(tmp_path, uncertainty):
+    callback = with_sink(LatentScatter(uncertainty=uncertainty), tmp_path)
+    logvar = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1)) - 2  # dots of every size
+    job = callback.prepare(L.Trainer(logger=False), None, latents(crowd(2000, 1), logvar), epoch=0)
+    fig = figure_of(job)
+    boxes = thumbnail_boxes(fig)  # as drawn in the PNG
+    assert_apart(boxes, 12)
+    assert "thumbnails left out" not in fig.axes[0].title.get_text()
+    centres = fig.axes[0].transData.transform(job.kwargs["points"])  # (N, 2) pixels
+    radius = np.sqrt(job.kwargs["sizes"]) / 2 * fig.dpi / 72  # (N,) each dot's radius in pixels
+    for box in boxes:
+        gap_x = np.maximum(box.x0 - centres[:, 0], centres[:, 0] - box.x1)
+        gap_y = np.maximum(box.y0 - centres[:, 1], centres[:, 1] - box.y1)
+        assert (np.maximum(gap_x, gap_y) > radius).all(), f"the thumbnail at {box.bounds} covers a point"
+
+
+def test_thumbnails_without_room_clear_of_the_points_are_left_out_and_counted(tmp_path):
+    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, 60), torch.linspace(-1, 1, 60), indexing="ij"), -1)
+    callback = with_sink(LatentScatter(limits=(-1.0, 1.0, -1.0, 1.0)), tmp_path)  # points everywhere in the axes
+    job = callback.prepare(L.Trainer(logger=False), None, latents(grid.reshape(-1, 2)), epoch=0)
+    fig = figure_of(job)
+    assert thumbnail_boxes(fig) == []
+    assert "12 of 12 thumbnails left out (12 without room clear of the points)" in fig.axes[0].title.get_text()
+
+
+def under(boxes: list[Bbox], centres: np.ndarray, margin: float) -> int:
+    """How many points (N, 2 pixels) lie under the boxes grown by `margin` pixels on each side."""
+    hit = np.zeros(len(centres), dtype=bool)
+    for box in boxes:
+        hit |= ((box.x0 - margin <= centres[:, 0]) & (centres[:, 0] <= box.x1 + margin)
+                & (box.y0 - margin <= centres[:, 1]) & (centres[:, 1] <= box.y1 + margin))
+    return int(hit.sum())
+
+
+def test_decoded_prior_draws_say_how_many_means_they_cover():
+    steps = TSNESteps(perplexity=5.0, early_exaggeration_iter=0, n_iter=1, warm_early_exaggeration_iter=0,
+                      warm_n_iter=1, negative_gradient_method="bh", affinity_method="exact", n_jobs=1, seed=0,
+                      prior_n_iter=1, knn_k=10, figsize=TSNEEmbedding.figsize, axes_rect=TSNEEmbedding.axes_rect)
+    rng = np.random.default_rng(0)
+    points, draws = rng.normal(size=(2000, 2)), rng.normal(size=(64, 2))
+    fig, caption = tsne.figure(steps, points, np.arange(2000) % 10, None, draws,
+                               np.full((64, 28, 28), 200, dtype=np.uint8), 0.5, None, 0)
+    boxes = thumbnail_boxes(fig)
+    centres = fig.axes[0].transData.transform(points)
+    inner, outer = under(boxes, centres, -1), under(boxes, centres, 1)  # a pixel inside each edge, and outside
+    covering = int(caption.split("covering ")[1].split(" of the 2000 means")[0])
+    assert 0 < inner <= covering <= outer, (inner, covering, outer)
+    assert inside_the_figure(fig, fig.axes[0].title)
+
+    mu = rng.normal(size=(2000, 2))
+    fig, caption = prior.positions_figure(draws, np.full((64, 28, 28), 200, dtype=np.uint8), mu, (-4, 4, -4, 4),
+                                          PriorSamples.figsizes["prior_positions"], 3)
+    assert re.search(r"shown decoded, on or beside their cross, covering \d+ of 2000 means", caption), caption
+    assert inside_the_figure(fig, fig.axes[0].title)
 
 
 def test_points_outside_fixed_limits_are_counted_in_the_title_and_logged(tmp_path):

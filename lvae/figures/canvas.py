@@ -9,6 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
 from PIL import Image
 
@@ -20,7 +21,8 @@ def save_figure(figure: Figure, path: str) -> str:
     """Write `figure` as the PNG `path`, whole or not at all (a reader never sees half a PNG), and its frame of the
     evolution GIF. Rendered once for both."""
     figure.set_dpi(PNG_DPI)
-    canvas = FigureCanvasAgg(figure)
+    # The canvas `set_title` measured the title with, where there is one: its renderer is made once.
+    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
     canvas.draw()
     saved = save_png(Image.fromarray(np.asarray(canvas.buffer_rgba())), path)
     figure.clear()  # matplotlib.figure.Figure is not tracked by pyplot: dropping it frees it
@@ -93,48 +95,51 @@ def axes_pixels(figsize: tuple[float, float], rect: tuple[float, float, float, f
 
 
 def place_boxes(anchors: np.ndarray, size: tuple[float, float], bounds: tuple[float, ...], reach: float,
-                clear_of_anchors: bool, crowd: Optional[np.ndarray] = None, gap: float = 3.0) -> np.ndarray:
+                clear_of_anchors: bool, crowd: Optional[np.ndarray] = None, clearance: float = 0.0,
+                gap: float = 3.0) -> np.ndarray:
     """Centres (K, 2) for K boxes of `size` (w, h) pixels, each near its anchor (K, 2) in pixels, none overlapping
-    another, all within `bounds` (x0, y0, x1, y1). Greedy, in order: each box takes the free place within `reach`
-    pixels of its anchor that covers the fewest `crowd` points (M, 2) (pixels), the nearest among equals; NaN where
-    none is free. `clear_of_anchors`: no box covers any anchor, its own included (a thin line then leads to it);
-    otherwise a box may sit on its own anchor."""
+    another, all within `bounds` (x0, y0, x1, y1). Greedy, in order: each box takes the nearest free place within
+    `reach` pixels of its anchor; NaN where none is free. `clear_of_anchors`: no box covers any anchor, its own
+    included (a thin line then leads to it); otherwise a box may sit on its own anchor. `crowd` (M, 2) pixels: no
+    box covers any of these points, nor comes within `clearance` pixels of one (a dot's radius)."""
     w, h = size
     step = 0.5 * min(w, h)
     first = 0.75 * np.hypot(w, h) if clear_of_anchors else 0.0  # the nearest ring that leaves the anchor free
     rings = np.arange(first, max(reach, first) + 1e-9, step)
     rings = rings[rings > 0] if clear_of_anchors else rings
-    angles = np.deg2rad(np.arange(45, 405, 30))  # 12 directions, up-right first
-    offsets = np.concatenate([[[0.0, 0.0]] if r == 0 else r * np.stack([np.cos(angles), np.sin(angles)], 1)
-                              for r in rings])  # (C, 2), nearest first
-    distance = np.hypot(offsets[:, 0], offsets[:, 1])  # (C,)
-    density = _density(crowd, bounds) if crowd is not None and len(crowd) else None
+    # Places on each ring at most `step` apart (12 directions at least, up-right first), so that no gap the size of
+    # a box is missed far from the anchor, where a free place in a crowded picture often is.
+    offsets = []
+    for r in rings:
+        angles = np.deg2rad(45) + np.linspace(0, 2 * np.pi, max(12, int(np.ceil(2 * np.pi * r / step))),
+                                              endpoint=False)
+        offsets.append(r * np.stack([np.cos(angles), np.sin(angles)], 1))
+    offsets = np.concatenate(offsets)  # (C, 2), nearest first
+    covers = _counter(crowd, bounds) if crowd is not None and len(crowd) else None
     centres = np.full((len(anchors), 2), np.nan)
     for k, anchor in enumerate(anchors):
-        candidates = anchor + offsets  # (C, 2)
-        free = ((candidates[:, 0] - w / 2 >= bounds[0]) & (candidates[:, 0] + w / 2 <= bounds[2])
-                & (candidates[:, 1] - h / 2 >= bounds[1]) & (candidates[:, 1] + h / 2 <= bounds[3]))
+        candidates = anchor + offsets  # (C, 2), nearest first; each test below keeps the ones still free
+        candidates = candidates[(candidates[:, 0] - w / 2 >= bounds[0]) & (candidates[:, 0] + w / 2 <= bounds[2])
+                                & (candidates[:, 1] - h / 2 >= bounds[1]) & (candidates[:, 1] + h / 2 <= bounds[3])]
+        if covers is not None:
+            candidates = candidates[covers(candidates, w + 2 * clearance, h + 2 * clearance) == 0]
         placed = centres[:k][~np.isnan(centres[:k, 0])]  # (P, 2)
         if len(placed):
             apart = ((np.abs(candidates[:, None, 0] - placed[None, :, 0]) >= w + gap)
-                     | (np.abs(candidates[:, None, 1] - placed[None, :, 1]) >= h + gap))  # (C, P)
-            free &= apart.all(axis=1)
+                     | (np.abs(candidates[:, None, 1] - placed[None, :, 1]) >= h + gap))  # (C', P)
+            candidates = candidates[apart.all(axis=1)]
         if clear_of_anchors:
             away = ((np.abs(candidates[:, None, 0] - anchors[None, :, 0]) >= w / 2 + gap)
-                    | (np.abs(candidates[:, None, 1] - anchors[None, :, 1]) >= h / 2 + gap))  # (C, K)
-            free &= away.all(axis=1)
-        if not free.any():
-            continue
-        score = distance / (4 * step)  # one covered point weighs as much as two box widths of distance
-        if density is not None:
-            score = score + density(candidates, w, h)
-        score[~free] = np.inf
-        centres[k] = candidates[np.argmin(score)]
+                    | (np.abs(candidates[:, None, 1] - anchors[None, :, 1]) >= h / 2 + gap))  # (C', K)
+            candidates = candidates[away.all(axis=1)]
+        if len(candidates):
+            centres[k] = candidates[0]
     return centres
 
 
-def _density(points: np.ndarray, bounds: tuple[float, ...], cell: float = 4.0):
-    """A function counting the `points` (M, 2) under boxes, by a summed-area table of `cell`-pixel bins."""
+def _counter(points: np.ndarray, bounds: tuple[float, ...], cell: float = 2.0):
+    """A function counting the `points` (M, 2) under boxes, by a summed-area table of `cell`-pixel bins. It counts
+    every bin a box touches, so a box it finds empty covers no point."""
     nx, ny = int(np.ceil((bounds[2] - bounds[0]) / cell)) + 1, int(np.ceil((bounds[3] - bounds[1]) / cell)) + 1
     counts, _, _ = np.histogram2d(points[:, 0], points[:, 1], bins=(nx, ny),
                                   range=((bounds[0], bounds[0] + nx * cell), (bounds[1], bounds[1] + ny * cell)))
@@ -142,13 +147,54 @@ def _density(points: np.ndarray, bounds: tuple[float, ...], cell: float = 4.0):
     table[1:, 1:] = counts.cumsum(0).cumsum(1)
 
     def covered(centres: np.ndarray, w: float, h: float) -> np.ndarray:
-        i0 = np.clip(((centres[:, 0] - w / 2 - bounds[0]) / cell).astype(int), 0, nx)
-        i1 = np.clip(((centres[:, 0] + w / 2 - bounds[0]) / cell).astype(int), 0, nx)
-        j0 = np.clip(((centres[:, 1] - h / 2 - bounds[1]) / cell).astype(int), 0, ny)
-        j1 = np.clip(((centres[:, 1] + h / 2 - bounds[1]) / cell).astype(int), 0, ny)
+        i0 = np.clip(np.floor((centres[:, 0] - w / 2 - bounds[0]) / cell).astype(int), 0, nx)
+        i1 = np.clip(np.floor((centres[:, 0] + w / 2 - bounds[0]) / cell).astype(int) + 1, 0, nx)
+        j0 = np.clip(np.floor((centres[:, 1] - h / 2 - bounds[1]) / cell).astype(int), 0, ny)
+        j1 = np.clip(np.floor((centres[:, 1] + h / 2 - bounds[1]) / cell).astype(int) + 1, 0, ny)
         return table[i1, j1] - table[i0, j1] - table[i1, j0] + table[i0, j0]
 
     return covered
+
+
+def covered_points(points: np.ndarray, centres: np.ndarray, size: tuple[float, float]) -> np.ndarray:
+    """Which points (M, 2) lie under boxes of `size` (w, h) at `centres` (K, 2; NaN rows: no box), all in pixels:
+    (M,) bool."""
+    centres = centres[~np.isnan(centres[:, 0])]  # (K', 2)
+    under = ((np.abs(points[:, None, 0] - centres[None, :, 0]) <= size[0] / 2)
+             & (np.abs(points[:, None, 1] - centres[None, :, 1]) <= size[1] / 2))  # (M, K')
+    return under.any(axis=1)
+
+
+def set_title(ax: Axes, text: str, fontsize: float = 10) -> None:
+    """`text` as the title of `ax`, each line broken (at "; ", else ", ", else a space) where it would reach past the
+    figure's edges: the title is centred over the axes, which need not be centred in the figure. Pinned above the
+    axes (y=1.0): placing it would measure every tick label."""
+    fig = ax.figure
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    width = fig.get_figwidth() * fig.dpi
+    left, right = ax.get_position().x0 * width, ax.get_position().x1 * width
+    centre = (left + right) / 2
+    room = 2 * min(centre, width - centre) - 8  # pixels; 4 clear of either edge
+    font = FontProperties(size=fontsize)
+
+    def fits(line: str) -> bool:
+        return renderer.get_text_width_height_descent(line, font, ismath=False)[0] <= room
+
+    def broken(line: str, separators: tuple[str, ...]) -> list[str]:
+        if fits(line) or not separators:
+            return [line]
+        sep, lines = separators[0], []
+        for part in line.split(sep):
+            if lines and fits(lines[-1] + sep + part):
+                lines[-1] += sep + part
+            else:
+                if lines:
+                    lines[-1] += sep.rstrip()  # "a;" ends a line that "b" continues
+                lines.extend(broken(part, separators[1:]))
+        return lines
+
+    ax.set_title("\n".join(out for line in text.split("\n") for out in broken(line, ("; ", ", ", " "))),
+                 fontsize=fontsize, y=1.0)
 
 
 def thumbnail_size(images: np.ndarray, pixels: float, frame: int) -> tuple[float, float]:

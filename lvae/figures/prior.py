@@ -7,8 +7,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from lvae.drawing import Drawn
-from lvae.figures.canvas import (PNG_DPI, Limits, add_thumbnails, axes_pixels, outside, place_boxes, save_figure,
-                                 thumbnail_size, to_pixels)
+from lvae.figures.canvas import (PNG_DPI, Limits, add_thumbnails, axes_pixels, covered_points, outside, place_boxes,
+                                 save_figure, set_title, thumbnail_size, to_pixels)
 
 AXES = (0.1, 0.08, 0.86, 0.82)  # the manifold's and the positions' axes, as figure fractions
 GRID_TITLE_PX = 60  # the sample grid's two title lines
@@ -81,7 +81,7 @@ def manifold_figure(manifold: np.ndarray, steps: int, extent: Limits, mu: Option
 def positions_figure(z: np.ndarray, samples: np.ndarray, mu: Optional[np.ndarray], limits: Limits,
                      figsize: tuple[float, float], epoch: int) -> tuple[Figure, str]:
     """The draws z (n, 2) among the validation means mu (N, 2), each decoded image on or beside its draw where it
-    covers no other image."""
+    covers no other image; they cover the means there, and the title counts them."""
     fig = Figure(figsize=figsize, dpi=PNG_DPI)  # the decoded draws are placed in its pixels
     ax = fig.add_axes(AXES)
     if mu is not None:
@@ -96,7 +96,10 @@ def positions_figure(z: np.ndarray, samples: np.ndarray, mu: Optional[np.ndarray
     shown = add_thumbnails(fig, ax, z, centres, samples, SAMPLE_PX, red, limits, box, alpha=0.9, frame=1)
     ax.set_xlim(limits[0], limits[1])
     ax.set_ylim(limits[2], limits[3])
-    off = "" if mu is None else f", {int(outside(mu, limits).sum())} of {len(mu)} means outside"
+    off = ""
+    if mu is not None:
+        hidden = int(covered_points(to_pixels(mu, limits, box), centres, size).sum())
+        off = f", covering {hidden} of {len(mu)} means; {int(outside(mu, limits).sum())} of {len(mu)} means outside"
     return fig, label_z_axes(ax, f"The {len(z)} prior draws at their positions, epoch {epoch}\n{shown} shown "
                              f"decoded, on or beside their cross{off}")
 
@@ -106,5 +109,5 @@ def label_z_axes(ax: Axes, title: str) -> str:
     ax.tick_params(labelsize=8)
     ax.set_xlabel("z_0")
     ax.set_ylabel("z_1")
-    ax.set_title(title, fontsize=10, y=1.0)  # pinned: placing it would measure every tick label
+    set_title(ax, title)
     return title.replace("\n", "; ")

@@ -9,7 +9,8 @@ from matplotlib.lines import Line2D
 
 from lvae.drawing import Drawn
 from lvae.figures.canvas import (PNG_DPI, Limits, add_thumbnails, axes_pixels, class_colour, displacement,
-                                 label_handles, outside, place_boxes, save_figure, thumbnail_size, to_pixels)
+                                 label_handles, outside, place_boxes, save_figure, set_title, thumbnail_size,
+                                 to_pixels)
 
 THUMBNAIL_PX = 24  # a thumbnail's longer side in the PNG
 
@@ -34,8 +35,8 @@ def figure(figsize: tuple[float, float], axes_rect: tuple[float, float, float, f
     """Points (N, 2) coloured by labels (N,) (legend named by `names` where given), of `sizes` (N,) and `alpha`,
     with `ellipses` (N, 3: full width, full height, angle in degrees, in data units) around them where given; `key`
     lists (text, size, alpha) of the point-size legend. Thumbnails (K, H, W) or (K, H, W, 3) uint8 belong to
-    thumb_points (K, 2) and are placed beside them, apart from one another and where they cover the fewest
-    points, framed in their label's colour."""
+    thumb_points (K, 2) and are placed beside them, apart from one another and clear of every point's dot, framed
+    in their label's colour; one that finds no such place is left out, and the title says so."""
     small = names is not None and max(len(str(n)) for n in names) > 6  # long class names: a smaller legend
     if small:
         axes_rect = (axes_rect[0], axes_rect[1], axes_rect[2] - 0.05, axes_rect[3])  # with room beside the axes
@@ -56,12 +57,14 @@ def figure(figsize: tuple[float, float], axes_rect: tuple[float, float, float, f
               & (thumb_points[:, 1] >= limits[2]) & (thumb_points[:, 1] <= limits[3]))
     anchors = to_pixels(thumb_points[inside], limits, box)  # (K, 2)
     images = thumb_images[inside]
+    drawn = 0
     if len(images):
         size = thumbnail_size(images, THUMBNAIL_PX, frame=2)
+        dot = float(np.sqrt(np.max(sizes))) / 2 * PNG_DPI / 72  # the largest dot's radius in pixels (s is in pt^2)
         centres = place_boxes(anchors, size, box, reach=max(box[2] - box[0], box[3] - box[1]),
-                              clear_of_anchors=True, crowd=to_pixels(points, limits, box))
-        add_thumbnails(fig, ax, thumb_points[inside], centres, images, THUMBNAIL_PX,
-                       class_colour(thumb_labels[inside]), limits, box, alpha=0.85, frame=2)
+                              clear_of_anchors=True, crowd=to_pixels(points, limits, box), clearance=dot + 1)
+        drawn = add_thumbnails(fig, ax, thumb_points[inside], centres, images, THUMBNAIL_PX,
+                               class_colour(thumb_labels[inside]), limits, box, alpha=0.85, frame=2)
     handles = label_handles(labels, names)
     legend = ax.legend(handles=handles, title="label", loc="upper left", bbox_to_anchor=(1.01, 1.0),
                        frameon=False, fontsize=8 if small else None) if handles else None
@@ -75,5 +78,10 @@ def figure(figsize: tuple[float, float], axes_rect: tuple[float, float, float, f
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     detail += f"; {int(outside(points, limits).sum())} of {len(points)} outside the limits"
-    ax.set_title(f"{title}\n{detail}", fontsize=10, y=1.0)  # pinned: placing it would measure every tick label
+    beyond, no_room = int((~inside).sum()), int(inside.sum()) - drawn
+    if beyond or no_room:
+        why = [f"{beyond} outside the limits"] if beyond else []
+        why += [f"{no_room} without room clear of the points"] if no_room else []
+        detail += f"; {beyond + no_room} of {len(thumb_points)} thumbnails left out ({', '.join(why)})"
+    set_title(ax, f"{title}\n{detail}")
     return fig, f"{title}; {detail}".replace("\n", "; ")

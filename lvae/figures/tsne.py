@@ -9,8 +9,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from lvae.drawing import Drawn
-from lvae.figures.canvas import (PNG_DPI, add_thumbnails, axes_pixels, class_colour, displacement, label_handles,
-                                 place_boxes, save_figure, thumbnail_size, to_pixels)
+from lvae.figures.canvas import (PNG_DPI, add_thumbnails, axes_pixels, class_colour, covered_points, displacement,
+                                 label_handles, place_boxes, save_figure, set_title, thumbnail_size, to_pixels)
 from lvae.tsne import TSNESteps, align, knn_label_agreement
 
 PRIOR_PX = 20  # a decoded prior draw's longer side in the PNG
@@ -62,7 +62,8 @@ def figure(steps: TSNESteps, points: np.ndarray, labels: np.ndarray, names: Opti
            prior: np.ndarray, prior_images: np.ndarray, agreement: Optional[float], init_epoch: Optional[int],
            epoch: int) -> tuple[Figure, str]:
     """The map: points (N, 2) coloured by labels (N,), the prior draws (P, 2) as crosses, and as many of their
-    decoded images (P, H, W[, 3]) uint8 as fit on or beside their crosses without covering one another."""
+    decoded images (P, H, W[, 3]) uint8 as fit on or beside their crosses without covering one another; they cover
+    the means there, and the title counts them."""
     fig = Figure(figsize=steps.figsize, dpi=PNG_DPI)  # the decoded draws are placed in its pixels
     ax = fig.add_axes(steps.axes_rect)
     size = float(np.clip(6000.0 / len(points), 4.0, 30.0))  # fewer points, larger dots
@@ -74,7 +75,7 @@ def figure(steps: TSNESteps, points: np.ndarray, labels: np.ndarray, names: Opti
     limits = (low[0] - pad[0], high[0] + pad[0], low[1] - pad[1], high[1] + pad[1])
     ax.set_xlim(limits[0], limits[1])
     ax.set_ylim(limits[2], limits[3])
-    shown = 0
+    shown = hidden = 0
     if len(prior):
         ax.scatter(prior[:, 0], prior[:, 1], s=25, marker="x", c="black", linewidths=1.0, zorder=3)
         box = axes_pixels(steps.figsize, steps.axes_rect)
@@ -84,6 +85,7 @@ def figure(steps: TSNESteps, points: np.ndarray, labels: np.ndarray, names: Opti
         black = np.tile([0.0, 0.0, 0.0, 1.0], (len(prior), 1))  # (P, 4)
         shown = add_thumbnails(fig, ax, prior, centres, prior_images, PRIOR_PX, black, limits, box, alpha=0.9,
                                frame=1)
+        hidden = int(covered_points(to_pixels(points, limits, box), centres, size).sum())
     handles = label_handles(labels, names)
     if len(prior):
         handles.append(Line2D([], [], marker="x", linestyle="", color="black", markersize=7,
@@ -99,6 +101,7 @@ def figure(steps: TSNESteps, points: np.ndarray, labels: np.ndarray, names: Opti
     agrees = "one label" if agreement is None else f"{steps.knn_k}-NN label agreement {agreement:.3f}"
     detail = f"started from {init}; {agrees}; none outside"
     if len(prior):
-        detail += f"\nx: {len(prior)} prior draws z ~ N(0, I) placed in the map, {shown} shown decoded"
-    ax.set_title(f"{title}\n{detail}", fontsize=10, y=1.0)  # pinned: placing it would measure every tick label
+        detail += (f"\nx: {len(prior)} prior draws z ~ N(0, I) placed in the map, {shown} shown decoded (on or "
+                   f"beside their cross, covering {hidden} of the {len(points)} means)")
+    set_title(ax, f"{title}\n{detail}")
     return fig, f"{title}; {detail}".replace("\n", "; ")
