@@ -118,6 +118,24 @@ def test_traversal_rows_are_the_active_dimensions_by_the_kl_logged(run: dict) ->
     assert ordered, "no epoch with two active dimensions to order"
 
 
+@pytest.mark.parametrize("position, hollow", [(3.1, True), (-2.6, True), (1.0, False)])
+def test_the_traversal_caption_explains_its_orange_marks(tmp_path: Path, position: float, hollow: bool) -> None:
+    from lvae.figures import traversal
+
+    n, dims, values = 2, [3, 0], np.linspace(-2.5, 2.5, 5)
+    images = np.zeros((n, 8, 8), dtype=np.uint8)
+    positions = np.array([[0.4, -0.2], [position, 0.0]])  # input 1's mean in z_3 is inside or beyond the span
+    drawn = traversal.draw(str(tmp_path / "epoch_000.png"), 0, images, images, ["seven", "two"], [11, 12],
+                           np.zeros((n, len(dims), len(values), 8, 8), dtype=np.uint8), values, dims,
+                           np.array([0.5, 0.0, 0.0, 1.5]), positions, [1, 2], [])
+    ((_, path, caption),) = drawn.pictures
+    assert "a filled orange triangle marks where the input's own mean lies in that dimension" in caption, caption
+    assert "a hollow one at the row's end, a mean outside -2.5 ... +2.5" in caption, caption
+    assert (f"(index 12: z_3 = {position:+.2f})" in caption) == hollow, caption
+    assert ("(none here)" in caption) == (not hollow), caption
+    assert Path(path).is_file()
+
+
 def test_interpolation_ends_are_the_reconstructions_of_the_two_inputs(run: dict) -> None:
     interpolation, reconstructions = run["shown"][1], run["shown"][2]
     # Means far apart and a decoder that tells them apart (a fresh one: 12 steps teach the fixture's little), so

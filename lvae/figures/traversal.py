@@ -7,7 +7,7 @@ from lvae.drawing import Drawn
 from lvae.figures.tiles import GAP, MARGIN, SMALL_PX, TEXT_PX, Sheet, cell_scale, cells, font, shorten
 
 BLOCK_GAP = 18  # between the blocks of two inputs
-MARK = 5  # room under a row for the mark of the input's own mean
+MARK = 7  # room under a row for the mark of the input's own mean
 MARK_COLOUR = (255, 127, 14)  # matplotlib's tab:orange
 
 
@@ -36,9 +36,16 @@ def draw(path: str, epoch: int, inputs: np.ndarray, means: np.ndarray, labels: l
     sheet_w = max(fixed + n * block_w, 640)
 
     title = f"Latent traversals, epoch {epoch}: {kl.size - len(inactive)} of {kl.size} dimensions active"
-    notes = [f"Each row sets one dimension of an input's mean to z = {values[0]:g} ... {values[-1]:+g} (N(0, 1) "
-             "units), the others held, and decodes. Rows by KL(q(z_d|x) || N(0, 1)), most informative first. Above "
-             "each block: the input and its mean decoded; orange: where the input's own mean lies."]
+    span = f"{values[0]:g} ... {values[-1]:+g}"
+    # A mean beyond the traversed values is marked hollow at the row's end: named here, with its value.
+    beyond_span = [f"index {index[i]}: z_{d} = {positions[i, j]:+.2f}"
+                   for i in range(n) for j, d in enumerate(dims) if not values[0] <= positions[i, j] <= values[-1]]
+    marks = (f"Under each row, a filled orange triangle marks where the input's own mean lies in that dimension; a "
+             f"hollow one at the row's end, a mean outside {span}")
+    marks += f" ({'; '.join(beyond_span)})." if beyond_span else " (none here)."
+    notes = [f"Each row sets one dimension of an input's mean to z = {span} (N(0, 1) units), the others held, and "
+             "decodes. Rows by KL(q(z_d|x) || N(0, 1)), most informative first. Above each block: the input and its "
+             "mean decoded.", marks]
     if inactive:
         notes.append(f"Left out: {len(inactive)} inactive dimension{'s' * (len(inactive) > 1)} (means vary across "
                      f"inputs by less than 0.01): {_dims(inactive)}.")
@@ -68,9 +75,10 @@ def draw(path: str, epoch: int, inputs: np.ndarray, means: np.ndarray, labels: l
             # the column where the input's own mean lies, between the columns it falls between
             at = (positions[i, j] - values[0]) / (values[-1] - values[0]) * (n_steps - 1)
             x = x0 + float(np.clip(at, 0, n_steps - 1)) * (cw + GAP) + cw / 2
-            corners = [(x - 4, y + ch + MARK), (x + 4, y + ch + MARK), (x, y + ch + 1)]
+            corners = [(x - 5, y + ch + MARK), (x + 5, y + ch + MARK), (x, y + ch + 1)]
             inside = 0 <= at <= n_steps - 1
-            sheet.draw.polygon(corners, fill=MARK_COLOUR if inside else None, outline=MARK_COLOUR)
+            sheet.draw.polygon(corners, fill=MARK_COLOUR if inside else None, outline=MARK_COLOUR, width=1 if inside
+                               else 2)  # a hollow mark drawn thin is lost
     for j, text in enumerate(row_labels):
         sheet.text((MARGIN, top + header_h + j * row_h + ch / 2), text, bold=True, anchor="lm")
 
