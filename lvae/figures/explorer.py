@@ -56,6 +56,10 @@ prior.data = {...prior.data, x: part(prior_history.data.x, p), y: part(prior_his
               img: part(prior_history.data.img, p)}
 for (const [model, texts] of titles) model.text = texts[k]
 for (const [axis, labels] of axis_labels) axis.axis_label = labels[k]
+ranges.forEach((range, axis) => {
+    const [start, end] = frames[k].slice(2 * axis, 2 * axis + 2)
+    range.setv({start, end, reset_start: start, reset_end: end})
+})
 ring.data = {index: [], pca_x: [], pca_y: [], tsne_x: [], tsne_y: []}
 """
 PLAY = """
@@ -80,7 +84,7 @@ ring.data = {index: at("index"), pca_x: at("pca_x"), pca_y: at("pca_y"), tsne_x:
 PATHS = """
 const e = history.data.pca_x.length / n
 const lines = {pca_x: [], pca_y: [], tsne_x: [], tsne_y: [], colour: []}
-const dots = {pca_x: [], pca_y: [], tsne_x: [], tsne_y: [], colour: []}
+const dots = {pca_x: [], pca_y: [], tsne_x: [], tsne_y: [], colour: [], fill: []}
 for (const i of points.selected.indices) {
     for (const name of ["pca_x", "pca_y", "tsne_x", "tsne_y"]) {
         const path = Array.from({length: e}, (_, k) => history.data[name][k * n + i])
@@ -89,6 +93,7 @@ for (const i of points.selected.indices) {
     }
     lines.colour.push(points.data.colour[i])
     dots.colour.push(...Array(e).fill(points.data.colour[i]))
+    dots.fill.push(points.data.colour[i], ...Array(e - 1).fill("white"))  // filled: where the path starts
 }
 paths.data = lines
 path_dots.data = dots
@@ -100,8 +105,8 @@ hits.indices = rows.sort((a, b) => a - b)
 """
 HELP = ("Drag the epoch slider, or press play, to replay training in both views. Hover a point for its input, "
         "label, dataset index, u(x) (the mean posterior variance) and negative ELBO at that epoch; the same input "
-        "is ringed in the other view. Click a point for its path across the epochs (shift-click for more, click "
-        "empty space to clear). Click a class in the legend to hide or show it. Crosses in the t-SNE map are the "
+        "is ringed in the other view. Click a point for its path across the epochs, a dot for each, filled where it "
+        "starts (shift-click for more, click empty space to clear). Click a class in the legend to hide or show it. Crosses in the t-SNE map are the "
         "prior draws z ~ N(0, I): hover one for its decoded image at that epoch. The tools beside each view pan, "
         "zoom and reset it.")
 
@@ -269,12 +274,32 @@ def _prior(epochs: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, list[str]]:
     return places, images
 
 
-def _range(values: np.ndarray, pad: float = 0.05) -> Range1d:
-    """A fixed range over every finite value of every epoch: a view keeps its frame while the slider moves."""
+def _span(values: np.ndarray, pad: float = 0.05) -> Optional[tuple[float, float]]:
+    """The range of every finite value of `values`, with a margin; None where none is finite."""
     finite = values[np.isfinite(values)]
-    low, high = (float(finite.min()), float(finite.max())) if len(finite) else (-1.0, 1.0)
+    if not len(finite):
+        return None
+    low, high = float(finite.min()), float(finite.max())
     margin = pad * max(high - low, 1e-6)
-    return Range1d(low - margin, high + margin)
+    return low - margin, high + margin
+
+
+def _frames(places: np.ndarray) -> list[tuple[float, float, float, float]]:
+    """Per epoch, a frame (x0, x1, y0, y1) around its places (E, M, 2); an epoch with none keeps the frame before it
+    (the first epochs, the first frame there is)."""
+    frames, last = [], None
+    for epoch in places:
+        x, y = _span(epoch[:, 0]), _span(epoch[:, 1])
+        if x is not None:
+            last = (*x, *y)
+        frames.append(last)
+    first = next((frame for frame in frames if frame is not None), (-1.0, 1.0, -1.0, 1.0))
+    return [frame or first for frame in frames]
+
+
+def _range(values: np.ndarray) -> Range1d:
+    """A view's range over `values`: (-1, 1) where none is finite."""
+    return Range1d(*(_span(values) or (-1.0, 1.0)))
 
 
 def _card(text: list[str]) -> str:
@@ -317,9 +342,12 @@ def layout(inputs: dict[str, np.ndarray], epochs: list[dict[str, np.ndarray]], r
                               "img": prior_img[last * p:(last + 1) * p], "draw": list(range(p))}, name="prior")
     ring = ColumnDataSource({name: [] for name in ("index", "pca_x", "pca_y", "tsne_x", "tsne_y")}, name="ring")
     paths = ColumnDataSource({name: [] for name in ("pca_x", "pca_y", "tsne_x", "tsne_y", "colour")}, name="paths")
-    path_dots = ColumnDataSource(dict(paths.data))
+    path_dots = ColumnDataSource({**paths.data, "fill": []})
     text = [_titles(epoch, n) for epoch in epochs]
 
+    # The PCA view keeps one frame, all epochs' (LatentScatter's limits only widen, to the same); the t-SNE map is
+    # framed epoch by epoch, as its PNGs are: a cold first map spreads twice as wide as the warm ones after it.
+    frames = _frames(np.concatenate([places["tsne"], prior_xy], axis=1))  # (E, N + P, 2) -> E frames
     width, height = PLOT_PX
     size = float(np.clip(180 / np.sqrt(n), 4, 12))  # fewer points, larger dots
     pca_view = figure(name="pca", width=width, height=height, tools=TOOLS, title=text[last][0],
@@ -328,8 +356,7 @@ def layout(inputs: dict[str, np.ndarray], epochs: list[dict[str, np.ndarray]], r
     views = {"pca": pca_view}
     if np.isfinite(places["tsne"]).any():
         views["tsne"] = figure(name="tsne", width=width + 160, height=height, tools=TOOLS, title=text[last][1],
-                               x_range=_range(np.concatenate([places["tsne"][..., 0], prior_xy[..., 0]], axis=None)),
-                               y_range=_range(np.concatenate([places["tsne"][..., 1], prior_xy[..., 1]], axis=None)))
+                               x_range=Range1d(*frames[last][:2]), y_range=Range1d(*frames[last][2:]))
         views["tsne"].axis.visible = views["tsne"].grid.visible = False  # a t-SNE map's axes mean nothing
 
     # Each class is drawn by a renderer of its own in each view, for the legend; hover and tap act on one invisible
@@ -340,7 +367,7 @@ def layout(inputs: dict[str, np.ndarray], epochs: list[dict[str, np.ndarray]], r
         members = np.flatnonzero(labels == c).tolist()
         drawn = [view.scatter(f"{key}_x", f"{key}_y", source=points, view=CDSView(filter=IndexFilter(members)),
                               size=size, fill_color=colours[members[0]], line_color=None, fill_alpha=0.75,
-                              nonselection_fill_alpha=0.12, selection_fill_alpha=1.0)
+                              nonselection_fill_alpha=0.25, selection_fill_alpha=1.0)
                  for key, view in views.items()]
         for other in drawn[:-1]:
             drawn[-1].js_link("visible", other, "visible")  # the legend hides a class in both views
@@ -354,7 +381,7 @@ def layout(inputs: dict[str, np.ndarray], epochs: list[dict[str, np.ndarray]], r
     card = _card((["<b>@label</b>"] if labelled else []) + ["dataset index @index", "u(x) @u{0.0000}", *elbo_line])
     for key, view in views.items():
         view.multi_line(f"{key}_x", f"{key}_y", source=paths, line_color="colour", line_width=2, line_alpha=0.8)
-        view.scatter(f"{key}_x", f"{key}_y", source=path_dots, size=5, fill_color="white", line_color="colour",
+        view.scatter(f"{key}_x", f"{key}_y", source=path_dots, size=6, fill_color="fill", line_color="colour",
                      line_width=1.5)
         view.scatter(f"{key}_x", f"{key}_y", source=ring, size=size + 10, fill_color=None, line_color="black",
                      line_width=2.5)
@@ -382,7 +409,8 @@ def layout(inputs: dict[str, np.ndarray], epochs: list[dict[str, np.ndarray]], r
         "slider": slider, "points": points, "history": history, "prior": prior, "prior_history": prior_history,
         "ring": ring, "n": n, "p": p, "columns": list(COLUMNS), "titles": titles,
         "axis_labels": [(pca_view.xaxis[0], [str(e["axes"][0]) for e in epochs]),
-                        (pca_view.yaxis[0], [str(e["axes"][1]) for e in epochs])]}))
+                        (pca_view.yaxis[0], [str(e["axes"][1]) for e in epochs])],
+        "frames": frames, "ranges": [views["tsne"].x_range, views["tsne"].y_range] if "tsne" in views else []}))
     points.selected.js_on_change("indices", CustomJS(code=PATHS, args={
         "points": points, "history": history, "paths": paths, "path_dots": path_dots, "n": n}))
     play = Toggle(name="play", label="\u25b6 play", width=90, disabled=last == 0)
