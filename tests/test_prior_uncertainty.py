@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 from conftest import assert_gif_shows_each_epoch
 import torch
@@ -190,6 +191,47 @@ def test_the_picture_and_its_caption_name_each_grids_labels(tmp_path):
     assert "The 3 lowest u(x) of 12: labels 0 0 0; u(x) 0.05 0.1 0.15." in caption
     assert "The 3 highest u(x) of 12: labels 1 1 1; u(x) 0.6 0.55 0.5." in caption
     assert "The 3 highest negative ELBO of 12: labels 0 1 0; -ELBO 11 10 9." in caption
+
+
+def overlap(a: tuple, b: tuple) -> bool:
+    """Whether two pixel boxes (left, top, right, bottom) share any area."""
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+@pytest.mark.parametrize("variance", [1.0, 1e-3], ids=["short_scores", "long_scores"])
+def test_labels_and_scores_sit_under_their_images_readable_at_the_saved_size(tmp_path, variance):
+    from lvae.figures.uncertainty import Grid, grid_layouts
+
+    latents = handmade_latents([0] * 6 + [1] * 6)
+    latents = replace(latents, logvar=latents.logvar + math.log(variance))  # 1e-3: scores like 0.00015
+    callback = LatentUncertainty(k_neighbours=3)
+    callback.sink = PictureSink(L.Trainer(logger=False, enable_progress_bar=False), tmp_path)
+    job = callback.prepare(None, None, latents, epoch=0)
+    grids = [Grid(**grid) for grid in job.kwargs["grids"]]
+    layouts = grid_layouts(job.kwargs["figsize"], grids, job.kwargs["nrow"])
+    ((_, path, _),) = job().pictures
+    with Image.open(path) as png:
+        pixels = np.asarray(png.convert("RGB"))  # (H, W, 3)
+    tiles = [tile for layout in layouts for tile in layout.tiles]
+    for grid, layout in zip(grids, layouts):
+        assert [t.text for t in layout.texts if t.bold] == [str(label) for label in grid.labels]
+        assert [t.text for t in layout.texts if not t.bold] == [f"{value:.3g}" for value in grid.values]
+        for text in layout.texts:
+            assert text.pixels >= 8 * PNG_DPI / 72, f"{text.text!r} is smaller than 8 pt in the PNG"
+            assert not [tile for tile in tiles if overlap(text.box, tile)], f"{text.text!r} covers an image"
+            left, top, right, bottom = text.box
+            assert 0 <= left and right <= pixels.shape[1] and 0 <= top and bottom <= pixels.shape[0]
+            assert pixels[top:bottom, left:right].min() < 100, f"{text.text!r} is not drawn where its box says"
+        scores = [t for t in layout.texts if not t.bold]
+        for i, (tile, score) in enumerate(zip(layout.tiles, scores)):
+            # under its own image: below it, within its column
+            assert tile[3] <= score.box[1] < tile[3] + 20 and min(tile[2], score.box[2]) > max(tile[0], score.box[0])
+            # the image drawn at its box is the input: make_grid's cell i, scaled
+            x, y = 2 + 30 * (i % 8), 2 + 30 * (i // 8)
+            cell = Image.fromarray(grid.pixels[y:y + 28, x:x + 28]).convert("RGB")
+            drawn = pixels[tile[1]:tile[3], tile[0]:tile[2]].astype(int)
+            expected = np.asarray(cell.resize((tile[2] - tile[0], tile[3] - tile[1]), Image.Resampling.NEAREST))
+            assert np.abs(drawn - expected).mean() < 20, f"image {i} is not drawn at its box"
 
 
 def test_unlabelled_inputs_get_an_uncertainty_picture_without_the_label_numbers():
