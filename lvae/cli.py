@@ -34,13 +34,13 @@ from typing_extensions import override
 
 from lvae import noise, processes
 from lvae.bounded import check_yaml_aliases
-from lvae.checkpoints import (AtomicCheckpointIO, RandomState, RunCheckpoint, section_values,
-                              check_checkpoint, check_continues, continue_flags, find_last_checkpoint)
+from lvae.checkpoints import AtomicCheckpointIO, RunCheckpoint
+from lvae.ckpt_path import check_checkpoint, check_continues, find_last_checkpoint, section_values
 from lvae.data import check_same_batches, saved_train_position
 from lvae.errors import CheckpointError, ConfigError, DivergenceError, LVAEError
-from lvae.history import WandbHistory
 from lvae.model import VAE
-from lvae.runs import RunFolder, check_run_id, first_start, global_zero, launcher_run_id, shell
+from lvae.resume import RandomState, WandbHistory
+from lvae.runs import RunFolder, check_run_id, continue_flags, first_start, global_zero, launcher_run_id, shell
 from lvae.signals import SIGINT_EXIT, SIGTERM_EXIT, STOPPED, EntrySignals
 
 RUN_ID_ENV = "LVAE_RUN_ID"  # how DDP ranks started by Lightning learn the run id that rank zero chose

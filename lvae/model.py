@@ -16,11 +16,12 @@ from torchmetrics import MaxMetric, MeanMetric
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lvae.checkpoints import check_class_paths, load_checkpoint
+from lvae.checkpoints import load_checkpoint
 from lvae.divergence import divergence_message, diverged, vitals
 from lvae.errors import CheckpointError, ConfigError, DivergenceError
 from lvae.latents import LatentCollection, Latents, kl_to_prior
 from lvae.networks import ARCHITECTURES, ImageShape
+from lvae.trust import check_class_paths
 
 # A network is built as factory(latent_dim, image_shape, **init_args): in a config, a class_path and its init_args.
 NetworkFactory = Callable[[int, tuple[int, int, int]], nn.Module]
@@ -204,8 +205,8 @@ class VAE(L.LightningModule):
                              strict: Optional[bool] = None, **kwargs: Any) -> "VAE":
         """Lightning's `load_from_checkpoint`, for untrusted files: the checkpoint is read as tensors and plain
         values only, and its hyperparameters may name only Lightning's own instantiator and classes defined in lvae
-        (`lvae.checkpoints.check_class_paths`). Any other class (a network of your own) is passed in by keyword, e.g. ``encoder=MyEncoder``, and is then built
-        with the checkpoint's init_args."""
+        (`lvae.trust.check_class_paths`). Any other class (a network of your own) is passed in by keyword, e.g.
+        ``encoder=MyEncoder``, and is then built with the checkpoint's init_args."""
         hparams = load_checkpoint(checkpoint_path).get("hyper_parameters", {})
         check_class_paths(hparams, kwargs, str(checkpoint_path), owner=cls)
         for key in ("encoder", "decoder"):

@@ -57,6 +57,13 @@ def shell(*words: object) -> str:
     return " ".join(shlex.quote(str(word)) for word in words)
 
 
+def continue_flags(last: Path) -> str:
+    """The flags that continue the run whose last checkpoint is `last`: the run named when it is a run folder's."""
+    if last.parent.name == "checkpoints" and last.name == "last.ckpt":
+        return shell("--run_id", last.parent.parent.name, "--ckpt_path", "last")
+    return shell("--ckpt_path", last)
+
+
 def check_run_id(run_id: str, source: str = "--run_id") -> str:
     """`run_id` when it is a name lvae can use for a folder and a W&B run; refused otherwise, saying the rule."""
     if RUN_ID.fullmatch(run_id):

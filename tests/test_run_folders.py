@@ -13,7 +13,7 @@ import torch
 from test_faults import MESSAGES  # what the README's table quotes
 
 from lvae import CheckpointError, ConfigError
-from lvae.checkpoints import check_checkpoint, flags
+from lvae.ckpt_path import check_checkpoint, flags
 from lvae.cli import main
 from lvae.runs import RunFolder, launcher_run_id
 
@@ -365,7 +365,7 @@ def test_small_files_that_would_take_memory_without_end_are_refused_through_lvae
             packed.writestr(record.filename, plain.read(record))
     assert lvae("test", "--data.data_dir", str(mnist_root), "--model.latent_dim", "4", "--model.hidden_dim", "16",
                 "--trainer.logger", "false", "--ckpt_path", "packed.ckpt") == 2
-    assert f"--ckpt_path packed.ckpt is refused: " in capfd.readouterr().err
+    assert "--ckpt_path packed.ckpt is refused: " in capfd.readouterr().err
     with pytest.raises(CheckpointError, match=MESSAGES["compressed checkpoint"]):
         from lvae import VAE
 

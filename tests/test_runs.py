@@ -16,7 +16,7 @@ from test_faults import MESSAGES  # what the README's table quotes
 from wandb_run import read_run, records
 
 from lvae import ConfigError
-from lvae.checkpoints import RUN_KEYS
+from lvae.ckpt_path import RUN_KEYS
 from lvae.data import InMemoryBatches, saved_train_position
 
 

@@ -1,12 +1,51 @@
-"""One W&B history across a run's resumes."""
+"""What a resumed fit carries over besides the weights: the random generators' state, and the W&B history's step."""
 
+import random
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
+
+
+class RandomState(Callback):
+    """Keeps the random generators' state (torch, CUDA, NumPy, Python) in every checkpoint and restores it when
+    training resumes, so a resumed run draws the same training noise as a run that was never stopped (on one
+    process; under DDP each rank continues from rank zero's state)."""
+
+    def __init__(self) -> None:
+        self._loaded: Optional[dict[str, Any]] = None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+                "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                          "has_gauss": has_gauss, "gauss": gauss},
+                "python": random.getstate()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict
+
+    @override
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        # Here rather than on load: the checkpoint's state belongs right before training goes on, after the
+        # sanity check and everything else a resumed run does first.
+        if self._loaded is None:
+            return
+        state, self._loaded = self._loaded, None
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        random.setstate(state["python"])
 
 
 class WandbHistory(Callback):
