@@ -4,6 +4,7 @@ it stays, so that an upgrade that changes one fails this file instead of a user'
 import inspect
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -106,3 +107,63 @@ def test_a_mid_epoch_position_is_read_where_lightning_keeps_it(tmp_path) -> None
     saved = torch.load(tmp_path / "x.ckpt", weights_only=True)
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"seen": 2}]
 
+
+
+def test_jsonargparse_help_strings_pass_through_the_one_method_lvae_overrides() -> None:
+    # LVAEHelpFormatter._get_help_string cuts a network argument's list of known subclasses short; its result is
+    # what --help prints.
+    from lvae.cli import LVAEHelpFormatter
+
+    parser = ArgumentParser(formatter_class=LVAEHelpFormatter)
+    parser.add_argument("--net", type=torch.nn.Module, help="a network")
+    text = " ".join(parser.format_help().split())
+    assert "known subclasses: " in text and "more))" in text, text[-600:]
+
+
+def test_lightning_rebuilds_a_cli_module_from_the_instantiator_and_class_path_keys(tmp_path) -> None:
+    # lvae.trust checks these two keys before Lightning reads them: `_instantiator` is imported and called with the
+    # hyperparameters, `_class_path` names the class it builds.
+    from lvae import VAE
+
+    model = VAE(latent_dim=2, hidden_dim=8, latent_points=0)
+    hparams = {**model.hparams, "_instantiator": "lightning.pytorch.cli.instantiate_module",
+               "_class_path": "lvae.model.VAE"}
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": "2.6"},
+               tmp_path / "m.ckpt")
+    calls = []
+    original = pl.cli.instantiate_module
+    try:
+        pl.cli.instantiate_module = lambda cls, config: calls.append(cls) or original(cls, config)
+        VAE.load_from_checkpoint(tmp_path / "m.ckpt")
+    finally:
+        pl.cli.instantiate_module = original
+    assert calls == [VAE]
+    # Lightning itself refuses a `_class_path` that is not the loading class or one of its subclasses.
+    other = {**hparams, "_class_path": "lvae.networks.MLPEncoder"}
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": other,
+                "pytorch-lightning_version": "2.6"}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="does not resolve to an already imported subclass of VAE"):
+        VAE.load_from_checkpoint(tmp_path / "other.ckpt")
+
+
+def test_lightnings_info_lines_go_through_the_logger_lvae_filters() -> None:
+    # lvae.noise.quiet filters Lightning's tips on `rank_zero.log`, the logger every rank_zero_info goes through.
+    import logging
+
+    from lightning.pytorch.utilities import rank_zero_info
+    from lightning_utilities.core import rank_zero
+
+    seen = []
+
+    class Keep(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            seen.append(record.getMessage())
+            return False
+
+    keep = Keep()
+    rank_zero.log.addFilter(keep)
+    try:
+        rank_zero_info("through rank_zero.log")
+    finally:
+        rank_zero.log.removeFilter(keep)
+    assert seen == ["through rank_zero.log"]
