@@ -355,7 +355,7 @@ def layout(inputs: dict[str, np.ndarray], epochs: list[dict[str, np.ndarray]], r
                       x_axis_label=str(epochs[last]["axes"][0]), y_axis_label=str(epochs[last]["axes"][1]))
     views = {"pca": pca_view}
     if np.isfinite(places["tsne"]).any():
-        views["tsne"] = figure(name="tsne", width=width + 160, height=height, tools=TOOLS, title=text[last][1],
+        views["tsne"] = figure(name="tsne", width=width, height=height, tools=TOOLS, title=text[last][1],
                                x_range=Range1d(*frames[last][:2]), y_range=Range1d(*frames[last][2:]))
         views["tsne"].axis.visible = views["tsne"].grid.visible = False  # a t-SNE map's axes mean nothing
 
@@ -398,7 +398,9 @@ def layout(inputs: dict[str, np.ndarray], epochs: list[dict[str, np.ndarray]], r
         items.append(LegendItem(label=value("prior z, decoded"), renderers=[crosses]))
     if items:
         legend = Legend(items=items, title="label" if labelled else None, click_policy="hide")
-        list(views.values())[-1].add_layout(legend, "right")
+        beside = list(views.values())[-1]
+        beside.add_layout(legend, "right")
+        beside.width = width + 160  # the legend's room, beside the view's
 
     epoch_numbers = [int(epoch["epoch"]) for epoch in epochs]
     slider = Slider(name="epoch", start=0, end=max(last, 1), value=last, step=1, title="epoch", disabled=last == 0,
