@@ -42,7 +42,7 @@ class LatentExplorer(PictureCallback):
     and shows classes; hovering a prior draw shows its decoded image at that epoch.
 
     Each drawn epoch is kept under ``latents/explorer/`` (each input's thumbnail once, then per epoch its places,
-    u(x) and negative ELBO: about 50 kB an epoch for 2000 inputs), and the page is written again from all of them in
+    u(x) and negative ELBO: about 80 kB an epoch for 2000 inputs), and the page is written again from all of them in
     the drawing process, beside itself and renamed into place: a page opened during training shows the run so far,
     and ``lvae explore runs/<id>`` writes it again from what the run kept. The t-SNE map of an epoch is read from the
     file `TSNEEmbedding` keeps beside its PNG when the page is written; at the end of fit the page is written once
