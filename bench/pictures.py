@@ -100,7 +100,7 @@ def replay(callback, epochs: list[tuple[dict, dict]], latent_dim: int, out: Path
     for epoch, (fields, weights) in enumerate(epochs):
         module.load_state_dict(weights)
         latents = Latents(**fields)
-        job = callback.prepare(trainer, module, latents, epoch)
+        job = callback.commit(callback.prepare(trainer, module, latents, epoch), epoch)  # drawn, as fit's would be
         drawn = job()
         if drawn.state is not None:
             callback.apply(drawn.state)

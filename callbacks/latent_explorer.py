@@ -57,14 +57,17 @@ class LatentExplorer(PictureCallback):
             (digits) to 7 MB (colour images).
         every_n_epochs: draw every n-th validation epoch.
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
+        skip_when_busy: skip an epoch whose picture would wait for an earlier one's (the first and the last epoch
+            are always drawn); False draws every epoch, training waiting.
     """
 
     figure_modules = ("lvae.figures.explorer",)
     thumbnail_px = 32  # an input's longer side on the page: the hover card shows it at 64 px
     page_name = "explorer"  # the page is latents/explorer.html, its kept data latents/explorer/
 
-    def __init__(self, max_points: PositiveInt = 2000, every_n_epochs: PositiveInt = 1, background: bool = True):
-        super().__init__(every_n_epochs=every_n_epochs, background=background)
+    def __init__(self, max_points: PositiveInt = 2000, every_n_epochs: PositiveInt = 1, background: bool = True,
+                 skip_when_busy: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
         if max_points < 2:
             raise ConfigError(f"LatentExplorer.max_points={max_points} must be >= 2 (2000 make a page of about 5 MB)")
         self.max_points = max_points
@@ -72,6 +75,7 @@ class LatentExplorer(PictureCallback):
         self._inputs_sent: Optional[Tensor] = None  # dataset indices whose thumbnails this trainer has sent to be kept
         self._maps_shown: list[int] = []  # epochs whose t-SNE map the last page written shows
         self._tsne: Optional[TSNEEmbedding] = None  # the trainer's t-SNE map, whose maps and prior draws are shown
+        self._next: Optional[tuple] = None  # `_basis` and `_inputs_sent` of the epoch prepared last, once it is drawn
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -106,6 +110,22 @@ class LatentExplorer(PictureCallback):
                 epoch: int) -> Optional[Job]:
         if not self.usable(latents, epoch, "explorer page", min_points=2):
             return None
+        drawn = self._basis, self._inputs_sent
+        try:
+            job = self._job(trainer, pl_module, latents, epoch)
+            self._next = self._basis, self._inputs_sent
+        finally:
+            self._basis, self._inputs_sent = drawn  # until this epoch is drawn: a skipped epoch changes neither
+        return job
+
+    @override
+    def commit(self, job: Job, epoch: int) -> Job:
+        """The axes the next epoch matches, and the thumbnails sent, are this epoch's once it is drawn."""
+        if self._next is not None:
+            (self._basis, self._inputs_sent), self._next = self._next, None
+        return job
+
+    def _job(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Latents, epoch: int) -> Job:
         points, axes, view = self._project(latents)  # the PCA of all followed inputs, as LatentScatter's
         rows = torch.arange(min(len(latents), self.max_points))  # sorted by index: the same inputs every epoch
         shown, points = latents.select(rows), points[rows]

@@ -28,14 +28,16 @@ class LatentInterpolation(FixedInputsPicture):
         seed: seed of the choice of inputs.
         every_n_epochs: draw every n-th validation epoch.
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
+        skip_when_busy: skip an epoch whose picture would wait for an earlier one's (the first and the last epoch
+            are always drawn); False draws every epoch, training waiting.
     """
 
     names = ("interpolations",)
     figure_modules = ("lvae.figures.interpolation",)
 
     def __init__(self, n_pairs: int = 5, steps: int = 10, seed: int = 0, every_n_epochs: int = 1,
-                 background: bool = True):
-        super().__init__(every_n_epochs=every_n_epochs, background=background)
+                 background: bool = True, skip_when_busy: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
         if n_pairs < 1:
             raise ConfigError(f"LatentInterpolation.n_pairs={n_pairs} must be >= 1 (pairs of inputs, one row each)")
         if steps < 2:

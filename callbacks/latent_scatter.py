@@ -106,6 +106,8 @@ class LatentScatter(PictureCallback):
             With two scatters, give one of them 0.
         every_n_epochs: draw every n-th validation epoch.
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
+        skip_when_busy: skip an epoch whose picture would wait for an earlier one's (the first and the last epoch
+            are always drawn); False draws every epoch, training waiting.
     """
 
     names = ("scatter",)
@@ -123,8 +125,8 @@ class LatentScatter(PictureCallback):
                  limits: Optional[tuple[float, float, float, float]] = None,
                  auto_limits: Literal["first", "grow", "each"] = "grow",
                  thumbnails: NonNegativeInt = 12, table_rows: NonNegativeInt = 500,
-                 every_n_epochs: PositiveInt = 1, background: bool = True):
-        super().__init__(every_n_epochs=every_n_epochs, background=background)
+                 every_n_epochs: PositiveInt = 1, background: bool = True, skip_when_busy: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
         if dims is not None:
             dims = tuple(int(d) for d in dims)
             if len(dims) != 2 or dims[0] == dims[1] or min(dims) < 0:
@@ -152,14 +154,15 @@ class LatentScatter(PictureCallback):
         self.auto_limits = auto_limits
         self.thumbnails = thumbnails
         self.table_rows = table_rows
-        # What the next epoch's picture continues from, settled when an epoch's picture is sent to the drawing
-        # process (it depends only on the epoch's means), all of it belonging to one view (`_view`).
+        # What the next epoch's picture continues from (`_frame`), settled when an epoch's picture is sent to the
+        # drawing process (it depends only on the epoch's means), all of it belonging to one view (`_view`).
         self._view: Optional[str] = None
         self._fixed: Optional[Limits] = None  # the limits taken from the drawn epochs
         self._basis: Optional[Tensor] = None  # (2, Z) float64: the PCA axes drawn last
         self._drawn: Optional[tuple[Tensor, Tensor]] = None  # dataset index (N,) and drawn positions (N, 2)
         self._thumbs: Optional[Tensor] = None  # (K,) dataset indices of the inputs drawn as thumbnails
-        self._last: Optional[Latents] = None  # the last drawn epoch's latents, for the table at the end of fit
+        self._next: Optional[tuple] = None  # the `_frame` of the epoch prepared last, once it is drawn
+        self._last: Optional[Latents] = None  # the last epoch's latents (drawn at the end of fit), for its table
 
     @property
     def state_key(self) -> str:
@@ -168,13 +171,14 @@ class LatentScatter(PictureCallback):
     @override
     def state_dict(self) -> dict[str, Any]:
         index, points = self._drawn if self._drawn is not None else (None, None)
-        return {"view": self._view, "limits": self._fixed, "basis": self._basis, "index": index, "points": points,
-                "thumbnails": self._thumbs}
+        return {**super().state_dict(), "view": self._view, "limits": self._fixed, "basis": self._basis,
+                "index": index, "points": points, "thumbnails": self._thumbs}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Checked against this run's view when drawing: the checkpoint may be loaded before or after `setup`.
         # A checkpoint from before the PCA axes, positions and thumbnails were kept holds only view and limits.
+        super().load_state_dict(state_dict)
         self._view = state_dict["view"]
         self._fixed = None if state_dict["limits"] is None else tuple(state_dict["limits"])
         self._basis = state_dict.get("basis")
@@ -226,7 +230,29 @@ class LatentScatter(PictureCallback):
         self._last = latents
         if trainer.state.fn != "fit" and self.sink.has_tables():
             self._log_table(latents, epoch)  # in fit, the table is logged once, at the end
-        return self._job(latents, epoch, label_names(trainer))
+        drawn = self._frame
+        try:
+            job = self._job(latents, epoch, label_names(trainer))
+            self._next = self._frame
+        finally:
+            self._frame = drawn  # until this epoch is drawn: a skipped epoch leaves the frame as it was
+        return job
+
+    @override
+    def commit(self, job: Job, epoch: int) -> Job:
+        """This epoch's frame is the one the next picture continues (its limits, axes and positions)."""
+        if self._next is not None:
+            self._frame, self._next = self._next, None
+        return job
+
+    @property
+    def _frame(self) -> tuple:
+        """What the next picture continues from: the view, limits, PCA axes, positions and thumbnails drawn last."""
+        return self._view, self._fixed, self._basis, self._drawn, self._thumbs
+
+    @_frame.setter
+    def _frame(self, frame: tuple) -> None:
+        self._view, self._fixed, self._basis, self._drawn, self._thumbs = frame
 
     def _job(self, latents: Latents, epoch: int, names: Optional[list[str]]) -> Job:
         """Everything but the drawing, which `lvae.figures.scatter` does in the drawing process: the projection, the
@@ -342,8 +368,10 @@ class LatentScatter(PictureCallback):
     @override
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         # Logged here rather than with the last epoch's picture: early stopping, max_steps or max_time may end
-        # fit before max_epochs, and only now is it certain which epoch was the last. Before waiting for the last
-        # picture: W&B takes 0.6-0.8 s over a table of 500 thumbnails, while the drawing process draws.
+        # fit before max_epochs, and only now is it certain which epoch was the last. After the last epoch's pictures
+        # are sent and before waiting for them: W&B takes 0.6-0.8 s over a table of 500 thumbnails, while the drawing
+        # process draws.
+        self.end_fit(trainer)
         if trainer.is_global_zero and self._last is not None and self.sink.has_tables():
             try:
                 self._log_table(self._last, self._last.epoch)

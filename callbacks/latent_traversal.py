@@ -24,8 +24,8 @@ class LatentTraversal(FixedInputsPicture):
     The inputs are chosen once by dataset index, of different labels where there are labels (`FixedInputs`), and
     kept in the checkpoint. The module needs only ``decode(z)``; the means come from the epoch's latents.
 
-    Logged each epoch: ``traversals/kl_<d>``, the KL of each dimension in nats, the numbers the rows are ordered by.
-    Picture: ``traversals``.
+    Logged each drawn epoch: ``traversals/kl_<d>``, the KL of each dimension in nats, the numbers the rows are ordered
+    by. Picture: ``traversals``.
 
     Args:
         n_inputs: validation inputs shown side by side.
@@ -35,14 +35,16 @@ class LatentTraversal(FixedInputsPicture):
         seed: seed of the choice of inputs.
         every_n_epochs: draw every n-th validation epoch.
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
+        skip_when_busy: skip an epoch whose picture would wait for an earlier one's (the first and the last epoch
+            are always drawn); False draws every epoch, training waiting.
     """
 
     names = ("traversals",)
     figure_modules = ("lvae.figures.traversal",)
 
     def __init__(self, n_inputs: int = 3, steps: int = 9, span: float = 2.5, max_dims: int = 10, seed: int = 0,
-                 every_n_epochs: int = 1, background: bool = True):
-        super().__init__(every_n_epochs=every_n_epochs, background=background)
+                 every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
         for arg, value, least, hint in (("n_inputs", n_inputs, 1, "inputs side by side"),
                                         ("steps", steps, 3, "values per dimension; 9 is usual"),
                                         ("max_dims", max_dims, 1, "most rows")):
@@ -63,7 +65,7 @@ class LatentTraversal(FixedInputsPicture):
         if not self.usable(latents, epoch, "traversals", min_points=2):
             return None
         kl = kl_per_dim(latents.mu, latents.logvar)  # (Z,)
-        self.sink.log_scalars({f"traversals/kl_{d}": float(v) for d, v in enumerate(kl)}, epoch)
+        self.log_with_picture({f"traversals/kl_{d}": float(v) for d, v in enumerate(kl)})
         active = active_dims(latents.mu)  # (Z,)
         order = torch.argsort(kl, descending=True, stable=True)  # (Z,) most KL first
         ranked = order[active[order]]

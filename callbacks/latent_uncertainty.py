@@ -20,7 +20,7 @@ from lvae.picture_callback import PictureCallback
 class LatentUncertainty(PictureCallback):
     """Per input, u(x) = the posterior variance exp(logvar) averaged over latent dimensions, and what it tracks.
 
-    Logged each epoch under ``uncertainty/``: ``mean`` (mean u), ``class_<c>`` (mean u per label),
+    Logged each drawn epoch under ``uncertainty/``: ``mean`` (mean u), ``class_<c>`` (mean u per label),
     ``active_units`` (dimensions whose mean varies across inputs by more than 0.01, Burda et al.), the Spearman
     correlations of u(x) with the label disagreement of the input's nearest neighbours in mu-space
     (``spearman_disagreement``), with its reconstruction error (``spearman_recon``) and with its ink
@@ -38,6 +38,8 @@ class LatentUncertainty(PictureCallback):
         bins: bins of the u(x) histogram.
         every_n_epochs: draw every n-th validation epoch.
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
+        skip_when_busy: skip an epoch whose picture would wait for an earlier one's (the first and the last epoch
+            are always drawn); False draws every epoch, training waiting.
     """
 
     names = ("uncertainty",)
@@ -45,8 +47,8 @@ class LatentUncertainty(PictureCallback):
     figsizes = {"uncertainty": (9.2, 5.8)}  # inches
 
     def __init__(self, n_show: int = 16, nrow: int = 8, k_neighbours: int = 10, bins: int = 50,
-                 every_n_epochs: int = 1, background: bool = True):
-        super().__init__(every_n_epochs=every_n_epochs, background=background)
+                 every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
         for arg, value, hint in (("n_show", n_show, "inputs per grid"), ("nrow", nrow, "images per grid row"),
                                  ("k_neighbours", k_neighbours, "10 is usual"), ("bins", bins, "50 is usual")):
             if value < 1:
@@ -92,10 +94,10 @@ class LatentUncertainty(PictureCallback):
         if reason is not None:
             rank_zero_warn(f"LatentUncertainty: no uncertainty pictures for epoch {epoch}: {reason}")
             return None
-        # Numbers are logged here, in the training loop, where the loggers are; the drawing process only draws.
+        # Numbers are measured here, in the training loop, where the loggers are; the drawing process only draws.
         # One neighbour search, about 0.1 s at 5000 inputs.
         values = self.measure(latents)
-        self.sink.log_scalars(values, epoch)
+        self.log_with_picture(values)
         # What the picture shows is picked here (cheap tensor work), so only 3 x n_show images go to the drawing
         # process.
         u = uncertainty(latents.logvar)  # (N,)

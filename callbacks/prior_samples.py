@@ -35,6 +35,8 @@ class PriorSamples(PictureCallback):
         manifold_steps: z values per axis of the Z=2 manifold, evenly spaced.
         every_n_epochs: draw every n-th validation epoch.
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
+        skip_when_busy: skip an epoch whose picture would wait for an earlier one's (the first and the last epoch
+            are always drawn); False draws every epoch, training waiting.
     """
 
     names = ("prior_samples", "manifold", "prior_positions")
@@ -44,8 +46,8 @@ class PriorSamples(PictureCallback):
     prior_reach = 2.0  # the manifold spans at least N(0, 1)'s -2 to 2 on each axis
 
     def __init__(self, n_samples: int = 64, nrow: int = 8, seed: int = 0, manifold_steps: int = 20,
-                 every_n_epochs: int = 1, background: bool = True):
-        super().__init__(every_n_epochs=every_n_epochs, background=background)
+                 every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
         if n_samples < 1:
             raise ConfigError(f"PriorSamples.n_samples={n_samples} must be >= 1 (64 gives an 8x8 grid)")
         if nrow < 1:
@@ -80,10 +82,11 @@ class PriorSamples(PictureCallback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"z": self.z, "seed": self.seed, "extent": self._extent}
+        return {**super().state_dict(), "z": self.z, "seed": self.seed, "extent": self._extent}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
         if state_dict["seed"] != self.seed:
             rank_zero_warn(f"PriorSamples: the checkpoint's prior draws were made with seed {state_dict['seed']}, "
                            f"this run asks for PriorSamples.seed={self.seed}; new draws are made")

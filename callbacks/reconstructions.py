@@ -32,14 +32,16 @@ class Reconstructions(FixedInputsPicture):
         seed: seed of the choice of inputs (and of the draw, for a module lvae did not write).
         every_n_epochs: draw every n-th validation epoch.
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
+        skip_when_busy: skip an epoch whose picture would wait for an earlier one's (the first and the last epoch
+            are always drawn); False draws every epoch, training waiting.
     """
 
     names = ("reconstructions",)
     figure_modules = ("lvae.figures.reconstructions",)
 
     def __init__(self, n_inputs: int = 20, nrow: int = 5, seed: int = 0, every_n_epochs: int = 1,
-                 background: bool = True):
-        super().__init__(every_n_epochs=every_n_epochs, background=background)
+                 background: bool = True, skip_when_busy: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
         if n_inputs < 1:
             raise ConfigError(f"Reconstructions.n_inputs={n_inputs} must be >= 1 (20: two of each of 10 labels)")
         if nrow < 1:

@@ -1,5 +1,6 @@
 """A t-SNE map of the latent means that evolves with training: each epoch's map starts from the last one."""
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -60,6 +61,8 @@ class TSNEEmbedding(PictureCallback):
         seed: seed of the prior draws and of openTSNE (the neighbour search and the PCA jitter).
         every_n_epochs: draw every n-th validation epoch.
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
+        skip_when_busy: skip an epoch whose picture would wait for an earlier one's (the first and the last epoch
+            are always drawn); False draws every epoch, training waiting.
     """
 
     names = ("tsne",)
@@ -67,6 +70,7 @@ class TSNEEmbedding(PictureCallback):
     figsize = (8.0, 7.2)  # inches; the PNG is 800x720
     axes_rect = (0.02, 0.02, 0.8, 0.86)  # placed by hand: constrained layout doubled the drawing time
     knn_k = 10  # neighbours of the quality figure
+    map_keys = ("embedding", "index", "embedding_epoch", "init_epoch")  # the last finished map, in the checkpoint
 
     def __init__(self, max_points: PositiveInt = 2000, perplexity: PositiveFloat = 30.0,
                  early_exaggeration_iter: NonNegativeInt = 125, n_iter: PositiveInt = 250,
@@ -74,8 +78,8 @@ class TSNEEmbedding(PictureCallback):
                  negative_gradient_method: Literal["bh", "fft"] = "bh",
                  affinity_method: Literal["exact", "annoy", "auto"] = "exact", n_jobs: int = 1,
                  n_prior: NonNegativeInt = 64, prior_n_iter: PositiveInt = 50, seed: int = 0,
-                 every_n_epochs: PositiveInt = 1, background: bool = True):
-        super().__init__(every_n_epochs=every_n_epochs, background=background)
+                 every_n_epochs: PositiveInt = 1, background: bool = True, skip_when_busy: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
         if max_points < 2:
             raise ConfigError(f"TSNEEmbedding.max_points={max_points} must be >= 2 (2000 maps in a few seconds)")
         if perplexity <= 0:
@@ -122,12 +126,13 @@ class TSNEEmbedding(PictureCallback):
     def state_dict(self) -> dict[str, Any]:
         # embedding (N, 2) float64, index (N,) int64: the dataset indices of its rows; embedding_epoch: the epoch
         # of the means it maps; init_epoch: the epoch whose map initialised it (None: PCA).
-        state = self._map or {"embedding": None, "index": None, "embedding_epoch": None, "init_epoch": None}
-        return dict(state)
+        state = self._map or dict.fromkeys(self.map_keys)
+        return {**super().state_dict(), **state}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._map = None if state_dict["embedding"] is None else dict(state_dict)
+        super().load_state_dict(state_dict)
+        self._map = None if state_dict["embedding"] is None else {key: state_dict[key] for key in self.map_keys}
 
     def prior_z(self, latent_dim: int) -> Tensor:
         """The prior draws placed into the map, (n_prior, Z): a generator of their own, the same z every epoch."""
@@ -152,12 +157,19 @@ class TSNEEmbedding(PictureCallback):
             return None
         z = self.prior_z(latents.mu.shape[1])
         decoded = decode_images(pl_module, z, tuple(latents.image.shape[1:]))  # (P, C, H, W)
-        path = self.sink.png_path("tsne", epoch)
-        start, init_epoch = self._start(latents.index, epoch, path.parent)
         return Job("lvae.figures.tsne:map_and_draw", dict(
             mu=latents.mu.double().numpy(), index=latents.index.numpy(), labels=latents.label.numpy(),
-            names=label_names(trainer), start=start, init_epoch=init_epoch, steps=self.settings, z=z.double().numpy(),
-            prior_images=as_pictures((decoded * 255).round().to(torch.uint8)), path=str(path), epoch=epoch))
+            names=label_names(trainer), start=None, init_epoch=None, steps=self.settings, z=z.double().numpy(),
+            prior_images=as_pictures((decoded * 255).round().to(torch.uint8)),
+            path=str(self.sink.png_path("tsne", epoch)), epoch=epoch))
+
+    @override
+    def commit(self, job: Job, epoch: int) -> Job:
+        """The map starts from the last one, chosen as it goes to be drawn: a skipped epoch's job, kept since it was
+        prepared and drawn at the end of fit, starts from the maps made meanwhile."""
+        start, init_epoch = self._start(torch.from_numpy(job.kwargs["index"]), epoch,
+                                        Path(job.kwargs["path"]).parent)
+        return replace(job, kwargs={**job.kwargs, "start": start, "init_epoch": init_epoch})
 
     @override
     def apply(self, state: dict[str, Any]) -> None:

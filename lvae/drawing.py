@@ -277,7 +277,8 @@ class _Child:
 
     @property
     def ended(self) -> bool:
-        return self._stopped is not None
+        # Also once the process has exited and `_receive` has yet to say why: a job sent now would be lost with it.
+        return self._stopped is not None or self.process.poll() is not None
 
     def send(self, job: bytes) -> Future:
         future: Future = Future()

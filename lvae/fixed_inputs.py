@@ -88,8 +88,9 @@ class FixedInputsPicture(PictureCallback):
     inputs: FixedInputs
 
     def state_dict(self) -> dict[str, Any]:
-        return {"inputs": self.inputs.state_dict()}
+        return {**super().state_dict(), "inputs": self.inputs.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
         self.inputs.load_state_dict(state_dict["inputs"])
 

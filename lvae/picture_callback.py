@@ -1,16 +1,19 @@
-"""The base of every picture callback: when to draw, handing the drawing to the drawing process, logging what comes
-back, and turning a failing picture into a warning."""
+"""The base of every picture callback: when to draw (and which epochs to skip while the drawing is busy), handing
+the drawing to the drawing processes, logging what comes back, and turning a failing picture into a warning."""
 
+import time
+from collections import deque
+from concurrent import futures
 from concurrent.futures import CancelledError, Future
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 from weakref import WeakKeyDictionary
 
 import lightning as L
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
@@ -21,7 +24,8 @@ from lvae.latents import FollowedInputs, Latents, unusable
 from lvae.sink import PictureSink
 
 # How long an interrupted run (Ctrl-C, or SIGTERM from a scheduler whose grace period is tens of seconds) waits for
-# the pictures being drawn, after last.ckpt is saved, so that the evolution has no gap.
+# the pictures being drawn and those of the last epoch, after last.ckpt is saved, so that the evolution ends where
+# training did.
 INTERRUPT_GRACE_SECONDS = 15.0
 
 
@@ -34,25 +38,102 @@ def training_cores(trainer: "L.Trainer") -> int:
     return processes
 
 
+def epoch_list(epochs: list[int]) -> str:
+    """Epochs as a person writes them: [1, 2, 3, 5, 7, 8] -> "1-3, 5, 7, 8"."""
+    runs: list[list[int]] = []
+    for epoch in sorted(epochs):
+        if runs and epoch == runs[-1][-1] + 1:
+            runs[-1].append(epoch)
+        else:
+            runs.append([epoch])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 2 else ", ".join(map(str, run)) for run in runs)
+
+
+class _Picture(NamedTuple):
+    """One epoch's picture as `prepare` made it: its job and the numbers measured with it (`log_with_picture`)."""
+
+    job: Callable[[], Drawn]
+    epoch: int
+    scalars: dict[str, float]
+
+
 class _Shared:
     """What the picture callbacks of one trainer share: the drawing processes (one per core training leaves free,
     at least one, the first the one the `lvae` command started early; closed by the last callback to tear down), each
-    callback's slot among them, and, for a module lvae did not write, the followed validation inputs."""
+    callback's slot among them, the decision of each epoch whether the drawing is free, and, for a module lvae did not
+    write, the followed validation inputs."""
 
     def __init__(self, trainer: "L.Trainer") -> None:
         training = training_cores(trainer)
         self.drawing = DrawingPool(process_count(training), lend_core=usable_cores() <= training)
         self.followed = FollowedInputs()
-        self.users: set[int] = set()
+        self.users: list["PictureCallback"] = []  # in the trainer's order
         self.slots: dict[int, int] = {}  # id of a callback -> the drawing process its jobs go to
+        self._free: Optional[tuple[int, bool]] = None  # (epoch, whether its pictures were drawn)
+        self._ended = False  # the end of this fit was seen to
 
     def join(self, callback: "PictureCallback") -> None:
-        self.users.add(id(callback))
+        if callback not in self.users:
+            self.users.append(callback)
         if id(callback) not in self.slots:
             self.slots[id(callback)] = self.drawing.slot()
 
+    def leave(self, callback: "PictureCallback") -> bool:
+        """Whether `callback` was the last to leave."""
+        if callback in self.users:
+            self.users.remove(callback)
+        return not self.users
+
     def submit(self, callback: "PictureCallback", job: Callable[[], Drawn]) -> Future:
         return self.drawing.submit(self.slots[id(callback)], job)
+
+    def start_fit(self) -> None:
+        self._free, self._ended = None, False
+
+    def free(self, epoch: int) -> bool:
+        """Whether no picture of an earlier epoch is still being drawn, as it was when the first picture of `epoch`
+        asked: one decision per epoch, so that the pictures read side by side (the scatter and the t-SNE map) draw
+        the same epochs."""
+        if self._free is None or self._free[0] != epoch:
+            self._free = (epoch, not any(user._drawing_before(epoch) for user in self.users))
+        return self._free[1]
+
+    def end_fit(self, gifs: bool, timeout: Optional[float] = None) -> None:
+        """At the end of fit (or at Ctrl-C), by the first picture to get there, on rank zero: one line says which
+        epochs were skipped and one what fit now waits for (with `gifs`, the evolution GIFs too); then the pictures
+        kept of the last epoch go to be drawn (`PictureCallback._draw_kept`), those of callbacks with nothing being
+        drawn first, so that the drawing does not wait on the others. With `timeout` (the grace of an interrupt), a
+        kept picture whose callback's earlier one is not done by then is not drawn."""
+        if self._ended:
+            return
+        self._ended = True
+        for line in _skipped_lines(self.users):
+            rank_zero_info(line)
+        pictures = sum(1 for user in self.users if user._pending or user._kept is not None)
+        made = sum(user._gifs_to_make() for user in self.users) if gifs else 0
+        waiting = [f"the last epoch's {pictures} picture{'s' * (pictures != 1)}"] * bool(pictures) + \
+                  [f"{made} evolution GIF{'s' * (made != 1)}"] * bool(made)
+        if waiting:
+            rank_zero_info(f"lvae: drawing {' and '.join(waiting)}...")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for user in sorted(self.users, key=lambda user: bool(user._pending)):
+            user._draw_kept(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+def _skipped_lines(users: list["PictureCallback"]) -> list[str]:
+    """One line for each set of pictures that skipped the same epochs of this fit, naming them and the epochs."""
+    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[str]] = {}
+    for user in users:
+        drawn, skipped = (tuple(epoch for epoch in epochs if epoch >= user._fit_start) for epochs in user._epochs())
+        if skipped:
+            groups.setdefault((drawn, skipped), []).append(type(user).__name__)
+    lines = []
+    for (drawn, skipped), names in groups.items():
+        who = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        lines.append(f"lvae: {who} drew {len(drawn)} of {len(drawn) + len(skipped)} epochs ({epoch_list(drawn)}), "
+                     f"skipping {epoch_list(skipped)} while the drawing of an earlier epoch was not done: training "
+                     "does not wait for it (skip_when_busy: false draws every epoch, training waiting)")
+    return lines
 
 
 _SHARED: "WeakKeyDictionary[L.Trainer, _Shared]" = WeakKeyDictionary()
@@ -64,29 +145,53 @@ class PictureCallback(Callback):
     Subclasses implement `prepare`, which runs on rank zero in the training loop (model work such as decoding,
     under inference mode, and anything cheap) and returns a job: a `lvae.drawing.Job` naming a function of an
     `lvae.figures` module and its arguments (NumPy arrays and plain values). The function draws, writes its PNGs
-    and returns a `Drawn`. The job runs in the trainer's `DrawingProcess`, so t-SNE and matplotlib neither hold
-    training's GIL nor take its cores, and the training process never imports them; the result is logged from the
-    training loop as soon as it is ready (checked after every training batch). A callback's next job waits for its
-    last one; fit and `lvae validate` wait for all. An error stops the drawing process; Ctrl-C or SIGTERM first
-    saves last.ckpt, then waits up to `INTERRUPT_GRACE_SECONDS` for the pictures being drawn.
-    State a job returns (a t-SNE map) is applied by `apply` when it is logged.
+    and returns a `Drawn`. The job runs in one of the trainer's drawing processes (`lvae.drawing.DrawingPool`: one
+    per core training leaves free, at least one; all of a callback's jobs in the same one, in order), so t-SNE and
+    matplotlib neither hold training's GIL nor take its cores, and the training process never imports them; the
+    result is logged from the training loop as soon as it is ready (checked after every training batch). State a job
+    returns (a t-SNE map) is applied by `apply` when it is logged.
+
+    Training never waits for a picture of an earlier epoch. When a validation epoch ends while a picture of an
+    earlier epoch is still being drawn, this epoch's pictures are skipped, not queued behind it: the drawing draws
+    the newest epoch whenever it is free. The first epoch of a run and the last one of each fit (however fit ends:
+    max_epochs, early stopping, max_time, Ctrl-C) are always drawn; `prepare` runs every epoch, and the newest
+    skipped epoch's job is kept, to be drawn at the end of fit if it stays the last. Whether the drawing is free is
+    decided once per epoch for all the pictures of a trainer, so pictures read side by side show the same epochs. At
+    the end of fit one line says which epochs were skipped; only drawn epochs are logged, so W&B's slider and the
+    evolution GIFs show what was drawn. The epochs drawn and skipped are kept in the checkpoint. With
+    `skip_when_busy=False` every epoch is drawn and the next waits for the last, training waiting.
+
+    `commit` brings a job up to date as it goes to be drawn (now, or at the end of fit from the kept arrays), and
+    moves on what follows the drawn pictures (the frame the next one continues). Numbers that `prepare` measures are
+    handed to `log_with_picture`: logged when its picture goes to be drawn. Fit's end waits only for the last epoch's
+    pictures and the GIFs, saying so in one line; `lvae validate` waits for all. An error stops the drawing; Ctrl-C
+    or SIGTERM first saves last.ckpt, then waits up to `INTERRUPT_GRACE_SECONDS` for the pictures being drawn and
+    those of the last epoch.
 
     Args:
         every_n_epochs: draw every n-th validation epoch.
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
+        skip_when_busy: skip an epoch whose pictures would wait for an earlier one's (the first and the last epoch
+            are always drawn); False draws every epoch, training waiting.
     """
 
     names: tuple[str, ...] = ()  # picture names this callback writes; each gets an evolution GIF at fit end
     figure_modules: tuple[str, ...] = ()  # imported by the drawing process while the first epoch trains
 
-    def __init__(self, every_n_epochs: int = 1, background: bool = True):
+    def __init__(self, every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):
         if every_n_epochs < 1:
             raise ConfigError(f"{type(self).__name__}.every_n_epochs={every_n_epochs} must be >= 1")
         self.every_n_epochs = every_n_epochs
         self.background = background
+        self.skip_when_busy = skip_when_busy
         self.sink: Optional[PictureSink] = None
         self._shared: Optional[_Shared] = None
-        self._pending: Optional[tuple[Future, int]] = None  # the job in the drawing process and its epoch
+        self._pending: deque[tuple[Future, int]] = deque()  # jobs in the drawing process and their epochs, in order
+        self._kept: Optional[_Picture] = None  # the newest skipped epoch's picture: drawn at the end of fit
+        self._measured: dict[str, float] = {}  # what `prepare` handed to `log_with_picture`
+        self._drawn_epochs: list[int] = []  # epochs of the run whose pictures were sent to be drawn
+        self._skipped_epochs: list[int] = []  # epochs of the run skipped while the drawing was busy (not the kept one)
+        self._fit_start = 0  # the first epoch of this fit: the end-of-fit line is about this fit
         self._checkpoint_epoch: Optional[int] = None  # the epoch of a checkpoint loaded for validate
 
     @override
@@ -103,6 +208,29 @@ class PictureCallback(Callback):
                 self._shared.submit(self, Job("lvae.drawing:import_modules", {"modules": self.figure_modules}))
             except DrawingStopped:
                 pass  # the first picture starts it again, and its warning says why it could not
+
+    @override
+    def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._fit_start = trainer.current_epoch  # after a checkpoint was restored: where this fit starts
+        if self._shared is not None:
+            self._shared.start_fit()
+
+    def _epochs(self) -> tuple[list[int], list[int]]:
+        """The epochs of the run drawn and skipped. The kept epoch counts as drawn: it is drawn at the end of fit, or
+        at Ctrl-C, if it stays the last."""
+        kept = [] if self._kept is None else [self._kept.epoch]
+        return [*self._drawn_epochs, *kept], list(self._skipped_epochs)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        drawn, skipped = self._epochs()
+        return {"drawn_epochs": drawn, "skipped_epochs": skipped}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Absent from checkpoints made before pictures skipped epochs: the resumed fit's first epoch is drawn.
+        self._drawn_epochs = list(state_dict.get("drawn_epochs", []))
+        self._skipped_epochs = list(state_dict.get("skipped_epochs", []))
 
     @override
     def on_load_checkpoint(self, trainer: "L.Trainer", pl_module: "L.LightningModule",
@@ -129,15 +257,49 @@ class PictureCallback(Callback):
         latents = self.latents(trainer, pl_module)  # a collective: every rank takes part, rank zero draws
         if not trainer.is_global_zero:
             return
-        self.join()
+        fitting = trainer.state.fn == "fit"
+        skips = self.skip_when_busy and self.background and fitting
+        self._collect(wait=not skips)  # a picture that does not skip waits for its last one, training with it
         epoch = self._epoch(trainer)
+        self._measured = {}
         try:
             job = self.prepare(trainer, pl_module, latents, epoch)
         except Exception as err:  # a picture must never end training
             self._warn(epoch, err)
             return
-        if job is not None:
-            self._send(job, epoch)
+        if job is None:
+            return
+        picture = _Picture(job, epoch, self._measured)
+        if not fitting:
+            self._send(picture)
+        elif skips and self._drawn_epochs and not self._shared.free(epoch):
+            if self._kept is not None:
+                self._skipped_epochs.append(self._kept.epoch)
+            self._kept = picture
+        else:
+            if self._kept is not None:  # a newer epoch is drawn: the kept one stays skipped
+                self._skipped_epochs.append(self._kept.epoch)
+                self._kept = None
+            self._drawn_epochs.append(epoch)
+            self._send(picture)
+
+    def _draw_kept(self, timeout: Optional[float]) -> None:
+        """Send the kept picture (the last epoch's, at the end of fit) to be drawn, once this callback's pictures
+        before it are done (up to `timeout` seconds; None: however long): a t-SNE map starts from the last one, and a
+        drawing process that died drawing one of them is replaced, not sent to."""
+        if self._kept is None:
+            return
+        _, running = futures.wait([future for future, _ in self._pending], timeout)
+        if running:
+            return
+        self._collect(wait=False)  # their state (a t-SNE map) is what the kept picture continues
+        picture, self._kept = self._kept, None
+        self._drawn_epochs.append(picture.epoch)
+        self._send(picture)
+
+    def _drawing_before(self, epoch: int) -> bool:
+        """Whether a picture of this callback of an epoch before `epoch` is still being drawn."""
+        return any(drawn < epoch and not future.done() for future, drawn in self._pending)
 
     def latents(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> Optional[Latents]:
         """This epoch's latents, read once for every picture: lvae's `VAE` (or any module with a
@@ -148,25 +310,46 @@ class PictureCallback(Callback):
             return collected()
         return self._shared.followed.latents(trainer, pl_module)
 
-    def _send(self, job: Callable[[], Drawn], epoch: int) -> None:
-        """Run `job` in the drawing process (or here, without `background`); its result is logged when ready."""
+    def _send(self, picture: _Picture) -> None:
+        """Draw `picture` in the drawing process (or here, without `background`), its result logged when ready, and
+        log the numbers measured with it."""
+        try:
+            job = self.commit(picture.job, picture.epoch)
+        except Exception as err:  # a picture must never end training
+            self._warn(picture.epoch, err)
+            return
+        drawn = None
         if self.background:
             try:
-                self._pending = (self._shared.submit(self, job), epoch)
+                self._pending.append((self._shared.submit(self, job), picture.epoch))
             except Exception as err:  # e.g. a job that cannot be pickled
-                self._warn(epoch, err)
-            return
-        try:
-            drawn = run_job(job)
-        except Exception as err:
-            self._warn(epoch, err)
-            return
-        self._log(drawn, epoch)
+                self._warn(picture.epoch, err)
+        else:
+            try:
+                drawn = run_job(job)
+            except Exception as err:
+                self._warn(picture.epoch, err)
+        if picture.scalars:  # while the drawing process draws
+            self.sink.log_scalars(picture.scalars, picture.epoch)
+        if drawn is not None:
+            self._log(drawn, picture.epoch)
 
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
                 epoch: int) -> Optional[Callable[[], Drawn]]:
         """Do the model work for `epoch` and return the job that draws (None: nothing to draw)."""
         raise NotImplementedError
+
+    def commit(self, job: Callable[[], Drawn], epoch: int) -> Callable[[], Drawn]:
+        """`job`, the picture of `epoch`, goes to be drawn: now, or at the end of fit from the arrays kept when its
+        epoch was skipped. Move on what follows the drawn pictures (the frame the next one continues) and return the
+        job as it is to be drawn, brought up to date with the pictures drawn since it was prepared. By default the
+        job as it is."""
+        return job
+
+    def log_with_picture(self, values: dict[str, float]) -> None:
+        """Numbers `prepare` measured for its epoch: logged when the epoch's picture goes to be drawn, so that W&B
+        holds them for the epochs drawn."""
+        self._measured.update(values)
 
     def usable(self, latents: Optional[Latents], epoch: int, what: str, min_points: int,
                finite: tuple[str, ...] = ("mu",)) -> bool:
@@ -192,10 +375,10 @@ class PictureCallback(Callback):
             self.apply(drawn.state)
 
     def _collect(self, wait: bool) -> None:
-        """Log this callback's finished picture (waiting for it with `wait`). Never raises: a picture that failed,
-        was cancelled or whose process died is a warning."""
-        if self._pending is not None and (wait or self._pending[0].done()):
-            (future, epoch), self._pending = self._pending, None
+        """Log this callback's finished pictures, in order (waiting for them with `wait`). Never raises: a picture
+        that failed, was cancelled or whose process died is a warning."""
+        while self._pending and (wait or self._pending[0][0].done()):
+            future, epoch = self._pending.popleft()
             try:
                 drawn = future.result()
                 self._log(drawn, epoch)
@@ -219,8 +402,27 @@ class PictureCallback(Callback):
                        "goes on")
 
     def join(self) -> None:
-        """Wait for this callback's picture being drawn, if any, and log it."""
+        """Wait for this callback's pictures being drawn, if any, and log them."""
         self._collect(wait=True)
+
+    def end_fit(self, trainer: "L.Trainer") -> None:
+        """The end of fit, seen to once for all the trainer's pictures by the first to call it: the last epoch's kept
+        pictures go to be drawn and the end-of-fit lines are said (`_Shared.end_fit`)."""
+        if trainer.is_global_zero and self._shared is not None:
+            self._shared.end_fit(gifs=True)
+
+    def _gifs_to_make(self) -> int:
+        """How many evolution GIFs this callback will put together at the end of fit: one per picture of at least
+        two epochs, counting the one being drawn."""
+        if self.sink is None:
+            return 0
+        count = 0
+        for name in self.names:
+            pngs = len(list(self.sink.png_path(name, 0).parent.glob("epoch_*.png")))
+            epochs = [epoch for _, epoch in self._pending] + ([self._kept.epoch] if self._kept is not None else [])
+            coming = sum(not self.sink.png_path(name, epoch).exists() for epoch in epochs)
+            count += pngs + coming >= 2
+        return count
 
     @override
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any,
@@ -229,6 +431,7 @@ class PictureCallback(Callback):
 
     @override
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self.end_fit(trainer)
         self.join()
         if trainer.is_global_zero and self.sink is not None and self.names:
             # The GIF is made here (PIL only), by a training process that has nothing left to train, while the
@@ -252,28 +455,31 @@ class PictureCallback(Callback):
 
     @override
     def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
-        shared, self._shared = self._shared, None
+        shared = self._shared
         try:
             interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
             if interrupted and trainer.state.fn == "fit" and isinstance(trainer.checkpoint_callback, RunCheckpoint):
                 # last.ckpt first: a scheduler's grace period may end in a SIGKILL while the pictures finish.
                 trainer.checkpoint_callback.save_interrupted(trainer)
             if shared is not None and interrupted:
-                shared.drawing.wait(INTERRUPT_GRACE_SECONDS)
+                deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
+                if trainer.state.fn == "fit" and trainer.is_global_zero:
+                    # The last epoch's kept pictures too: the evolution ends where fit did.
+                    shared.end_fit(gifs=False, timeout=INTERRUPT_GRACE_SECONDS)
+                shared.drawing.wait(max(0.0, deadline - time.monotonic()))
             self._collect(wait=False)
         except Exception as err:  # never raise here: Lightning would skip the other callbacks' on_exception
             rank_zero_warn(f"{type(self).__name__}: could not log the last pictures ({type(err).__name__}: {err})")
         finally:
-            self._pending = None  # a picture not finished by now is abandoned
+            self._pending.clear()  # a picture not finished by now is abandoned
+            self._kept, self._shared = None, None
             if shared is not None:
-                shared.users.discard(id(self))
+                shared.leave(self)
                 shared.drawing.stop()
 
     @override
     def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         self.join()
         shared, self._shared = self._shared, None
-        if shared is not None:
-            shared.users.discard(id(self))
-            if not shared.users:
-                shared.drawing.close()
+        if shared is not None and shared.leave(self):
+            shared.drawing.close()

@@ -81,6 +81,20 @@ def small_fit_args(data_dir: Path, *extra: str, pictures: bool = False) -> list[
             *([] if pictures else ["--trainer.callbacks", "[]"]), *extra]
 
 
+def every_epoch_config(folder: Path) -> Path:
+    """A config to give after configs/mnist.yaml: its picture callbacks with `skip_when_busy: false`, so that every
+    epoch is drawn whatever the machine's pace, as a test that waits for or compares each epoch's pictures needs."""
+    import yaml
+
+    callbacks = yaml.safe_load((REPO / "configs" / "mnist.yaml").read_text())["trainer"]["callbacks"]
+    for callback in callbacks:
+        if callback["class_path"] != "lvae.callbacks.LatentExport":  # the one that draws nothing
+            callback.setdefault("init_args", {})["skip_when_busy"] = False
+    path = folder / "every_epoch.yaml"
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}, sort_keys=False))
+    return path
+
+
 def run_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir())
 

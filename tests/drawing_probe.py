@@ -1,6 +1,6 @@
 """Drawing jobs for tests (``drawing_probe:heavy_modules``, ``drawing_probe:native_threads``,
-``drawing_probe:settings``): what the drawing process holds; and ``drawing_probe:die``, a drawing process that
-crashes."""
+``drawing_probe:settings``, ``drawing_probe:pid``): what the drawing process holds; ``drawing_probe:die``, a drawing
+process that crashes; and ``drawing_probe:draw_when_open``, a picture a test keeps the drawing process busy with."""
 
 import os
 import signal
@@ -42,3 +42,20 @@ def die(words: str, code: int) -> Drawn:
 def pid() -> Drawn:
     """Which process drew."""
     return Drawn(scalars={"pid": float(os.getpid())})
+
+
+def draw_when_open(name: str, path: str, hold: str, seconds: float = 0.0) -> Drawn:
+    """Picture `name`, drawn after `seconds` once the file `hold` is gone (at most 2 minutes): a test keeps the
+    drawing process busy for as long as it likes."""
+    import time
+    from pathlib import Path
+
+    from PIL import Image
+
+    from lvae.figures.canvas import save_png
+
+    time.sleep(seconds)
+    deadline = time.monotonic() + 120
+    while Path(hold).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return Drawn(pictures=[(name, save_png(Image.new("RGB", (40, 30), "white"), path), "drawn when let")])

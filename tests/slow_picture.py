@@ -26,8 +26,8 @@ class SlowPicture(PictureCallback):
 
     names = ("slow",)
 
-    def __init__(self, out: str, seconds: float = 4.0):
-        super().__init__()
+    def __init__(self, out: str, seconds: float = 4.0, skip_when_busy: bool = True):
+        super().__init__(skip_when_busy=skip_when_busy)
         self.out, self.seconds = Path(out), seconds
 
     def prepare(self, trainer, pl_module, latents, epoch):

@@ -1,25 +1,220 @@
-"""The drawing keeps pace with training: one drawing process per core that training leaves free, each picture's jobs
-in one of them, in order."""
+"""The drawing keeps pace with training: training never waits for a picture of an earlier epoch (the drawing skips
+epochs while it is busy, always drawing the first and the last, the same epochs for every picture), and the pictures
+are drawn by one process per core that training leaves free, each picture's jobs in one of them, in order."""
 
+import csv
+import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
 import pytest
 from foreign_vae import ClassicVAE, loader, toy_digits
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning_utilities.core import rank_zero
+from PIL import Image
 
+from lvae.callbacks import LatentScatter, TSNEEmbedding
 from lvae.drawing import Drawn, Job, drawing_processes, process_count
 from lvae.errors import ConfigError
-from lvae.picture_callback import PictureCallback
+from lvae.picture_callback import PictureCallback, epoch_list
+
+SMALL_TSNE = {"perplexity": 5.0, "n_prior": 8}  # 45 validation inputs: t-SNE needs more than 3 x perplexity
 
 
-def fit(root: Path, callbacks: list, max_epochs: int = 2, **trainer) -> L.Trainer:
+def fit(root: Path, callbacks: list, max_epochs: int = 2, ckpt_path=None, **trainer) -> L.Trainer:
     """A plain Trainer on a module lvae did not write: 2 steps an epoch, 45 validation inputs."""
     L.seed_everything(0)
-    trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, default_root_dir=root, logger=False,
+    trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, default_root_dir=root,
                         callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, **trainer)
-    trainer.fit(ClassicVAE(), loader(*toy_digits(64, seed=0)), loader(*toy_digits(45, seed=1)))
+                        **{"logger": False, "enable_checkpointing": False, **trainer})
+    trainer.fit(ClassicVAE(), loader(*toy_digits(64, seed=0)), loader(*toy_digits(45, seed=1)), ckpt_path=ckpt_path)
     return trainer
+
+
+class Gated(PictureCallback):
+    """Picture `name`, drawn once the file `hold` is gone (`Holder` keeps it), after `seconds`. Records, for each
+    picture logged, its epoch and the epoch training was in when it was logged."""
+
+    def __init__(self, name: str, hold: Path, seconds: float = 0.0, every_n_epochs: int = 1,
+                 skip_when_busy: bool = True):
+        super().__init__(every_n_epochs=every_n_epochs, skip_when_busy=skip_when_busy)
+        self.names, self.hold, self.seconds = (name,), hold, seconds
+        self.logged: list[tuple[int, int]] = []
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(names=self.names)
+
+    def prepare(self, trainer, pl_module, latents, epoch):
+        return Job("drawing_probe:draw_when_open", {"name": self.names[0], "hold": str(self.hold),
+                                                    "path": str(self.sink.png_path(self.names[0], epoch)),
+                                                    "seconds": self.seconds})
+
+    def _log(self, drawn: Drawn, epoch: int) -> None:
+        self.logged.append((epoch, self.sink.trainer.current_epoch))
+        super()._log(drawn, epoch)
+
+
+class Holder(L.Callback):
+    """Keeps the drawing busy: holds `hold` from the start of fit to its end (or an interrupt), letting go only at
+    the start of epoch `release_at`, until `picture`'s pictures being drawn are done."""
+
+    def __init__(self, hold: Path, release_at: int = -1, picture: "PictureCallback | None" = None):
+        self.hold, self.release_at, self.picture = hold, release_at, picture
+
+    def on_fit_start(self, trainer, pl_module):
+        self.hold.touch()
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.release_at:
+            self.hold.unlink()
+            self.picture.join()
+            self.hold.touch()
+
+    def on_fit_end(self, trainer, pl_module):
+        self.hold.unlink(missing_ok=True)
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.hold.unlink(missing_ok=True)
+
+
+def drawn(root: Path, name: str) -> list[int]:
+    return sorted(int(png.stem.split("_")[1]) for png in (root / "latents" / name).glob("epoch_*.png"))
+
+
+def logged(root: Path, key: str) -> list[int]:
+    with open(root / "metrics.csv") as f:
+        return [int(float(row["epoch"])) for row in csv.DictReader(f) if row.get(key)]
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Six epochs of the scatter, the t-SNE map and a picture whose drawing of epoch 0 lasts until epoch 3 starts
+    and whose drawing of epoch 3 lasts until fit ends, all in one drawing process."""
+    root = tmp_path_factory.mktemp("busy")
+    hold = root / "hold"
+    gated = Gated("gated", hold)
+    scatter, tsne = LatentScatter(table_rows=0), TSNEEmbedding(**SMALL_TSNE)
+    with pytest.MonkeyPatch.context() as env, warnings.catch_warnings(record=True) as caught, \
+            CaughtLog() as lines:
+        env.setenv("LVAE_DRAWING_PROCESSES", "1")
+        warnings.simplefilter("always")
+        fit(root, [Holder(hold, release_at=3, picture=gated), scatter, tsne, gated], max_epochs=6,
+            logger=CSVLogger(root, name="", version=""))
+    return dict(root=root, scatter=scatter, tsne=tsne, gated=gated, warnings=[str(w.message) for w in caught],
+                lines=lines)
+
+
+class CaughtLog(logging.Handler):
+    """What is said through the logger of Lightning's rank_zero_info (lvae's lines), while in a `with`."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> list[str]:
+        rank_zero.log.addHandler(self)
+        return self.lines
+
+    def __exit__(self, *exc) -> None:
+        rank_zero.log.removeHandler(self)
+
+
+def test_training_does_not_wait_for_a_busy_drawing(busy: dict) -> None:
+    # Epoch 0's picture was logged as epoch 3 began: epochs 1 and 2 trained while it was drawn.
+    assert busy["gated"].logged[0] == (0, 3)
+    # Skipped, not queued: 3 jobs for 6 epochs. The first and the last epoch, and the newest when the drawing was free.
+    for name in ("gated", "scatter", "tsne"):
+        assert drawn(busy["root"], name) == [0, 3, 5], name
+    for picture in (busy["gated"], busy["scatter"], busy["tsne"]):
+        state = picture.state_dict()
+        assert (state["drawn_epochs"], state["skipped_epochs"]) == ([0, 3, 5], [1, 2, 4])
+
+
+def test_the_pictures_read_side_by_side_draw_the_same_epochs_and_log_only_those(busy: dict) -> None:
+    # The scatter and the t-SNE map were free to draw epochs 1, 2, 4: they skipped them with the picture that was not.
+    for key in ("scatter/outside", "scatter/displacement", "tsne/knn_agreement", "tsne/displacement"):
+        assert logged(busy["root"], key) == ([0, 3, 5] if "displacement" not in key else [3, 5]), key
+    tsne = busy["tsne"].state_dict()
+    assert (tsne["embedding_epoch"], tsne["init_epoch"]) == (5, 3)  # the last map started from the last drawn one
+    with Image.open(busy["root"] / "latents" / "tsne" / "evolution.gif") as gif:
+        assert gif.n_frames == 3  # one frame per drawn epoch
+
+
+def test_one_line_says_which_epochs_were_skipped_and_one_what_fit_waits_for(busy: dict) -> None:
+    lines = [line for line in busy["lines"] if line.startswith("lvae:")]
+    assert lines == [
+        "lvae: LatentScatter, TSNEEmbedding and Gated drew 3 of 6 epochs (0, 3, 5), skipping 1, 2, 4 while the drawing "
+        "of an earlier epoch was not done: training does not wait for it (skip_when_busy: false draws every epoch, "
+        "training waiting)",
+        "lvae: drawing the last epoch's 3 pictures and 3 evolution GIFs..."], busy["lines"]
+
+
+def test_no_warning_but_the_pictures_own(busy: dict) -> None:
+    assert not [w for w in busy["warnings"] if "unclosed" in w or "was skipped" in w], busy["warnings"]
+
+
+def test_epochs_are_written_as_a_person_writes_them() -> None:
+    assert epoch_list([0, 1, 2, 3, 5, 7, 8, 10, 11, 12]) == "0-3, 5, 7, 8, 10-12"
+    assert epoch_list([]) == ""
+
+
+def test_every_epoch_is_drawn_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LVAE_DRAWING_PROCESSES", "1")
+    slow = Gated("slow", tmp_path / "never", seconds=0.3, skip_when_busy=False)
+    scatter = LatentScatter(table_rows=0, skip_when_busy=False)
+    fit(tmp_path, [scatter, slow], max_epochs=4)
+    assert drawn(tmp_path, "slow") == drawn(tmp_path, "scatter") == [0, 1, 2, 3]
+    assert [epoch for epoch, _ in slow.logged] == [0, 1, 2, 3]
+    assert slow.state_dict()["skipped_epochs"] == []
+
+
+def test_a_resumed_run_keeps_its_drawn_and_skipped_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LVAE_DRAWING_PROCESSES", "1")
+    hold = tmp_path / "hold"
+
+    def run(max_epochs: int, ckpt_path=None) -> tuple[Gated, Gated]:
+        every, second = Gated("every", hold), Gated("second", hold, every_n_epochs=2)
+        checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
+        fit(tmp_path, [Holder(hold), every, second, checkpoints], max_epochs=max_epochs, ckpt_path=ckpt_path,
+            enable_checkpointing=True)
+        return every, second
+
+    every, second = run(2)
+    # Epoch 1 is the first of the picture drawn every second epoch: drawn, though epoch 0's picture held the drawing.
+    assert drawn(tmp_path, "every") == [0, 1] and drawn(tmp_path, "second") == [1]
+    every, second = run(6, ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    # Resumed at epoch 2, which is drawn (nothing else was being drawn). Epoch 3 is not the second picture's first:
+    # the checkpoint says it drew epoch 1. Epoch 5, the last, is drawn at the end of fit.
+    assert drawn(tmp_path, "every") == [0, 1, 2, 5] and drawn(tmp_path, "second") == [1, 5]
+    assert (every.state_dict()["drawn_epochs"], every.state_dict()["skipped_epochs"]) == ([0, 1, 2, 5], [3, 4])
+    assert (second.state_dict()["drawn_epochs"], second.state_dict()["skipped_epochs"]) == ([1, 5], [3])
+
+
+class Interrupt(L.Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise SIGTERMException  # as Lightning's handler of a scheduler's SIGTERM does
+
+
+def test_an_interrupt_draws_the_last_validated_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LVAE_DRAWING_PROCESSES", "1")
+    hold = tmp_path / "hold"
+    gated = Gated("gated", hold)
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path, [Holder(hold), gated, Interrupt(epoch=3)], max_epochs=10)
+    # Epochs 1 and 2 were skipped while epoch 0's picture was held; epoch 2's, kept, is drawn at the interrupt.
+    assert drawn(tmp_path, "gated") == [0, 2]
+    assert [epoch for epoch, _ in gated.logged] == [0, 2]
 
 
 def test_one_drawing_process_per_core_that_training_leaves_free() -> None:
@@ -43,9 +238,14 @@ def test_the_count_can_be_set_for_the_machine(monkeypatch: pytest.MonkeyPatch) -
 class DrawnWhere(PictureCallback):
     """Records which process drew each of its pictures."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, name: str) -> None:
+        super().__init__(skip_when_busy=False)  # every epoch, whatever the machine's pace
+        self.name = name
         self.pids: list[int] = []
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name)  # the epochs it drew: one state per picture
 
     def prepare(self, trainer, pl_module, latents, epoch):
         return Job("drawing_probe:pid")
@@ -57,7 +257,7 @@ class DrawnWhere(PictureCallback):
 def test_pictures_are_drawn_side_by_side_each_one_by_one_process(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LVAE_DRAWING_PROCESSES", "2")
-    pictures = [DrawnWhere(), DrawnWhere(), DrawnWhere()]
+    pictures = [DrawnWhere("a"), DrawnWhere("b"), DrawnWhere("c")]
     fit(tmp_path, pictures, max_epochs=3)
     for picture in pictures:
         assert len(picture.pids) == 3 and len(set(picture.pids)) == 1, picture.pids  # its jobs, in one process

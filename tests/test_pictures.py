@@ -246,8 +246,9 @@ def test_the_drawing_process_imports_neither_torch_nor_lightning_and_runs_one_na
     assert set(pools.values()) == {1.0}, pools
 
 
-def slow_picture_args(mnist_root: Path, out: Path, seconds: float) -> list[str]:
-    slow = json.dumps({"class_path": "slow_picture.SlowPicture", "init_args": {"out": str(out), "seconds": seconds}})
+def slow_picture_args(mnist_root: Path, out: Path, seconds: float, skip_when_busy: bool = True) -> list[str]:
+    slow = json.dumps({"class_path": "slow_picture.SlowPicture",
+                       "init_args": {"out": str(out), "seconds": seconds, "skip_when_busy": skip_when_busy}})
     return small_fit_args(mnist_root, "--trainer.max_epochs", "400", f"--trainer.callbacks+={slow}")
 
 
@@ -272,7 +273,8 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120) -> N
 def test_a_signal_while_a_picture_is_drawn_keeps_last_ckpt_and_every_epochs_picture(
         mnist_root: Path, tmp_path: Path, sig: int, exit_code: int) -> None:
     out = tmp_path / "slow"
-    proc = start_lvae(slow_picture_args(mnist_root, out, seconds=3.0), tmp_path)
+    # Every epoch drawn: epoch 1's picture is drawn after epoch 0's, which takes longer than an epoch.
+    proc = start_lvae(slow_picture_args(mnist_root, out, seconds=3.0, skip_when_busy=False), tmp_path)
     wait_for_file(out / "started_1", proc)  # epoch 1's picture is being drawn, epoch 0's is done
     proc.send_signal(sig)
     stderr = proc.communicate(timeout=90)[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, cli_env, run_dirs, run_lvae, small_fit_args
+from conftest import REPO, cli_env, every_epoch_config, run_dirs, run_lvae, small_fit_args
 from test_faults import MESSAGES
 from wandb_run import read_run, records, wait_until_written
 
@@ -161,7 +161,9 @@ def torchrun_job(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     advises, to the end of epoch 2. 108 validation inputs (enough for t-SNE) and 2 steps an epoch on each rank."""
     cwd = tmp_path_factory.mktemp("torchrun")
     # log_every_n_steps 1: Lightning's hint about epochs shorter than its logging interval is one a user acts on.
-    args = fit_args(mnist_root, "--data.val_fraction", "0.3", "--trainer.log_every_n_steps", "1")
+    # Every epoch drawn: the kill waits for epoch 1's pictures, which a busy drawing would skip.
+    args = fit_args(mnist_root, "--config", str(every_epoch_config(cwd)), "--data.val_fraction", "0.3",
+                    "--trainer.log_every_n_steps", "1")
     # A picture still being drawn when a process dies is lost (the drawing process is stopped at once), and the
     # resumed fit starts after its epoch: the kill waits for epoch 1's pictures.
     killed = torchrun_two_nodes(cwd, "twonodes", *args, "--trainer.max_epochs", "50",
