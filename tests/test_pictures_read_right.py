@@ -90,7 +90,7 @@ def axis_shares(text: str) -> int:
 def test_titles_agree_with_the_axes_and_thumbnails_are_one_or_two_per_label(real_z20, tmp_path):
     trainer, _, keep, _ = real_z20
     callback = with_sink(LatentScatter(table_rows=0), tmp_path)
-    job = callback.prepare(trainer, None, keep.latents[0], epoch=0)
+    job = sent(callback, callback.prepare(trainer, None, keep.latents[0], epoch=0), epoch=0)
     x, y = job.kwargs["axis_labels"]
     assert x.startswith("PC1, ") and y.startswith("PC2, ")
     assert f"({axis_shares(x) + axis_shares(y)}% of variance)" in job.kwargs["title"]
@@ -104,6 +104,11 @@ def test_titles_agree_with_the_axes_and_thumbnails_are_one_or_two_per_label(real
 def with_sink(callback, root: Path):
     callback.sink = PictureSink(L.Trainer(logger=False, enable_progress_bar=False), root)
     return callback
+
+
+def sent(callback, job: Job, epoch: int) -> Job:
+    """`job`, sent to be drawn as the picture callback sends it: the frame the next picture continues moves on."""
+    return callback.commit(job, epoch)
 
 
 def figure_of(job: Job) -> Figure:
@@ -272,7 +277,7 @@ def test_ellipses_are_the_posteriors_one_sigma(tmp_path, z):
     mu = torch.randn(40, z, generator=generator) * torch.tensor([3.0, 2.0, 1.0][:z])
     logvar = torch.randn(40, z, generator=generator)
     callback = with_sink(LatentScatter(uncertainty="ellipse"), tmp_path)
-    job = callback.prepare(L.Trainer(logger=False), None, latents(mu, logvar), epoch=0)
+    job = sent(callback, callback.prepare(L.Trainer(logger=False), None, latents(mu, logvar), epoch=0), epoch=0)
     (collection,) = [c for c in figure_of(job).axes[0].collections if isinstance(c, EllipseCollection)]
     semi = np.stack([collection.get_widths(), collection.get_heights()], 1) / 2  # (N, 2)
     if z == 2:
@@ -331,7 +336,8 @@ def test_a_resume_continues_the_axes_the_thumbnails_and_the_manifold(tmp_path):
     axes_before = torch.tensor([[0.8, -0.6, 0.0, 0.0], [0.6, 0.8, 0.0, 0.0]])
     axes_after = torch.tensor([[0.6, -0.8, 0.0, 0.0], [0.8, 0.6, 0.0, 0.0]])
     first = with_sink(LatentScatter(), tmp_path)
-    before = first.prepare(L.Trainer(logger=False), None, latents(plane @ axes_before + noise), epoch=0)
+    before = sent(first, first.prepare(L.Trainer(logger=False), None, latents(plane @ axes_before + noise), epoch=0),
+                  epoch=0)
     torch.save(first.state_dict(), tmp_path / "state.pt")
     resumed = with_sink(LatentScatter(), tmp_path)
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))  # as a checkpoint is loaded
