@@ -28,6 +28,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter,
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
@@ -639,6 +640,13 @@ class LVAECLI(LightningCLI):
         trainer = self._instantiate_trainer(config, extra)
         subcommand = self.config[self.subcommand]
         noise.quiet_trainer(trainer, resuming=self.subcommand == "fit" and subcommand.get("ckpt_path") is not None)
+        if trainer.is_global_zero:
+            # An evaluation's folder, and W&B's (which warns "git root <dir> does not exist" when it is not there
+            # yet); removed again when the command is refused.
+            self.run_folder.make(self.run_dir)
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger) and logger.save_dir:
+                    self.run_folder.make(Path(logger.save_dir))
         processes.track(trainer, subcommand.get("run_id"))
         return trainer
 
@@ -688,7 +696,6 @@ def main(args: Any = None) -> None:
             LVAECLI(args=args, run_folder=run_folder)
     except LVAEError as err:
         if err.exit_code == 2:  # refused before any work: nothing of the run stays on disk
-            noise.unmake_dirs()
             run_folder.release(refused=True)
         print(f"lvae: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

@@ -5,16 +5,12 @@ hint), still come through; a test runs a healthy fit and fails on any other warn
 """
 
 import logging
-import shutil
-import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 from lightning_utilities.core import rank_zero
 
 # Python warnings raised inside the libraries, not by anything lvae or its user calls.
@@ -57,28 +53,4 @@ def quiet_trainer(trainer: "L.Trainer", resuming: bool) -> None:
             # Lightning 2.6 always passes anonymous=None, which wandb 0.31 warns "has no effect" about.
             if logger._wandb_init.get("anonymous") is None:
                 logger._wandb_init.pop("anonymous", None)
-            _make_dir(logger.save_dir)
 
-
-_made: list[Path] = []  # run folders made ahead of W&B, topmost first: removed again if the command is refused
-
-
-@rank_zero_only
-def _make_dir(path: "str | None") -> None:
-    # wandb warns "git root <dir> does not exist" when its run folder is not there yet; only rank zero starts W&B.
-    if path:
-        path = Path(path)
-        missing = [p for p in (path, *path.parents) if not p.exists()]
-        path.mkdir(parents=True, exist_ok=True)
-        _made.extend(reversed(missing))
-
-
-def unmake_dirs() -> None:
-    """Remove the folders `_make_dir` made, with what this command wrote in them (W&B's offline files): a command
-    refused before any work (a bad image file found while loading, say) leaves nothing behind."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish(exit_code=2)  # its files are closed before they are removed
-    while _made:
-        folder = _made.pop(0)  # topmost first: removing it removes the rest
-        shutil.rmtree(folder, ignore_errors=True)

@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,6 +104,7 @@ class RunFolder:
         self.path: Optional[Path] = None
         self._claimed = False
         self._parents: list[Path] = []  # folders above the run folder that claiming it made (`runs/`)
+        self._made: list[tuple[Path, list[Path]]] = []  # each folder `make` made, and the folders above it it needed
         self._hold: Optional[IO[str]] = None
 
     def claim(self, path: Path) -> None:
@@ -119,6 +121,16 @@ class RunFolder:
                                   "give another --run_id (or none, and lvae picks a new one).") from None
         self.path, self._claimed = path, True
         self.hold(path)
+
+    def make(self, path: Path) -> None:
+        """Make `path` (an evaluation's folder, a logger's) if missing: removed again, with the folders above it that
+        it needed, when the command is refused."""
+        if path.exists():
+            return
+        parents = [folder for folder in path.parents if not folder.exists()]  # deepest first
+        with unwritable(path.parent):
+            path.mkdir(parents=True)
+        self._made.append((path, parents))
 
     def hold(self, path: Path) -> None:
         """Hold `path` for this process's training; refused, naming the holder, while another process trains it."""
@@ -153,15 +165,21 @@ class RunFolder:
             return None
 
     def release(self, refused: bool = False) -> None:
-        """Let go of the run; with `refused`, a folder this command claimed is removed with what it wrote."""
+        """Let go of the run; with `refused`, the folders this command claimed or made are removed with what it wrote
+        in them (W&B's offline files, closed first): a refused command leaves nothing behind."""
         if self._hold is not None:
             self._hold.close()
             self._hold = None
-        if refused and self._claimed and self.path is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            for parent in self._parents:
-                try:
-                    parent.rmdir()  # only while empty: another run may have started there meanwhile
-                except OSError:
-                    break
-        self._claimed, self._parents = False, []
+        if refused:
+            wandb = sys.modules.get("wandb")
+            if wandb is not None and wandb.run is not None:
+                wandb.finish(exit_code=2)  # its files are closed before they are removed
+            made = ([(self.path, self._parents)] if self._claimed and self.path is not None else []) + self._made
+            for folder, parents in made:
+                shutil.rmtree(folder, ignore_errors=True)
+                for parent in parents:
+                    try:
+                        parent.rmdir()  # only while empty: another command may have started writing there
+                    except OSError:
+                        break
+        self._claimed, self._parents, self._made = False, [], []
