@@ -7,12 +7,11 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties, findfont
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from lvae.drawing import Drawn
 from lvae.figures.canvas import PNG_DPI, save_figure
-from lvae.figures.tiles import wrap
+from lvae.figures.tiles import font, wrap
 
 
 class Grid(NamedTuple):
@@ -121,7 +120,7 @@ def grid_layouts(figsize: tuple[float, float], grids: list[Grid], nrow: int) -> 
     for k, grid in enumerate(grids):
         shown = grid.score if grid.labels is None else f"label, {grid.score}"
         title = [line for text in (f"{grid.headline} (under each: {shown})", grid.note) if text
-                 for line in wrap(text, _font(TITLE_PX), width)]
+                 for line in wrap(text, font(TITLE_PX), width)]
         title_h = max(2, len(title)) * (TITLE_PX + 4)  # two lines at least: the grids line up
         origin = (left, top + k * slot + title_h)  # the grid's top-left
         layout = _layout(grid, nrow, width, slot - title_h - 4, origin)  # 4 px apart from the next title
@@ -146,12 +145,12 @@ def _grids(fig: Figure, grids: list[Grid], nrow: int) -> None:
     draw = ImageDraw.Draw(column)
     for grid, layout in zip(grids, grid_layouts(figsize, grids, nrow)):
         draw.multiline_text((layout.title_at[0] - left, layout.title_at[1] - top), "\n".join(layout.title),
-                            fill="black", font=_font(TITLE_PX), anchor="ma", align="center")
+                            fill="black", font=font(TITLE_PX), anchor="ma", align="center")
         for box, picture in zip(layout.tiles, _cells(grid, layout)):
             column.paste(picture, (box[0] - left, box[1] - top))
         for text in layout.texts:
             draw.text((text.at[0] - left, text.at[1] - top), text.text, fill="black",
-                      font=_font(text.pixels, text.bold), anchor="ls")
+                      font=font(text.pixels, text.bold), anchor="ls")
     fig.figimage(np.asarray(column), xo=left, yo=round(figsize[1] * PNG_DPI) - top - height, origin="upper")
 
 
@@ -182,10 +181,10 @@ def _layout(grid: Grid, nrow: int, width: int, height: int, origin: tuple[int, i
     scores = [f"{value:.3g}" for value in grid.values]
     labels = [str(label) for label in grid.labels] if grid.labels is not None else []
     for px, lines in [(px, lines) for px in range(TEXT_PX, 5, -1) for lines in (1, 2)]:
-        label_w = max((_font(px, bold=True).getlength(t) for t in labels), default=0.0)
-        score_w = max(_font(px).getlength(t) for t in scores)
+        label_w = max((font(px, bold=True).getlength(t) for t in labels), default=0.0)
+        score_w = max(font(px).getlength(t) for t in scores)
         text_w = math.ceil(label_w + TEXT_GAP + score_w if labels and lines == 1 else max(label_w, score_w))
-        digit = -_font(px).getbbox("0", anchor="ls")[1]  # labels and scores are numbers: no descenders
+        digit = -font(px).getbbox("0", anchor="ls")[1]  # labels and scores are numbers: no descenders
         strip = lines * (digit + 3)
         fit = min((width - (cols - 1) * TILE_GAP) / (cols * cell_w),
                   (height - rows * strip - (rows - 1) * TILE_GAP) / (rows * cell_h))
@@ -202,7 +201,7 @@ def _layout(grid: Grid, nrow: int, width: int, height: int, origin: tuple[int, i
         tiles.append((x + (room - tile_w) // 2, y, x + (room - tile_w) // 2 + tile_w, y + tile_h))
         pieces = ([(labels[i], True)] if labels else []) + [(scores[i], False)]
         for j, (text, bold) in enumerate(pieces):
-            face = _font(px, bold)
+            face = font(px, bold)
             length = math.ceil(face.getlength(text))
             if lines == 1:  # the label at the column's left, the score at its right
                 at = (x if bold else x + room - length, y + tile_h + 2 + digit)
@@ -211,8 +210,3 @@ def _layout(grid: Grid, nrow: int, width: int, height: int, origin: tuple[int, i
             l, t, r, b = face.getbbox(text, anchor="ls")
             texts.append(Text(text, at, (at[0] + l, at[1] + t, at[0] + r, at[1] + b), px, bold))
     return Layout([], origin, tiles, texts, scale)
-
-
-def _font(pixels: float, bold: bool = False) -> ImageFont.FreeTypeFont:
-    """matplotlib's font at `pixels` pixels, for the text PIL writes into a picture."""
-    return ImageFont.truetype(findfont(FontProperties(weight="bold" if bold else "normal")), max(1, round(pixels)))
