@@ -9,6 +9,10 @@ def main() -> None:
     from lvae.signals import SIGINT_EXIT, EntrySignals
 
     with EntrySignals():
+        if sys.argv[1:2] == ["explore"]:  # writes a page from kept files: no Lightning, no drawing process
+            from lvae.explore import main as explore_main
+
+            sys.exit(explore_main(sys.argv[2:]))
         try:
             from lvae.drawing import start_early
 

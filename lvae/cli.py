@@ -53,7 +53,8 @@ ERROR_LINES = 4  # of a parser's message: with the line pointing at --help, a ba
 PRINT_CONFIG = "--print_config"
 DESCRIPTION = ("Train a VAE (lvae's, or your own LightningModule with encode/decode) on MNIST-format digits, CIFAR-10 "
                "or a folder of your images, and watch its latent space learn. Each run lives in runs/<run_id>/: its "
-               "config, checkpoints, W&B run and pictures.")
+               "config, checkpoints, W&B run and pictures. `lvae explore runs/<run_id>` writes a run's latent "
+               "explorer page (latents/explorer.html) again from what it kept.")
 SUBCOMMANDS = {
     "fit": "Train a VAE; --ckpt_path last continues the most recent run, --run_id ID --ckpt_path last continues "
            "run ID (or starts it, if it does not exist yet).",
@@ -682,6 +683,11 @@ class LVAECLI(LightningCLI):
 
 def main(args: Any = None) -> None:
     """Entry point of the `lvae` console script and of `python -m lvae`."""
+    given = list(sys.argv[1:] if args is None else args)
+    if given[:1] == ["explore"]:  # a page written again from a run's kept files: no trainer
+        from lvae.explore import main as explore_main
+
+        sys.exit(explore_main(given[1:]))
     previous = os.environ.get(RUN_ID_ENV)
     run_folder = RunFolder()
     # Your modules in the working folder (my_networks.py, named by a class_path) import as they do under

@@ -454,3 +454,12 @@ def test_help_names_the_packaged_configs_and_the_bar_no_scrap_of_the_run_id(
         " ".join(capsys.readouterr().out.split())
     trainer = L.Trainer(logger=CSVLogger(tmp_path, version="20261206-201114-6fdc"), accelerator="cpu")
     assert "v_num" not in ResumableProgressBar().get_metrics(trainer, L.LightningModule())
+
+
+def test_lvae_explore_is_a_subcommand_listed_in_help(workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert lvae("--help") == 0
+    assert "`lvae explore runs/<run_id>` writes a run's latent explorer page" in " ".join(capsys.readouterr().out.split())
+    (workdir / "runs" / "old").mkdir(parents=True)  # a run from before the explorer
+    assert lvae("explore", "runs/old") == 2
+    said = capsys.readouterr().err
+    assert said.startswith("lvae: error: runs/old kept no epochs for the explorer") and "nothing to replay" in said

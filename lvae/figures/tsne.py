@@ -40,7 +40,7 @@ def map_and_draw(mu: np.ndarray, index: np.ndarray, labels: np.ndarray, names: O
                                                                         k=min(steps.knn_k, len(points) - 1))
     fig, caption = figure(steps, points, labels, names, prior, prior_images, agreement, init_epoch, epoch)
     save_figure(fig, path)
-    save_map(map_path(path), points, index, epoch, init_epoch)
+    save_map(map_path(path), points, index, epoch, init_epoch, prior)
     return Drawn(pictures=[("tsne", path, caption)], scalars=scalars,
                  state={"embedding": points, "index": index, "embedding_epoch": epoch, "init_epoch": init_epoch})
 
@@ -51,10 +51,13 @@ def map_path(png: "str | Path") -> Path:
     return png.with_name(png.name.replace("epoch_", "map_")).with_suffix(".npz")
 
 
-def save_map(path: Path, points: np.ndarray, index: np.ndarray, epoch: int, init_epoch: Optional[int]) -> None:
-    """Write a map (N, 2) of inputs `index` (N,) whole or not at all: plain arrays, read back without pickle."""
+def save_map(path: Path, points: np.ndarray, index: np.ndarray, epoch: int, init_epoch: Optional[int],
+             prior: Optional[np.ndarray] = None) -> None:
+    """Write a map (N, 2) of inputs `index` (N,), and where the prior draws (P, 2) sit in it (the latent explorer
+    shows them), whole or not at all: plain arrays, read back without pickle."""
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, embedding=points, index=index, epoch=epoch, init_epoch=-1 if init_epoch is None else init_epoch)
+    np.savez(tmp, embedding=points, index=index, epoch=epoch, init_epoch=-1 if init_epoch is None else init_epoch,
+             prior=np.zeros((0, 2)) if prior is None else prior)
     tmp.replace(path)
 
 
