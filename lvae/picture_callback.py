@@ -69,7 +69,7 @@ class _Shared:
         self.followed = FollowedInputs()
         self.users: list["PictureCallback"] = []  # in the trainer's order
         self.slots: dict[int, int] = {}  # id of a callback -> the drawing process its jobs go to
-        self._free: Optional[tuple[int, bool]] = None  # (epoch, whether its pictures were drawn)
+        self._free: Optional[tuple[int, bool]] = None  # (epoch, whether the drawing was free at its end)
         self._ended = False  # the end of this fit was seen to
 
     def join(self, callback: "PictureCallback") -> None:
@@ -154,12 +154,12 @@ class PictureCallback(Callback):
     Training never waits for a picture of an earlier epoch. When a validation epoch ends while a picture of an
     earlier epoch is still being drawn, this epoch's pictures are skipped, not queued behind it: the drawing draws
     the newest epoch whenever it is free. The first epoch of a run and the last one of each fit (however fit ends:
-    max_epochs, early stopping, max_time, Ctrl-C) are always drawn; `prepare` runs every epoch, and the newest
-    skipped epoch's job is kept, to be drawn at the end of fit if it stays the last. Whether the drawing is free is
-    decided once per epoch for all the pictures of a trainer, so pictures read side by side show the same epochs. At
-    the end of fit one line says which epochs were skipped; only drawn epochs are logged, so W&B's slider and the
-    evolution GIFs show what was drawn. The epochs drawn and skipped are kept in the checkpoint. With
-    `skip_when_busy=False` every epoch is drawn and the next waits for the last, training waiting.
+    max_epochs, early stopping, max_time, Ctrl-C) are always drawn; `prepare` runs every epoch `every_n_epochs`
+    makes due, and the newest skipped epoch's job is kept, to be drawn at the end of fit if it stays the last.
+    Whether the drawing is free is decided once per epoch for all the pictures of a trainer, so pictures read side by
+    side show the same epochs. At the end of fit one line says which epochs were skipped; only drawn epochs are
+    logged, so W&B's slider and the evolution GIFs show what was drawn. The epochs drawn and skipped are kept in the
+    checkpoint. With `skip_when_busy=False` every epoch is drawn and the next waits for the last, training waiting.
 
     `commit` brings a job up to date as it goes to be drawn (now, or at the end of fit from the kept arrays), and
     moves on what follows the drawn pictures (the frame the next one continues). Numbers that `prepare` measures are
