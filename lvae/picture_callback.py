@@ -21,6 +21,7 @@ from lvae.checkpoints import RunCheckpoint
 from lvae.drawing import DrawingPool, Drawn, DrawingStopped, Job, process_count, run_job, usable_cores
 from lvae.errors import ConfigError, LVAEError
 from lvae.latents import FollowedInputs, Latents, unusable
+from lvae.signals import HeldSigterm
 from lvae.sink import PictureSink
 
 # How long an interrupted run (Ctrl-C, or SIGTERM from a scheduler whose grace period is tens of seconds) waits for
@@ -71,6 +72,8 @@ class _Shared:
         self.slots: dict[int, int] = {}  # id of a callback -> the drawing process its jobs go to
         self._free: Optional[tuple[int, bool]] = None  # (epoch, whether the drawing was free at its end)
         self._ended = False  # the end of this fit was seen to
+        self.sigterm = HeldSigterm(INTERRUPT_GRACE_SECONDS)  # held from the end of fit until every picture is done
+        self._fit_done: set[int] = set()  # ids of the callbacks whose end of fit is done
 
     def join(self, callback: "PictureCallback") -> None:
         if callback not in self.users:
@@ -88,7 +91,13 @@ class _Shared:
         return self.drawing.submit(self.slots[id(callback)], job)
 
     def start_fit(self) -> None:
-        self._free, self._ended = None, False
+        self._free, self._ended, self._fit_done = None, False, set()
+
+    def fit_done(self, callback: "PictureCallback") -> None:
+        """`callback`'s end of fit is done; once every picture's is, a SIGTERM held meanwhile is handed on."""
+        self._fit_done.add(id(callback))
+        if all(id(user) in self._fit_done for user in self.users):
+            self.sigterm.release()
 
     def free(self, epoch: int) -> bool:
         """Whether no picture of an earlier epoch is still being drawn, as it was when the first picture of `epoch`
@@ -107,6 +116,7 @@ class _Shared:
         if self._ended:
             return
         self._ended = True
+        self.sigterm.hold()
         for line in _skipped_lines(self.users):
             rank_zero_info(line)
         pictures = sum(1 for user in self.users if user._pending or user._kept is not None)
@@ -380,12 +390,25 @@ class PictureCallback(Callback):
         while self._pending and (wait or self._pending[0][0].done()):
             future, epoch = self._pending.popleft()
             try:
-                drawn = future.result()
+                drawn = self._result(future)
                 self._log(drawn, epoch)
             except Exception as err:  # a failed or cancelled job, or a dead process; Ctrl-C is not caught
                 self._warn(epoch, err)
         if self._shared is not None and self.background:
             self._shared.drawing.settle()
+
+    def _result(self, future: Future) -> Drawn:
+        """`future`'s picture, waited for; when a SIGTERM held at the end of fit set a deadline, no longer than that."""
+        while True:
+            deadline = self._shared.sigterm.deadline if self._shared is not None else None
+            if deadline is not None and time.monotonic() > deadline and not future.done():
+                raise TimeoutError("not drawn within the grace period after SIGTERM")
+            try:
+                return future.result(timeout=0.1 if deadline is None else max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                if future.done():
+                    raise  # the job's own TimeoutError
+                continue
 
     def _warn(self, epoch: int, err: BaseException) -> None:
         hint = ""
@@ -431,6 +454,14 @@ class PictureCallback(Callback):
 
     @override
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        shared = self._shared
+        try:
+            self._end_of_fit(trainer)
+        finally:
+            if shared is not None:
+                shared.fit_done(self)  # the last one hands on a SIGTERM held meanwhile
+
+    def _end_of_fit(self, trainer: "L.Trainer") -> None:
         self.end_fit(trainer)
         self.join()
         if trainer.is_global_zero and self.sink is not None and self.names:
@@ -474,7 +505,8 @@ class PictureCallback(Callback):
             self._pending.clear()  # a picture not finished by now is abandoned
             self._kept, self._shared = None, None
             if shared is not None:
-                shared.leave(self)
+                if shared.leave(self):
+                    shared.sigterm.release(deliver=False)  # the command already ends
                 shared.drawing.stop()
 
     @override
@@ -482,4 +514,5 @@ class PictureCallback(Callback):
         self.join()
         shared, self._shared = self._shared, None
         if shared is not None and shared.leave(self):
+            shared.sigterm.release(deliver=False)  # given back in any case (on_fit_end hands a SIGTERM on)
             shared.drawing.close()

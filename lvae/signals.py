@@ -9,9 +9,11 @@ covers those gaps and gives back the handler it found when the command ends. Thi
 is in force before Lightning is imported.
 """
 
+import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType, TracebackType
 from typing import Any, Optional
 
@@ -55,3 +57,40 @@ class EntrySignals:
         if self._installed:
             signal.signal(signal.SIGTERM, self._found)
             self._installed = False
+
+
+class HeldSigterm:
+    """SIGTERM held while a trainer's pictures finish at the end of fit, in any Trainer (Lightning has restored the
+    handler it found by then, so SIGTERM would end the process at once, losing the last pictures, the evolution
+    GIFs and the end of the W&B run). A SIGTERM that arrives is noted, the waits for pictures stop at `grace` seconds
+    from it, and `release` gives the handler it found back and hands it the signal."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.deadline: Optional[float] = None  # set when SIGTERM arrives: the waits end then
+        self._found: Any = None
+        self._held = False
+
+    def hold(self) -> None:
+        if threading.current_thread() is threading.main_thread() and not self._held:
+            self._found = signal.signal(signal.SIGTERM, self._note)
+            self._held = True
+
+    def _note(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.grace
+
+    def release(self, deliver: bool = True) -> None:
+        """Give back the handler found; with `deliver`, hand it a SIGTERM that arrived meanwhile (without: the
+        command already ends, e.g. interrupted)."""
+        if not self._held:
+            return
+        signal.signal(signal.SIGTERM, self._found)
+        self._held = False
+        received, self.deadline = self.deadline is not None, None
+        if not (received and deliver):
+            return
+        if callable(self._found):  # lvae's own (EntrySignals) ends the command with its line, as any handler would
+            self._found(signal.SIGTERM, None)
+        elif self._found in (signal.SIG_DFL, None):
+            os.kill(os.getpid(), signal.SIGTERM)  # what SIGTERM would have done, now that the pictures are done

@@ -1,13 +1,17 @@
 """SIGTERM and Ctrl-C at the moments Lightning does not cover: each ends an lvae command with lvae's one line and the
 shell's exit code, never a traceback. Each signal is sent after a line the process prints, never after a sleep."""
 
+import json
+import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, small_fit_args
 
 
 def stopped_while_starting(args: list[str], cwd: Path, signum: int) -> subprocess.CompletedProcess:
@@ -50,3 +54,62 @@ def test_sigterm_during_an_evaluation_ends_it_as_one(mnist_root: Path, tmp_path:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
     assert err.strip().splitlines()[-1] == "lvae: stopped by SIGTERM" and "Traceback" not in err, err[-3000:]
+
+
+def test_sigterm_while_fit_waits_for_its_last_pictures_finishes_them(mnist_root: Path, tmp_path: Path) -> None:
+    # The last epoch's slow picture (2 s) is being drawn when SIGTERM comes: Lightning has given its handler back.
+    from test_processes import wandb_closed
+
+    slow = json.dumps({"class_path": "slow_picture.SlowPicture", "init_args": {"out": str(tmp_path / "marks"),
+                                                                              "seconds": 2.0}})
+    args = small_fit_args(mnist_root, "--run_id", "ending", "--trainer.callbacks+=lvae.callbacks.PriorSamples",
+                          f"--trainer.callbacks+={slow}")
+    proc = subprocess.Popen([sys.executable, "-m", "lvae", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            env={**cli_env(), "PYTHONPATH": str(REPO / "tests")}, stderr=subprocess.PIPE, text=True)
+    said = []
+    for line in proc.stderr:
+        said.append(line)
+        if line.startswith("lvae: drawing the last epoch's"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    said += proc.stderr.readlines()
+    proc.wait(timeout=120)
+    printed = "".join(said)
+    assert proc.returncode == 143, printed[-3000:]
+    assert said[-1] == "lvae: stopped by SIGTERM\n" and "Traceback" not in printed, printed[-3000:]
+    assert "Continue with" not in printed  # the run has finished: nothing to continue
+    run = tmp_path / "runs" / "ending"
+    for picture in ("slow", "prior_samples"):  # the last epoch drawn, and every evolution GIF put together
+        assert (run / "latents" / picture / "epoch_001.png").is_file(), picture
+        assert (run / "latents" / picture / "evolution.gif").is_file(), picture
+    assert wandb_closed(run)
+
+
+def test_picture_callbacks_hold_sigterm_at_the_end_of_fit_in_any_trainer(tmp_path: Path) -> None:
+    # A plain Trainer: the process's own handler gets the SIGTERM, once the last pictures are drawn.
+    import lightning as L
+    from foreign_vae import ClassicVAE, loader, toy_digits
+    from slow_picture import SlowPicture
+
+    got, marks, last = [], tmp_path / "marks", tmp_path / "latents" / "slow" / "evolution.gif"
+    # What the process's handler sees when SIGTERM reaches it: whether the last picture and its GIF are done.
+    mine = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(last.is_file()))
+
+    def terminate_once_the_last_epoch_is_drawn() -> None:
+        while not (marks / "started_1").exists():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=terminate_once_the_last_epoch_is_drawn, daemon=True)
+    sender.start()
+    try:
+        trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                            callbacks=[SlowPicture(str(marks), seconds=1.0, skip_when_busy=False)])
+        trainer.fit(ClassicVAE(), loader(*toy_digits(64, seed=0)), loader(*toy_digits(45, seed=1)))
+        sender.join(timeout=30)
+        assert got == [True]  # handed on once, after the last picture and the GIFs: not lost, not early
+        assert (tmp_path / "latents" / "slow" / "epoch_001.png").is_file()
+        assert (tmp_path / "latents" / "slow" / "evolution.gif").is_file()
+    finally:
+        assert signal.signal(signal.SIGTERM, mine) is not None
