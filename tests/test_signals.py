@@ -113,3 +113,21 @@ def test_picture_callbacks_hold_sigterm_at_the_end_of_fit_in_any_trainer(tmp_pat
         assert (tmp_path / "latents" / "slow" / "evolution.gif").is_file()
     finally:
         assert signal.signal(signal.SIGTERM, mine) is not None
+
+
+@pytest.mark.parametrize(("signum", "code", "said"), [(signal.SIGTERM, 143, "lvae: stopped by SIGTERM"),
+                                                      (signal.SIGINT, 130, "interrupted at epoch 0")])
+def test_a_signal_during_fits_validation_saves_last_ckpt_and_ends_as_one(mnist_root: Path, tmp_path: Path,
+                                                                         signum: int, code: int, said: str) -> None:
+    marker = '--trainer.callbacks+={"class_path": "stage_marker.StageMarker", "init_args": {"moment": "batch"}}'
+    args = small_fit_args(mnist_root, "--run_id", "mid", "--data.val_fraction", "0.3", "--trainer.logger", "false",
+                          marker)
+    proc = subprocess.Popen([sys.executable, "-m", "lvae", *args], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            env={**cli_env(), "PYTHONPATH": str(REPO / "tests")}, stdout=subprocess.PIPE)
+    for line in proc.stdout:
+        if line == "at batch\n":
+            break
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and said in err and "Traceback" not in err, err[-3000:]
+    assert (tmp_path / "runs" / "mid" / "checkpoints" / "last.ckpt").is_file()  # the interrupted state, to continue
