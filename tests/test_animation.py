@@ -1,11 +1,12 @@
 """The evolution GIF is put together from the frames saved with each epoch's PNG, and from the PNGs themselves where
-a frame is missing or older than its PNG."""
+a frame is missing or older than its PNG; a picture that cannot be written says which file."""
 
 import gc
 import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import assert_gif_shows_each_epoch
 from PIL import Image
 
@@ -80,3 +81,21 @@ def warn_of_everything() -> Drawn:
 def test_a_drawing_job_hands_back_only_the_warnings_about_its_picture() -> None:
     assert run_job(warn_of_everything).warnings == ["No artists with labels found to put in legend.",
                                                     "invalid value encountered in divide"]
+
+
+def test_a_full_disk_names_the_picture_it_could_not_write_and_leaves_no_part_of_it(tmp_path: Path) -> None:
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("a small tmpfs cannot be mounted here: needs root")
+    try:
+        (disk / "fill").write_bytes(bytes(60 * 1024))
+        target = disk / "latents" / "scatter" / "epoch_003.png"
+        noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+        with pytest.raises(OSError, match=f"No space left on device: '{target}'"):
+            save_png(Image.fromarray(noise), str(target))
+        assert not [p.name for p in target.parent.iterdir()]  # no half-written PNG or frame
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -35,11 +35,15 @@ def save_png(image: Image.Image, path: str) -> str:
     from lvae.figures.animation import save_frame
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
-    image.save(tmp, format="PNG", compress_level=1)  # zlib level 1: 0.6x the time of level 6, 11% larger
-    tmp.replace(path)
-    save_frame(image, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp, format="PNG", compress_level=1)  # zlib level 1: 0.6x the time of level 6, 11% larger
+        tmp.replace(path)
+        save_frame(image, path)
+    except OSError as err:  # a full disk: say which file, and leave no half-written one taking the space
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), err.filename or str(path)) from None
     return str(path)
 
 
