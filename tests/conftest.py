@@ -117,3 +117,20 @@ def assert_gif_shows_each_epoch(folder: Path, epochs: int) -> None:
             assert np.abs(shown[:height, :width] - pixels).mean() < 4, f"the GIF's frame of {png.name} is not that PNG"
             rest = np.concatenate([shown[height:].reshape(-1, 3), shown[:height, width:].reshape(-1, 3)])
             assert (rest >= 250).all(), f"the GIF's frame of {png.name} is not on white"
+
+
+_RUNS_A_COMMAND: dict[str, bool] = {}
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Mark `command` the tests of modules that start the lvae command or another process: `make test-fast` runs the
+    rest, in-process, after every change."""
+    import inspect
+
+    for item in items:
+        module = item.module.__name__
+        if module not in _RUNS_A_COMMAND:
+            source = inspect.getsource(item.module)
+            _RUNS_A_COMMAND[module] = any(call in source for call in ("run_lvae(", "subprocess.", "Popen("))
+        if _RUNS_A_COMMAND[module]:
+            item.add_marker(pytest.mark.command)
