@@ -93,7 +93,10 @@ def test_picture_callbacks_hold_sigterm_at_the_end_of_fit_in_any_trainer(tmp_pat
 
     got, marks, last = [], tmp_path / "marks", tmp_path / "latents" / "slow" / "evolution.gif"
     # What the process's handler sees when SIGTERM reaches it: whether the last picture and its GIF are done.
-    mine = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(last.is_file()))
+    def note(signum, frame) -> None:
+        got.append(last.is_file())
+
+    found = signal.signal(signal.SIGTERM, note)
 
     def terminate_once_the_last_epoch_is_drawn() -> None:
         while not (marks / "started_1").exists():
@@ -112,7 +115,8 @@ def test_picture_callbacks_hold_sigterm_at_the_end_of_fit_in_any_trainer(tmp_pat
         assert (tmp_path / "latents" / "slow" / "epoch_001.png").is_file()
         assert (tmp_path / "latents" / "slow" / "evolution.gif").is_file()
     finally:
-        assert signal.signal(signal.SIGTERM, mine) is not None
+        given_back = signal.signal(signal.SIGTERM, found)
+    assert given_back is note  # lvae's hold gave back the handler it found
 
 
 @pytest.mark.parametrize(("signum", "code", "said"), [(signal.SIGTERM, 143, "lvae: stopped by SIGTERM"),
