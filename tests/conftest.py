@@ -1,9 +1,13 @@
 """Fixtures: tiny MNIST-format IDX files written here, real digits from ../shared/data when present, and a way
 to run the `lvae` command as a user does and read back what it wrote."""
 
+import logging
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +55,34 @@ def real_mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+class LvaeLines(logging.Handler):
+    """What lvae says (its `lvae` logger: lines and notices) while in a `with`, as the user reads it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> list[str]:
+        logging.getLogger("lvae").addHandler(self)
+        return self.lines
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("lvae").removeHandler(self)
+
+
+@contextmanager
+def notices(pattern: str) -> Iterator[list[str]]:
+    """Assert that lvae says a line matching `pattern` while the block runs, as a sentence starting "lvae: " (not a
+    Python warning); yields every line it said."""
+    with LvaeLines() as lines:
+        yield lines
+    assert any(re.search(pattern, line) for line in lines), f"no lvae line matches {pattern!r}: {lines}"
+    assert all(line.startswith("lvae: ") for line in lines), lines
+
+
 def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "LVAE_"))}
     env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONUNBUFFERED="1")
@@ -71,6 +103,29 @@ def run_lvae(args: list[str], cwd: Path, env: dict[str, str] | None = None, time
         raise AssertionError(f"lvae {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-6000:]}")
     return proc
+
+
+def lvae(*args: str) -> int:
+    """`lvae ARGS` in this process, as a notebook calls it; its exit code. Much faster than `run_lvae` (no import of
+    Lightning, torch and W&B per call): for what the command writes and says, not for signals or start-up."""
+    from lvae.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as exit:
+        return exit.code or 0
+    return 0
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working folder, made the current one, with W&B offline (not silent: lvae quiets offline W&B itself),
+    as `lvae` in-process needs."""
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    return cwd
 
 
 def small_fit_args(data_dir: Path, *extra: str, pictures: bool = False) -> list[str]:

@@ -11,37 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import lvae
 from test_faults import MESSAGES  # what the README's table quotes
 
 from lvae import CheckpointError, ConfigError
 from lvae.ckpt_path import check_checkpoint, flags
-from lvae.cli import main
 from lvae.runs import RunFolder, launcher_run_id
 
 RULE = MESSAGES["run id rule"]
 
 
-def lvae(*args: str) -> int:
-    """`lvae ARGS` in this process, as a notebook calls it; its exit code."""
-    try:
-        main(list(args))
-    except SystemExit as exit:
-        return exit.code or 0
-    return 0
-
-
 def fit_args(data_dir: Path, *extra: str) -> list[str]:
     return ["fit", "--data.data_dir", str(data_dir), "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
             "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]", *extra]
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cwd = tmp_path / "work"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("WANDB_MODE", "offline")  # and not silent: lvae quiets offline W&B itself
-    return cwd
 
 
 @pytest.mark.parametrize("run_id", ["../escape2", "/tmp/abs-run", "a b", "x" * 65, "-flag", ".hidden", "", "é"])
