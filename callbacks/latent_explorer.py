@@ -8,7 +8,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from jsonargparse.typing import PositiveInt
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -19,6 +18,7 @@ from lvae.errors import ConfigError
 from lvae.latents import Latents, as_pictures, decode_images, label_names
 from lvae.metrics import uncertainty as posterior_uncertainty
 from lvae.picture_callback import PictureCallback
+from lvae.say import notice
 
 
 def thumbnails(images: Tensor, px: int) -> np.ndarray:
@@ -182,7 +182,7 @@ class LatentExplorer(PictureCallback):
             if page.is_file():
                 self.sink.log_page(self.page_name, page)
         except Exception as err:  # a picture must never end training
-            rank_zero_warn(f"LatentExplorer: the explorer page was not logged ({type(err).__name__}: {err})")
+            notice(f"LatentExplorer: the explorer page was not logged ({type(err).__name__}: {err})")
 
     @override
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:

@@ -7,10 +7,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lvae.latents import gather_by_index
+from lvae.say import say
 
 
 class LatentExport(Callback):
@@ -77,4 +77,4 @@ class LatentExport(Callback):
         if trainer.is_global_zero:
             self._target.parent.mkdir(parents=True, exist_ok=True)
             np.savez(self._target, **{k: v.numpy() for k, v in arrays.items()})
-            rank_zero_info(f"lvae: wrote {len(arrays['index'])} latents to {self._target}")
+            say(f"lvae: wrote {len(arrays['index'])} latents to {self._target}")

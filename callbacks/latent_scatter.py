@@ -6,7 +6,6 @@ import lightning as L
 import numpy as np
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -15,6 +14,7 @@ from lvae.errors import ConfigError
 from lvae.latents import Latents, as_pictures, label_names
 from lvae.metrics import uncertainty as posterior_uncertainty
 from lvae.picture_callback import PictureCallback
+from lvae.say import notice
 
 Limits = tuple[float, float, float, float]  # xmin, xmax, ymin, ymax
 
@@ -259,8 +259,8 @@ class LatentScatter(PictureCallback):
         limits and the thumbnails' inputs take milliseconds, and must be settled before the next epoch's."""
         view = self._view_of(latents.mu.shape[1])
         if self._view is not None and self._view != view:
-            rank_zero_warn(f"LatentScatter: the checkpoint's limits, axes and thumbnails belong to the view "
-                           f"{self._view!r}, this run draws {view!r}; they are chosen afresh from this epoch")
+            notice(f"LatentScatter: the checkpoint's limits, axes and thumbnails belong to the view "
+                   f"{self._view!r}, this run draws {view!r}; they are chosen afresh from this epoch")
             self._fixed = self._basis = self._drawn = self._thumbs = None
         self._view = view
         points, shapes, (xlabel, ylabel), view_text = self._project(latents)
@@ -376,7 +376,7 @@ class LatentScatter(PictureCallback):
             try:
                 self._log_table(self._last, self._last.epoch)
             except Exception as err:
-                rank_zero_warn(f"LatentScatter: no table of means ({type(err).__name__}: {err})")
+                notice(f"LatentScatter: no table of means ({type(err).__name__}: {err})")
         self._last = None
         super().on_fit_end(trainer, pl_module)  # waits for the last picture
 

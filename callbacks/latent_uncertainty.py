@@ -5,7 +5,6 @@ from typing import Optional
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import make_grid
 from typing_extensions import override
 
@@ -15,6 +14,7 @@ from lvae.latents import Latents, grid_picture, unusable
 from lvae.metrics import (active_dims, active_units, kl_per_dim, neighbour_disagreement, per_class_mean, pixel_mass,
                           spearman, uncertainty)
 from lvae.picture_callback import PictureCallback
+from lvae.say import notice
 
 
 class LatentUncertainty(PictureCallback):
@@ -92,7 +92,7 @@ class LatentUncertainty(PictureCallback):
                 epoch: int) -> Optional[Job]:
         reason = self._skip_reason(latents)
         if reason is not None:
-            rank_zero_warn(f"LatentUncertainty: no uncertainty pictures for epoch {epoch}: {reason}")
+            notice(f"LatentUncertainty: no uncertainty pictures for epoch {epoch}: {reason}")
             return None
         # Numbers are measured here, in the training loop, where the loggers are; the drawing process only draws.
         # One neighbour search, about 0.1 s at 5000 inputs.

@@ -4,7 +4,6 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchvision.utils import make_grid
 from typing_extensions import override
@@ -13,6 +12,7 @@ from lvae.drawing import Job
 from lvae.errors import ConfigError
 from lvae.latents import Latents, as_pictures, decode_images, grid_picture
 from lvae.picture_callback import PictureCallback
+from lvae.say import notice
 
 
 class PriorSamples(PictureCallback):
@@ -75,9 +75,9 @@ class PriorSamples(PictureCallback):
         if self.z is None:
             self.z = self._draw_prior()
         elif tuple(self.z.shape) != wanted:
-            rank_zero_warn(f"PriorSamples: the checkpoint's prior draws have shape {tuple(self.z.shape)}, this run "
-                           f"needs (n_samples, latent_dim) = {wanted}; new draws are made (seed {self.seed}), so the "
-                           "sample grids before and after this point are not comparable")
+            notice(f"PriorSamples: the checkpoint's prior draws have shape {tuple(self.z.shape)}, this run "
+                   f"needs (n_samples, latent_dim) = {wanted}; new draws are made (seed {self.seed}), so the "
+                   "sample grids before and after this point are not comparable")
             self.z = self._draw_prior()
 
     @override
@@ -88,8 +88,8 @@ class PriorSamples(PictureCallback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         if state_dict["seed"] != self.seed:
-            rank_zero_warn(f"PriorSamples: the checkpoint's prior draws were made with seed {state_dict['seed']}, "
-                           f"this run asks for PriorSamples.seed={self.seed}; new draws are made")
+            notice(f"PriorSamples: the checkpoint's prior draws were made with seed {state_dict['seed']}, "
+                   f"this run asks for PriorSamples.seed={self.seed}; new draws are made")
             return
         self.z = state_dict["z"]
         self._check_prior()
@@ -124,8 +124,8 @@ class PriorSamples(PictureCallback):
         elif self._latent_dim is None and self.z is not None:
             self._latent_dim = int(self.z.shape[1])  # nothing collected this epoch: the checkpoint's draws
         if self._latent_dim is None:
-            rank_zero_warn(f"PriorSamples: no prior samples for epoch {epoch}: no validation latents were collected, "
-                           "so the size of z is unknown")
+            notice(f"PriorSamples: no prior samples for epoch {epoch}: no validation latents were collected, "
+                   "so the size of z is unknown")
             return None
         self._check_prior()
         z = self.z

@@ -8,7 +8,6 @@ import lightning as L
 import numpy as np
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -17,6 +16,7 @@ from lvae.errors import ConfigError
 from lvae.latents import Latents, as_pictures, decode_images, label_names, unusable
 from lvae.picture_callback import PictureCallback
 from lvae.tsne import TSNESteps
+from lvae.say import notice
 
 class TSNEEmbedding(PictureCallback):
     """openTSNE on the validation means of a fixed subset of inputs, with the current prior samples placed in the
@@ -146,14 +146,14 @@ class TSNEEmbedding(PictureCallback):
         if reason is None and latents.mu.shape[1] < 2:
             reason = "a 1-D latent space has nothing for t-SNE to arrange; LatentScatter draws its means directly"
         if reason is not None:
-            rank_zero_warn(f"TSNEEmbedding: no t-SNE for epoch {epoch}: {reason}")
+            notice(f"TSNEEmbedding: no t-SNE for epoch {epoch}: {reason}")
             return None
         latents = latents.select(torch.arange(min(len(latents), self.max_points)))  # sorted by index: the same rows
         if 3 * self.perplexity >= len(latents):
-            rank_zero_warn(f"TSNEEmbedding: {len(latents)} validation means at epoch {epoch} are too few for "
-                           f"TSNEEmbedding.perplexity={self.perplexity} (t-SNE needs more than 3 x perplexity); "
-                           f"t-SNE skipped. Lower the perplexity below {len(latents) / 3:g} or follow more inputs "
-                           "(model.latent_points, limit_val_batches)")
+            notice(f"TSNEEmbedding: {len(latents)} validation means at epoch {epoch} are too few for "
+                   f"TSNEEmbedding.perplexity={self.perplexity} (t-SNE needs more than 3 x perplexity); "
+                   f"t-SNE skipped. Lower the perplexity below {len(latents) / 3:g} or follow more inputs "
+                   "(model.latent_points, limit_val_batches)")
             return None
         z = self.prior_z(latents.mu.shape[1])
         decoded = decode_images(pl_module, z, tuple(latents.image.shape[1:]))  # (P, C, H, W)
@@ -213,8 +213,8 @@ class TSNEEmbedding(PictureCallback):
         if previous is None:
             return None, None
         if not torch.equal(previous["index"], index):
-            rank_zero_warn(f"TSNEEmbedding: the inputs mapped at epoch {epoch} are not those of the map of epoch "
-                           f"{previous['embedding_epoch']} ({len(index)} vs {len(previous['index'])} points); the map "
-                           "starts again from a PCA")
+            notice(f"TSNEEmbedding: the inputs mapped at epoch {epoch} are not those of the map of epoch "
+                   f"{previous['embedding_epoch']} ({len(index)} vs {len(previous['index'])} points); the map "
+                   "starts again from a PCA")
             return None, None
         return previous["embedding"].numpy(), previous["embedding_epoch"]

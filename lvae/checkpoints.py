@@ -14,13 +14,13 @@ import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lvae.bounded import check_checkpoint_archive
 from lvae.errors import CheckpointError, CheckpointWriteError
 from lvae.runs import continue_flags
+from lvae.say import notice, say
 
 PARTIAL = ".partial"
 
@@ -115,7 +115,7 @@ class RunCheckpoint(ModelCheckpoint):
         # Only when training: `lvae validate` may run beside a fit of the same run, whose write is not stale.
         if stage == "fit" and trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
             for stale in Path(self.dirpath).glob(f".*{PARTIAL}"):
-                rank_zero_warn(f"removing {stale}, a checkpoint a killed run did not finish writing")
+                notice(f"removing {stale}, a checkpoint a killed run did not finish writing")
                 stale.unlink()
 
     @override
@@ -187,10 +187,10 @@ class RunCheckpoint(ModelCheckpoint):
         try:
             trainer.save_checkpoint(path, weights_only=self.save_weights_only)
         except Exception as err:  # e.g. the interrupted step had diverged: keep the last good file
-            rank_zero_warn(f"interrupted, and no checkpoint could be written ({err}); {path} is the last one")
+            notice(f"interrupted, and no checkpoint could be written ({err}); {path} is the last one")
             return
-        rank_zero_info(f"lvae: interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved "
-                       f"{path}. Continue with {continue_flags(path)}.")
+        say(f"lvae: interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved "
+            f"{path}. Continue with {continue_flags(path)}.")
 
     @override
     def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:

@@ -6,7 +6,6 @@ from typing import Literal
 
 import torch
 from jsonargparse.typing import OpenUnitInterval, PositiveInt
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchvision import datasets
 from torchvision.datasets.utils import calculate_md5
@@ -14,6 +13,7 @@ from typing_extensions import override
 
 from lvae.errors import DataFilesError
 from lvae.image_folder import ImageDataModule, refuse_unless, split_off
+from lvae.say import say
 
 
 def cifar10_files() -> list[tuple[str, str]]:
@@ -127,4 +127,4 @@ class CIFAR10DataModule(ImageDataModule):
         train, val = split_off(len(images), self.hparams.val_fraction, self.hparams.split_seed)
         self.splits = {"train": (images[train], labels[train]), "val": (images[val], labels[val]),
                        "test": self._read(train=False)[:2]}
-        rank_zero_info("cifar10: " + ", ".join(f"{k} {len(v[0])}" for k, v in self.splits.items()))
+        say("cifar10: " + ", ".join(f"{k} {len(v[0])}" for k, v in self.splits.items()))

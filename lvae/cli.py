@@ -29,7 +29,6 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
@@ -43,6 +42,7 @@ from lvae.model import VAE
 from lvae.resume import RandomState, WandbHistory
 from lvae.runs import RunFolder, check_run_id, continue_flags, first_start, global_zero, launcher_run_id, shell
 from lvae.signals import SIGINT_EXIT, SIGTERM_EXIT, STOPPED, EntrySignals
+from lvae.say import notice, say
 
 RUN_ID_ENV = "LVAE_RUN_ID"  # how DDP ranks started by Lightning learn the run id that rank zero chose
 WANDB_PROBE_SECONDS = 5.0
@@ -243,7 +243,7 @@ class RunConfig(SaveConfigCallback):
     @override
     def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if self.announce:
-            rank_zero_info(self.announce)
+            say(self.announce)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path, n = self.run_dir / "config.yaml", 2
         while path.exists():
@@ -511,8 +511,8 @@ class LVAECLI(LightningCLI):
             raise CheckpointError(f"--ckpt_path last: run {run_dir.name} has no checkpoint to continue ({run_dir} "
                                   "holds no checkpoints/: it stopped before its first one). Start it again "
                                   f"under another --run_id, or remove {run_dir} to reuse the id.")
-        rank_zero_info(f"lvae: run {run_dir.name} has no checkpoint yet; starting it from the beginning (the same "
-                       "command continues it once it has one)")
+        say(f"lvae: run {run_dir.name} has no checkpoint yet; starting it from the beginning (the same "
+            "command continues it once it has one)")
         config.ckpt_path = None
 
     @override
@@ -595,7 +595,7 @@ class LVAECLI(LightningCLI):
                     args.settings = {"silent": True}
                 sync = f"wandb sync {shell(run_dir)}/wandb/offline-run-*"  # the glob stays the shell's
                 if why:
-                    rank_zero_warn(f"W&B is not reachable ({why}); logging offline instead. Upload later with: {sync}")
+                    notice(f"W&B is not reachable ({why}); logging offline instead. Upload later with: {sync}")
                 if self._print_config:
                     continue
                 if self.subcommand != "fit":

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets
 from typing_extensions import override
 
 from lvae.errors import ConfigError, DataFilesError
+from lvae.say import say
 
 DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # IDX headers: 0x0803 (uint8, 3 dims), 0x0801 (uint8, 1 dim)
@@ -408,7 +408,7 @@ class MNISTDataModule(L.LightningDataModule):
         val, train = order[:n_val].sort().values, order[n_val:].sort().values
         self.splits = {"train": (images[train], labels[train]), "val": (images[val], labels[val]),
                        "test": self._read(train=False)}
-        rank_zero_info(f"{self.hparams.dataset}: " + ", ".join(f"{k} {len(v[0])}" for k, v in self.splits.items()))
+        say(f"{self.hparams.dataset}: " + ", ".join(f"{k} {len(v[0])}" for k, v in self.splits.items()))
 
     def _loader(self, split: str, shuffle: bool) -> "InMemoryBatches | DataLoader":
         images, labels = self.splits[split]

@@ -337,11 +337,12 @@ class _Child:
             _settle(future, False, self._stopped)
 
     def _pass_on_stderr(self) -> None:
+        from lvae.say import own_line  # in the training process only: the drawing process stays light
+
         with self.process.stderr as stream:
             for line in stream:
                 text = line.decode(errors="replace")
-                sys.stderr.write(text)
-                sys.stderr.flush()
+                own_line(text)  # above the progress bar, never glued to it
                 if text.strip():
                     self._last_line = text.strip()
 

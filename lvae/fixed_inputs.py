@@ -5,11 +5,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lvae.latents import Latents, as_pictures
 from lvae.picture_callback import PictureCallback
+from lvae.say import notice
 
 
 def pixels(images: Tensor) -> np.ndarray:
@@ -49,9 +49,9 @@ class FixedInputs:
         if self.index is not None:
             missing = self.index[~torch.isin(self.index, latents.index)]
             if len(missing):
-                rank_zero_warn(f"{self.owner}: the inputs it showed (dataset indices {missing.tolist()[:5]}) are not "
-                               "among this epoch's validation latents (model.latent_points or the data changed?); "
-                               "new inputs are chosen, so the pictures before and after this point differ")
+                notice(f"{self.owner}: the inputs it showed (dataset indices {missing.tolist()[:5]}) are not "
+                       "among this epoch's validation latents (model.latent_points or the data changed?); "
+                       "new inputs are chosen, so the pictures before and after this point differ")
                 self.index = None
         if self.index is None:
             self.index = self._choose(latents)
@@ -75,8 +75,8 @@ class FixedInputs:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if (state["n"], state["seed"]) != (self.n, self.seed):
-            rank_zero_warn(f"{self.owner}: the checkpoint showed {state['n']} inputs chosen with seed {state['seed']}, "
-                           f"this run asks for {self.n} with seed {self.seed}; new inputs are chosen")
+            notice(f"{self.owner}: the checkpoint showed {state['n']} inputs chosen with seed {state['seed']}, "
+                   f"this run asks for {self.n} with seed {self.seed}; new inputs are chosen")
             return
         self.index = state["index"]
 

@@ -16,7 +16,6 @@ import lightning as L
 import numpy as np
 import torch
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt
-from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -26,6 +25,7 @@ from typing_extensions import override
 from lvae.data import Batch, InMemoryBatches, trained_steps
 from lvae.errors import ConfigError, DataFilesError
 from lvae.runs import shell
+from lvae.say import say
 
 LAYOUT = ("Expected one sub-folder per class holding that class's images (root/cat/001.png, root/dog/002.jpg, ...), "
           "or, for unlabelled images, the images directly in the folder (root/001.png, ...). Image files end in "
@@ -152,8 +152,8 @@ class FolderWalk:
     def report(self) -> None:
         """Say how many links were passed over, if any."""
         if self.repeats:
-            rank_zero_info(f"data.{self.arg}={self.root}: passed over {self.repeats} link(s) to folders or images "
-                           "already read; each image is read once")
+            say(f"data.{self.arg}={self.root}: passed over {self.repeats} link(s) to folders or images "
+                "already read; each image is read once")
 
 
 def scan(root: Path, arg: str) -> tuple[list[str], list[int], Optional[list[str]]]:
@@ -448,5 +448,5 @@ class ImageFolderDataModule(ImageDataModule):
         held = (f"held in memory as uint8 ({size / 2**20:.1f} MiB)" if keep else
                 f"streamed from the files by {hp.num_workers} workers ({size / 2**20:.1f} MiB exceeds "
                 f"data.memory_budget={hp.memory_budget})")
-        rank_zero_info(f"{hp.root}: {f'{len(classes)} classes' if classes else 'unlabelled'}, "
-                       + ", ".join(f"{k} {n}" for k, n in parts.items()) + f", {held}")
+        say(f"{hp.root}: {f'{len(classes)} classes' if classes else 'unlabelled'}, "
+            + ", ".join(f"{k} {n}" for k, n in parts.items()) + f", {held}")

@@ -13,11 +13,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.strategies import Strategy
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import default_collate
 
 from lvae.divergence import latents_diverged
+from lvae.say import notice
 
 
 @dataclass(frozen=True)
@@ -146,8 +146,8 @@ class LatentCollection:
             keep = torch.isin(rows["index"], self.subset)
             rows = {k: v[keep] for k, v in rows.items()}
         elif len(rows["index"]) < len(self.subset):
-            rank_zero_warn(f"only {len(rows['index'])} of the {len(self.subset)} followed validation inputs were seen "
-                           "this epoch (limit_val_batches?); the pictures show those")
+            notice(f"only {len(rows['index'])} of the {len(self.subset)} followed validation inputs were seen "
+                   "this epoch (limit_val_batches?); the pictures show those")
         if finish is not None:
             rows = finish(rows)
         self._result = Latents(epoch=self._epoch, **rows)
@@ -164,8 +164,8 @@ class LatentCollection:
 
     def load_state_dict(self, state: dict) -> None:
         if state["max_points"] != self.max_points or state["seed"] != self.seed:
-            rank_zero_warn(f"the checkpoint followed {state['max_points']} validation inputs (seed {state['seed']}) "
-                           f"and this run asks for {self.max_points} (seed {self.seed}): a new subset is drawn")
+            notice(f"the checkpoint followed {state['max_points']} validation inputs (seed {state['seed']}) "
+                   f"and this run asks for {self.max_points} (seed {self.seed}): a new subset is drawn")
             return
         self.subset = state["subset"]
 

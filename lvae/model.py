@@ -13,7 +13,6 @@ from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat,
 from torch import Tensor, nn
 from torch.distributions import Normal
 from torchmetrics import MaxMetric, MeanMetric
-from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from lvae.checkpoints import load_checkpoint
@@ -22,6 +21,7 @@ from lvae.errors import CheckpointError, ConfigError, DivergenceError
 from lvae.latents import LatentCollection, Latents, kl_to_prior
 from lvae.networks import ARCHITECTURES, ImageShape
 from lvae.trust import check_class_paths
+from lvae.say import say
 
 # A network is built as factory(latent_dim, image_shape, **init_args): in a config, a class_path and its init_args.
 NetworkFactory = Callable[[int, tuple[int, int, int]], nn.Module]
@@ -380,7 +380,7 @@ class VAE(L.LightningModule):
                     group["initial_lr"] *= lr / trained
         for config in self.trainer.lr_scheduler_configs:
             config.scheduler.base_lrs = [base * lr / trained for base in config.scheduler.base_lrs]
-        rank_zero_info(f"lvae: model.lr {trained} -> {lr}: applied to the restored optimizer")
+        say(f"lvae: model.lr {trained} -> {lr}: applied to the restored optimizer")
 
     @override
     def on_validation_epoch_start(self) -> None:

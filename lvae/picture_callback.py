@@ -13,7 +13,6 @@ import lightning as L
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
@@ -23,6 +22,7 @@ from lvae.errors import ConfigError, LVAEError
 from lvae.latents import FollowedInputs, Latents, unusable
 from lvae.signals import HeldSigterm
 from lvae.sink import PictureSink
+from lvae.say import notice, say
 
 # How long an interrupted run (Ctrl-C, or SIGTERM from a scheduler whose grace period is tens of seconds) waits for
 # the pictures being drawn and those of the last epoch, after last.ckpt is saved, so that the evolution ends where
@@ -118,13 +118,13 @@ class _Shared:
         self._ended = True
         self.sigterm.hold()
         for line in _skipped_lines(self.users):
-            rank_zero_info(line)
+            say(line)
         pictures = sum(1 for user in self.users if user._pending or user._kept is not None)
         made = sum(user._gifs_to_make() for user in self.users) if gifs else 0
         waiting = [f"the last epoch's {pictures} picture{'s' * (pictures != 1)}"] * bool(pictures) + \
                   [f"{made} evolution GIF{'s' * (made != 1)}"] * bool(made)
         if waiting:
-            rank_zero_info(f"lvae: drawing {' and '.join(waiting)}...")
+            say(f"lvae: drawing {' and '.join(waiting)}...")
         deadline = None if timeout is None else time.monotonic() + timeout
         for user in sorted(self.users, key=lambda user: bool(user._pending)):
             user._draw_kept(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -368,7 +368,7 @@ class PictureCallback(Callback):
         skipped."""
         reason = unusable(latents, min_points, finite)
         if reason is not None:
-            rank_zero_warn(f"{type(self).__name__}: no {what} for epoch {epoch}: {reason}")
+            notice(f"{type(self).__name__}: no {what} for epoch {epoch}: {reason}")
         return reason is None
 
     def apply(self, state: Any) -> None:
@@ -376,7 +376,7 @@ class PictureCallback(Callback):
 
     def _log(self, drawn: Drawn, epoch: int) -> None:
         for message in drawn.warnings:
-            rank_zero_warn(f"{type(self).__name__}: while drawing the picture of epoch {epoch}: {message}")
+            notice(f"{type(self).__name__}: while drawing the picture of epoch {epoch}: {message}")
         for name, path, caption in drawn.pictures:
             self.sink.log_picture(name, Path(path), epoch, caption)
         if drawn.scalars:
@@ -421,8 +421,8 @@ class PictureCallback(Callback):
             what = str(err)
         else:
             what = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-        rank_zero_warn(f"{type(self).__name__}: the picture of epoch {epoch} was skipped ({what}){hint}; training "
-                       "goes on")
+        notice(f"{type(self).__name__}: the picture of epoch {epoch} was skipped ({what}){hint}; training "
+               "goes on")
 
     def join(self) -> None:
         """Wait for this callback's pictures being drawn, if any, and log them."""
@@ -472,10 +472,10 @@ class PictureCallback(Callback):
             try:
                 drawn = run_job(Job("lvae.figures.animation:animate", {"folders": folders}))
             except Exception as err:  # a picture must never end training
-                rank_zero_warn(f"{type(self).__name__}: no evolution GIF ({type(err).__name__}: {err})")
+                notice(f"{type(self).__name__}: no evolution GIF ({type(err).__name__}: {err})")
                 return
             for message in drawn.warnings:
-                rank_zero_warn(f"{type(self).__name__}: while making the evolution GIF: {message}")
+                notice(f"{type(self).__name__}: while making the evolution GIF: {message}")
             for name, path in drawn.animations:
                 self.sink.log_animation(name, Path(path))
 
@@ -500,7 +500,7 @@ class PictureCallback(Callback):
                 shared.drawing.wait(max(0.0, deadline - time.monotonic()))
             self._collect(wait=False)
         except Exception as err:  # never raise here: Lightning would skip the other callbacks' on_exception
-            rank_zero_warn(f"{type(self).__name__}: could not log the last pictures ({type(err).__name__}: {err})")
+            notice(f"{type(self).__name__}: could not log the last pictures ({type(err).__name__}: {err})")
         finally:
             self._pending.clear()  # a picture not finished by now is abandoned
             self._kept, self._shared = None, None

@@ -79,8 +79,8 @@ def test_a_script_without_a_main_guard_gets_every_picture_and_runs_once(scripts:
 # sys.path entry added in a cell, and two fits run one after the other in one kernel.
 CELLS = [
     f'''\
+import logging
 import sys
-import warnings
 
 sys.path.insert(0, {str(TESTS)!r})  # foreign_vae's data and slow_picture: the user's own modules
 
@@ -110,14 +110,26 @@ class DrawnInTheNotebook(PictureCallback):
         return draw_here
 
 
+class Said(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
 def fit(folder, pictures):
-    """Fit for 2 epochs with `pictures`; print each warning that a picture was skipped."""
+    """Fit for 2 epochs with `pictures`; print each notice that a picture was skipped."""
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, default_root_dir=folder, callbacks=pictures,
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    said = Said()
+    logging.getLogger("lvae").addHandler(said)  # lvae's lines and notices
+    try:
         trainer.fit(ClassicVAE(), loader(*toy_digits(64, seed=0)), loader(*toy_digits(45, seed=1)))
-    print([str(w.message) for w in caught if "was skipped" in str(w.message)])''',
+    finally:
+        logging.getLogger("lvae").removeHandler(said)
+    print([line for line in said.lines if "was skipped" in line])''',
     'fit("first", [LatentScatter(), SlowPicture(out="slow", seconds=0.0)])',
     'fit("second", [LatentScatter(), DrawnInTheNotebook()])',
 ]
@@ -156,7 +168,7 @@ def test_a_drawing_defined_in_the_notebook_is_refused_with_what_to_do(notebook: 
     _, skipped = notebook
     assert len(skipped[1]) == 2, skipped[1]  # the notebook's own picture, each epoch; the scatter was drawn
     for epoch, message in enumerate(skipped[1]):
-        assert message == (f"DrawnInTheNotebook: the picture of epoch {epoch} was skipped (the drawing needs "
+        assert message == (f"lvae: DrawnInTheNotebook: the picture of epoch {epoch} was skipped (the drawing needs "
                            "draw_here, which is defined in __main__ (the script, notebook or `python -c` code being "
                            "run), and the drawing process does not run __main__: move draw_here into a module it can "
                            "import (a .py file on sys.path), or draw in the training loop with background=False); "

@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
-from conftest import assert_gif_shows_each_epoch
+from conftest import assert_gif_shows_each_epoch, notices
 import torch
 import wandb
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -284,10 +284,10 @@ def test_inputs_are_chosen_evenly_over_labels_and_checked_against_the_latents() 
     resumed.load_state_dict({**chosen.state_dict(), "index": chosen.index.flip(0)})
     assert torch.equal(latents.index[resumed.rows(latents)], chosen.index.flip(0))  # the checkpoint's, kept
     moved = handmade([0, 1, 2] * 4 + [3], first_index=0)  # other dataset indices: the old ones are gone
-    with pytest.warns(UserWarning, match=r"Test: the inputs it showed \(dataset indices \[.*\]\) are not among"):
+    with notices(r"Test: the inputs it showed \(dataset indices \[.*\]\) are not among"):
         rows = resumed.rows(moved)
     assert torch.equal(moved.index[rows], FixedInputs("Test", 8, seed=0).rows(moved))
-    with pytest.warns(UserWarning, match="the checkpoint showed 8 inputs chosen with seed 0, this run asks for 4"):
+    with notices("the checkpoint showed 8 inputs chosen with seed 0, this run asks for 4"):
         FixedInputs("Test", 4, seed=0).load_state_dict(chosen.state_dict())
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, cli_env, run_dirs, small_fit_args
+from conftest import REPO, cli_env, notices, run_dirs, small_fit_args
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from wandb_run import read_run
@@ -55,7 +55,7 @@ def test_a_picture_that_raises_does_not_stop_fit(mnist_root: Path, tmp_path: Pat
                                                  message: str):
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path), enable_progress_bar=False,
                         callbacks=[Broken(where, background)], default_root_dir=tmp_path)
-    with pytest.warns(UserWarning, match=rf"Broken: the picture of epoch \d was skipped \(.*{message}"):
+    with notices(rf"Broken: the picture of epoch \d was skipped \(.*{message}"):
         trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
     assert trainer.current_epoch == 2 and torch.isfinite(trainer.callback_metrics["val/loss"])
     assert list(tmp_path.glob("**/checkpoints/*.ckpt"))  # the checkpoints were written as usual
@@ -84,8 +84,8 @@ def test_a_killed_drawing_process_costs_one_picture_and_a_new_one_draws_the_next
     done = tmp_path / "drawn"
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, callbacks=[Killed(done)])
-    with pytest.warns(UserWarning, match=r"Killed: the picture of epoch 0 was skipped \(the drawing process stopped "
-                                         r"\(killed by SIGKILL\); the next picture starts a new one\)"):
+    with notices(r"Killed: the picture of epoch 0 was skipped \(the drawing process stopped "
+                 r"\(killed by SIGKILL\); the next picture starts a new one\)"):
         trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
     assert trainer.current_epoch == 2
     assert done.read_text() == "1"  # epoch 1 was drawn by a new drawing process

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import pytest
-from conftest import assert_gif_shows_each_epoch
+from conftest import assert_gif_shows_each_epoch, notices
 import torch
 import wandb
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -116,7 +116,7 @@ def test_prior_draws_of_another_latent_size_are_redrawn_with_a_warning(z2_run, m
     _, _, _, last = z2_run
     prior = PriorSamples()
     prior.load_state_dict(torch.load(last, weights_only=True)["callbacks"][prior.state_key])  # (64, 2) draws
-    with pytest.warns(UserWarning, match=r"prior draws have shape \(64, 2\).*\(64, 20\)"):
+    with notices(r"prior draws have shape \(64, 2\).*\(64, 20\)"):
         fit(VAE(latent_dim=20), mnist_root, [prior], CSVLogger(tmp_path), max_epochs=1)
     assert torch.equal(prior.z, seeded_prior(64, 20))
 
@@ -251,9 +251,9 @@ def test_unlabelled_inputs_get_an_uncertainty_picture_without_the_label_numbers(
 def test_unusable_latents_skip_the_pictures_with_a_warning():
     latents = handmade_latents([0] * 6 + [1] * 6)
     latents.mu[4, 0] = float("nan")
-    with pytest.warns(UserWarning, match=r"latents.mu holds NaN"):
+    with notices(r"latents.mu holds NaN"):
         assert LatentUncertainty(k_neighbours=3).prepare(None, None, latents, epoch=0) is None
-    with pytest.warns(UserWarning, match="too few"):
+    with notices("too few"):
         assert LatentUncertainty(k_neighbours=12).prepare(None, None, latents, epoch=0) is None
 
 

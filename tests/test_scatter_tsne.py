@@ -5,7 +5,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from conftest import assert_gif_shows_each_epoch
+from conftest import assert_gif_shows_each_epoch, notices
 import torch
 import wandb
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -195,7 +195,7 @@ def test_too_few_points_warn_and_skip_the_tsne(mnist_root, tmp_path):
     scatter, tsne = LatentScatter(background=False), TSNEEmbedding(perplexity=5.0, n_prior=4)
     trainer = L.Trainer(accelerator="cpu", logger=CSVLogger(tmp_path), callbacks=[scatter, tsne],
                         enable_progress_bar=False, enable_model_summary=False)
-    with pytest.warns(UserWarning, match=r"5 validation means .* too few for TSNEEmbedding.perplexity=5"):
+    with notices(r"5 validation means .* too few for TSNEEmbedding.perplexity=5"):
         trainer.validate(VAE(latent_points=5), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
     latents = Path(trainer.log_dir) / "latents"
     assert (latents / "scatter" / "epoch_000.png").is_file()
@@ -237,7 +237,7 @@ def test_a_resumed_run_starts_from_the_last_drawn_map_even_if_the_checkpoint_pre
 
 def test_a_one_dimensional_latent_space_is_drawn_along_one_axis(mnist_root, tmp_path):
     scatter, tsne = LatentScatter(background=False), TSNEEmbedding(**SMALL_TSNE, background=False)
-    with pytest.warns(UserWarning, match=r"TSNEEmbedding: no t-SNE for epoch 0: a 1-D latent space has nothing"):
+    with notices(r"TSNEEmbedding: no t-SNE for epoch 0: a 1-D latent space has nothing"):
         trainer = fit(tmp_path, mnist_root, [scatter, tsne], latent_dim=1, loggers=[CSVLogger(tmp_path)])
     latents = Path(trainer.log_dir) / "latents"
     assert sorted(p.name for p in (latents / "scatter").glob("*.png")) == ["epoch_000.png", "epoch_001.png"]
