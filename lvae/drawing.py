@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from queue import SimpleQueue
 from typing import IO, Any, Callable, Optional
 
+from lvae import figures
 from lvae.errors import ConfigError, LVAEError
 
 # The drawing process runs at this niceness: it takes the CPU time training leaves (see bench/README.md).
@@ -485,11 +486,9 @@ class DrawingPool:
         self.settle()
 
 
-# What the drawing jobs import: every figure module and, for the t-SNE map, openTSNE and scikit-learn (about 2 s of
-# CPU in all, 1 s of it openTSNE's import of scikit-learn and SciPy).
-DRAWING_STACK = ("lvae.figures.scatter", "lvae.figures.tsne", "lvae.figures.prior", "lvae.figures.uncertainty",
-                 "lvae.figures.traversal", "lvae.figures.interpolation", "lvae.figures.reconstructions",
-                 "lvae.figures.animation", "openTSNE", "sklearn.neighbors")
+# What the drawing jobs import: the modules of the figures lvae's callbacks name and, for the t-SNE map, openTSNE and
+# scikit-learn (about 2 s of CPU in all, 1 s of it openTSNE's import of scikit-learn and SciPy).
+DRAWING_STACK = (*figures.modules(figures.SHIPPED), *figures.LIBRARIES)
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")  # set by torchrun, Lightning's launcher, SLURM
 _early: Optional[DrawingProcess] = None
 

@@ -190,6 +190,30 @@ def is_running(pid: int) -> bool:
         return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def shipped_pictures() -> list[type[PictureCallback]]:
+    from lvae import callbacks
+
+    return [getattr(callbacks, name) for name in callbacks.__all__
+            if issubclass(getattr(callbacks, name), PictureCallback)]
+
+
+def test_every_figure_a_shipped_picture_names_is_a_function_and_the_lvae_command_imports_it_early() -> None:
+    # A typo in a callback's `figure` would otherwise show only as a warning from the drawing process, each epoch.
+    import importlib
+
+    from lvae import figures
+    from lvae.drawing import DRAWING_STACK
+
+    pictures = shipped_pictures()
+    assert len(pictures) == 8, pictures
+    named = {figure for picture in pictures for figure in picture.figures()}
+    for figure in sorted(named):
+        module, _, name = figure.partition(":")
+        assert callable(getattr(importlib.import_module(module), name, None)), figure
+    assert named == set(figures.SHIPPED)  # the list the `lvae` command reads before it imports any callback
+    assert {module for picture in pictures for module in picture.figure_modules()} <= set(DRAWING_STACK)
+
+
 def test_tensorboard_users_get_the_pictures_as_images(mnist_root: Path, tmp_path: Path) -> None:
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -227,13 +251,12 @@ def test_the_drawing_process_imports_neither_torch_nor_lightning_and_runs_one_na
     # Either import would cost training CPU on 2 cores: torch 2 s to import and 0.5 s to exit, Lightning 6 s. More
     # OpenMP threads than the one core training leaves wait on one another (0.13 s a neighbour search, not 0.02).
     # It runs niced, leaves Ctrl-C to the training process (which saves last.ckpt), and runs no file as __main__.
-    from lvae import callbacks
-    modules = tuple(m for name in callbacks.__all__ for m in getattr(getattr(callbacks, name), "figure_modules", ()))
-    assert "lvae.figures.tsne" in modules and "lvae.figures.reconstructions" in modules
+    from lvae.drawing import DRAWING_STACK
+
+    assert "lvae.figures.tsne" in DRAWING_STACK and "openTSNE" in DRAWING_STACK
     drawing = DrawingProcess()
     try:
-        drawing.submit(Job("lvae.drawing:import_modules",
-                           {"modules": (*modules, "lvae.figures.animation", "openTSNE", "sklearn.neighbors")})).result()
+        drawing.submit(Job("lvae.drawing:import_modules", {"modules": DRAWING_STACK})).result()
         held = drawing.submit(Job("drawing_probe:heavy_modules")).result(timeout=120).scalars
         pools = drawing.submit(Job("drawing_probe:native_threads")).result(timeout=120).scalars
         settings = drawing.submit(Job("drawing_probe:settings")).result(timeout=120).scalars
