@@ -35,6 +35,7 @@ from typing_extensions import override
 
 from lvae import noise, processes
 from lvae.bounded import check_yaml_aliases
+from lvae.command_line import PRINT_CONFIG, read_command_line
 from lvae.checkpoints import AtomicCheckpointIO, RunCheckpoint
 from lvae.ckpt_path import check_checkpoint, check_continues, find_last_checkpoint, section_values
 from lvae.data import check_same_batches, saved_train_position
@@ -50,7 +51,6 @@ WANDB_PROBE_SECONDS = 5.0
 # that `lvae --help` and a mistyped value would otherwise wait for.
 DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "lvae"}}
 ERROR_LINES = 4  # of a parser's message: with the line pointing at --help, a bad value costs at most 5 lines
-PRINT_CONFIG = "--print_config"
 DESCRIPTION = ("Train a VAE (lvae's, or your own LightningModule with encode/decode) on MNIST-format digits, CIFAR-10 "
                "or a folder of your images, and watch its latent space learn. Each run lives in runs/<run_id>/: its "
                "config, checkpoints, W&B run and pictures. `lvae explore runs/<run_id>` writes a run's latent "
@@ -440,8 +440,8 @@ class LVAECLI(LightningCLI):
                  next((f"{flag}={logger_with_save_dir(arg[len(flag) + 1:])}" for flag in LOGGER_FLAGS
                        if arg.startswith(f"{flag}=")), arg)
                  for i, arg in enumerate(given)]
-        kept = [arg for arg in given if arg != PRINT_CONFIG]
-        self._print_config = len(kept) < len(given)
+        kept = [arg for arg in given if arg != PRINT_CONFIG]  # `--print_config=...` is jsonargparse's to answer
+        self._print_config = read_command_line(given).print_config
         self.config = parser.parse_args(kept)
         # `--data lvae.ImageFolderDataModule` would otherwise keep every MNISTDataModule default the new class also
         # takes (jsonargparse carries a replaced class's arguments over, defaults included): predict_split=test
@@ -684,7 +684,7 @@ class LVAECLI(LightningCLI):
 def main(args: Any = None) -> None:
     """Entry point of the `lvae` console script and of `python -m lvae`."""
     given = list(sys.argv[1:] if args is None else args)
-    if given[:1] == ["explore"]:  # a page written again from a run's kept files: no trainer
+    if read_command_line(given).subcommand == "explore":  # a page written again from a run's kept files: no trainer
         from lvae.explore import main as explore_main
 
         sys.exit(explore_main(given[1:]))

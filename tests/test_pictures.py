@@ -158,27 +158,38 @@ class DrawnWhere(PictureCallback):
 
 def test_the_lvae_command_starts_the_drawing_process_early_and_the_fit_draws_with_it(
         mnist_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lvae import drawing
+    from lvae.command_line import read_command_line
+    from lvae.drawing import EarlyDrawing
+    from lvae.runs import RANK_VARIABLES
 
-    for name in drawing.RANK_VARIABLES:
+    for name in RANK_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for argv, rank in ((["fit", "--help"], None), (["fit", "--print_config"], None), (["test"], None),
-                       (["fit"], ("LOCAL_RANK", "1")), (["fit"], ("RANK", "3"))):
+                       (["fit"], ("LOCAL_RANK", "1")), (["fit"], ("RANK", "3")), (["fit"], ("GROUP_RANK", "1"))):
         if rank:
             monkeypatch.setenv(*rank)
-        drawing.start_early(argv)
-        assert drawing._early is None, argv  # nothing to draw, or not the rank that draws
+        with EarlyDrawing(read_command_line(argv)) as early:
+            assert early.process is None, argv  # nothing to draw, or not the rank that draws
         if rank:
             monkeypatch.delenv(rank[0])
-    drawing.start_early(["fit", "--config", "mnist"])
-    early = drawing._early.pid
-    assert early is not None and is_running(early)
-    callback = DrawnWhere()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, callbacks=[callback])
+    # Started, and not taken by any trainer: stopped with the command.
+    with EarlyDrawing(read_command_line(["validate"])) as early:
+        unused = early.process.pid
+    assert early.process is None and not is_running(unused)
+    with EarlyDrawing(read_command_line(["fit", "--config", "mnist"])) as early:
+        pid = early.process.pid
+        assert pid is not None and is_running(pid)
+        callback = DrawnWhere()
+        trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_checkpointing=False, callbacks=[callback])
+        trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
+        assert callback.pids == [pid, pid]  # taken over by the first trainer, not a second process
+        assert early.process is None and not is_running(pid)  # closed with the fit, as its own would be
+    second = DrawnWhere()
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, callbacks=[second])
     trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
-    assert callback.pids == [early, early]  # taken over by the first trainer, not a second process
-    assert drawing._early is None and not is_running(early)  # closed with the fit, as its own would be
+    assert second.pids and second.pids[0] != pid  # outside the command, a trainer starts its own
 
 
 def is_running(pid: int) -> bool:
