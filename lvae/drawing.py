@@ -419,7 +419,8 @@ class DrawingPool:
     first job, the first being the one the `lvae` command started early (`EarlyDrawing.take`). Each callback sends all its
     jobs to one process, its `slot`, so they are drawn in order (a t-SNE map starts from the last one); the pictures
     of other slots are drawn beside them. With `lend_core` (training leaves no core free), torch in the training
-    process uses one thread less while any job is pending; `settle`, on the training thread, gives it back."""
+    process uses one thread less while any job is pending; `settle`, on the training thread, gives it back, and
+    `close` and `stop` (the end of fit, teardown, an exception) give back the count the pool found in any case."""
 
     def __init__(self, size: int, lend_core: bool) -> None:
         self.processes = [EarlyDrawing.take(), *(DrawingProcess() for _ in range(size - 1))]
@@ -442,20 +443,24 @@ class DrawingPool:
         """Send `job` to the process of `slot` (`DrawingProcess.submit`)."""
         future = self.processes[slot].submit(job)
         self._pending.add(future)
-        if not self.lend_core:
-            return future
-        import torch  # the training process's: already imported there
+        if self.lend_core and self._threads is None:
+            import torch  # the training process's: already imported there
 
-        if self._threads is None and torch.get_num_threads() > 1:
-            self._threads = torch.get_num_threads()
-            torch.set_num_threads(self._threads - 1)  # a core for the drawing
+            if torch.get_num_threads() > 1:
+                self._threads = torch.get_num_threads()  # as found: what `settle` gives back
+                torch.set_num_threads(self._threads - 1)  # a core for the drawing
         return future
 
     def settle(self) -> None:
         """Give torch its threads back once no job is pending. On the training thread: torch's thread count is the
         calling thread's own OpenMP setting."""
         self._pending = {future for future in self._pending if not future.done()}
-        if not self._pending and self._threads is not None:
+        if not self._pending:
+            self._give_back_core()
+
+    def _give_back_core(self) -> None:
+        """torch's thread count as the pool found it before lending a core, if it lent one."""
+        if self._threads is not None:
             import torch
 
             torch.set_num_threads(self._threads)
@@ -474,20 +479,25 @@ class DrawingPool:
         return True
 
     def stop(self) -> None:
-        """Stop every process at once (`DrawingProcess.stop`)."""
-        for process in self.processes:
-            process.stop()
-        for future in self._pending:
-            future.cancel()
-        self._pending.clear()
-        self.settle()
+        """Stop every process at once (`DrawingProcess.stop`); torch gets back the threads it had."""
+        try:
+            for process in self.processes:
+                process.stop()
+            for future in self._pending:
+                future.cancel()
+        finally:
+            self._pending.clear()
+            self._give_back_core()
 
     def close(self) -> None:
-        """Finish: wait for the jobs sent, then end the processes."""
-        for process in self.processes:
-            process.close()
-        self._pending.clear()
-        self.settle()
+        """Finish: wait for the jobs sent, then end the processes; torch gets back the threads it had, also when
+        the wait is interrupted."""
+        try:
+            for process in self.processes:
+                process.close()
+        finally:
+            self._pending.clear()
+            self._give_back_core()
 
 
 # What the drawing jobs import: the modules of the figures lvae's callbacks name and, for the t-SNE map, openTSNE and
