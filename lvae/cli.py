@@ -33,12 +33,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from lvae import noise, processes
+from lvae import noise
 from lvae.bounded import check_yaml_aliases
-from lvae.command_line import PRINT_CONFIG, read_command_line
 from lvae.checkpoints import AtomicCheckpointIO, RunCheckpoint
 from lvae.ckpt_path import check_checkpoint, check_continues, find_last_checkpoint, section_values
+from lvae.command_line import PRINT_CONFIG, read_command_line
 from lvae.data import check_same_batches, saved_train_position
+from lvae.ddp_watch import DDPWatch
 from lvae.errors import CheckpointError, ConfigError, DivergenceError, LVAEError
 from lvae.model import VAE
 from lvae.resume import RandomState, WandbHistory
@@ -356,8 +357,10 @@ class LVAECLI(LightningCLI):
     """LightningCLI with one folder per run, offline W&B by default, runs that are found and never overwritten,
     and clean errors for bad values."""
 
-    def __init__(self, args: Any = None, run: bool = True, run_folder: Optional[RunFolder] = None):
+    def __init__(self, args: Any = None, run: bool = True, run_folder: Optional[RunFolder] = None,
+                 ddp_watch: Optional[DDPWatch] = None):
         self._print_config = False
+        self.ddp_watch = ddp_watch  # told the trainer and run once built: its message names them (main holds it)
         self._checkpoint_run: Optional[str] = None  # the run under the runs folder whose checkpoint this command reads
         # Claimed or held by fit; the caller that passes it releases it (main does, however the command ends).
         self.run_folder = run_folder if run_folder is not None else RunFolder()
@@ -648,7 +651,8 @@ class LVAECLI(LightningCLI):
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger) and logger.save_dir:
                     self.run_folder.make(Path(logger.save_dir))
-        processes.track(trainer, subcommand.get("run_id"))
+        if self.ddp_watch is not None:
+            self.ddp_watch.track(trainer, subcommand.get("run_id"))
         return trainer
 
     def after_fit(self) -> None:
@@ -698,8 +702,8 @@ def main(args: Any = None) -> None:
         sys.path.append(here)
     try:
         # SIGTERM is lvae's wherever Lightning's handler is not; a DDP process that stops ends the job with one message.
-        with EntrySignals(), noise.quiet(), processes.Job():
-            LVAECLI(args=args, run_folder=run_folder)
+        with EntrySignals(), noise.quiet(), DDPWatch() as ddp_watch:
+            LVAECLI(args=args, run_folder=run_folder, ddp_watch=ddp_watch)
     except LVAEError as err:
         if err.exit_code == 2:  # refused before any work: nothing of the run stays on disk
             run_folder.release(refused=True)
