@@ -31,7 +31,7 @@ from common import DATA_DIR, ensure_data, load  # noqa: E402
 
 from lvae import VAE, MNISTDataModule  # noqa: E402
 from lvae.drawing import Drawn, Job  # noqa: E402
-from lvae.picture_callback import PictureCallback  # noqa: E402
+from lvae.picture_callback import ANIMATION, PictureCallback  # noqa: E402
 
 CONFIG = REPO / "configs" / "fashion_mnist.yaml"
 Seconds = dict[tuple[str, str], list[float]]  # (callback, part) -> one value per epoch
@@ -106,7 +106,7 @@ def main() -> None:
         for callback in pictures:  # the GIFs were made at fit end; made again here, one picture at a time
             folders = {name: str(callback.sink.png_path(name, 0).parent) for name in callback.names}
             start = time.perf_counter()
-            Job("lvae.figures.animation:animate", {"folders": folders})()
+            Job(ANIMATION, {"folders": folders})()
             gif[type(callback).__name__] = (time.perf_counter() - start) / args.epochs
         logger.experiment.finish()
 

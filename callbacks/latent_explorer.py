@@ -61,7 +61,9 @@ class LatentExplorer(PictureCallback):
             are always drawn); False draws every epoch, training waiting.
     """
 
-    figure_modules = ("lvae.figures.explorer",)
+    figure = "lvae.figures.explorer:record"  # keeps an epoch's views and writes the page from all kept so far
+    rewrite_figure = "lvae.figures.explorer:rewrite"  # writes the page again, with a t-SNE map that came after it
+    other_figures = (rewrite_figure,)
     thumbnail_px = 32  # an input's longer side on the page: the hover card shows it at 64 px
     page_name = "explorer"  # the page is latents/explorer.html, its kept data latents/explorer/
 
@@ -146,10 +148,10 @@ class LatentExplorer(PictureCallback):
                 decoded = decode_images(pl_module, z, tuple(latents.image.shape[1:]))  # (P, C, H, W) in [0, 1]
                 prior = thumbnails((decoded * 255).round().to(torch.uint8), self.thumbnail_px)
         neg_elbo = shown.neg_elbo if shown.neg_elbo is not None else torch.full((len(shown),), float("nan"))
-        return Job("lvae.figures.explorer:record", dict(
+        return self.job(
             folder=str(self.sink.kept_path(self.page_name)), epoch=epoch, index=shown.index.numpy(),
             pca=points.float().numpy(), axes=axes, view=view, u=posterior_uncertainty(shown.logvar).numpy(),
-            neg_elbo=neg_elbo.numpy(), tsne_map=tsne_map, prior_images=prior, inputs=inputs))
+            neg_elbo=neg_elbo.numpy(), tsne_map=tsne_map, prior_images=prior, inputs=inputs)
 
     @override
     def apply(self, state: dict[str, Any]) -> None:
@@ -173,7 +175,7 @@ class LatentExplorer(PictureCallback):
             if self._tsne is not None:
                 self._tsne.join()  # its last map, for the page
             if self._page_misses_maps():
-                job = Job("lvae.figures.explorer:rewrite", {"page": str(page)})
+                job = self.job(self.rewrite_figure, page=str(page))
                 if self.background:  # in the drawing process, where the page's library is imported already
                     drawn = self._shared.submit(self, job).result()
                 else:

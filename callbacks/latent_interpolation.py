@@ -33,7 +33,7 @@ class LatentInterpolation(FixedInputsPicture):
     """
 
     names = ("interpolations",)
-    figure_modules = ("lvae.figures.interpolation",)
+    figure = "lvae.figures.interpolation:draw"
 
     def __init__(self, n_pairs: int = 5, steps: int = 10, seed: int = 0, every_n_epochs: int = 1,
                  background: bool = True, skip_when_busy: bool = True):
@@ -61,8 +61,8 @@ class LatentInterpolation(FixedInputsPicture):
         pairs, shape = len(a), tuple(chosen.image.shape[1:])
         lines = pixels(decode_images(pl_module, z.reshape(-1, z.shape[-1]), shape))  # (P*S, H, W[, 3])
         labels, index = label_texts(chosen.label, label_names(trainer), latents.labelled), chosen.index.tolist()
-        return Job("lvae.figures.interpolation:draw", dict(
+        return self.job(
             path=str(self.sink.png_path("interpolations", epoch)), epoch=epoch,
             ends=pixels(chosen.image).reshape(pairs, 2, *lines.shape[1:]),
             lines=lines.reshape(pairs, self.steps, *lines.shape[1:]), t=t.flatten().numpy(),
-            labels=list(zip(labels[0::2], labels[1::2])), index=list(zip(index[0::2], index[1::2]))))
+            labels=list(zip(labels[0::2], labels[1::2])), index=list(zip(index[0::2], index[1::2])))

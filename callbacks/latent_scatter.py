@@ -111,7 +111,7 @@ class LatentScatter(PictureCallback):
     """
 
     names = ("scatter",)
-    figure_modules = ("lvae.figures.scatter",)
+    figure = "lvae.figures.scatter:draw"
     figsize = (8.0, 6.6)  # inches; the PNG is 800x660
     # Axes placed by hand, leaving room for the two-line title and the legends on the right: matplotlib's
     # constrained layout measured twice the drawing time of the whole figure (224 ms against 103 ms).
@@ -302,12 +302,12 @@ class LatentScatter(PictureCallback):
         self._drawn = (index.clone(), torch.from_numpy(points).float())
         thumbs = self._thumbnail_rows(latents).numpy()  # (K,) rows
         name = self.names[0]
-        return Job("lvae.figures.scatter:draw", dict(
+        return self.job(
             name=name, path=str(self.sink.png_path(name, epoch)), previous=previous, figsize=self.figsize,
             axes_rect=self.axes_rect, points=points, labels=labels, names=names, sizes=sizes, alpha=alpha,
             ellipses=shapes, key=key, key_title="u(x)", limits=limits, axis_labels=(xlabel, ylabel),
             thumb_points=points[thumbs], thumb_images=as_pictures(latents.image[thumbs]), thumb_labels=labels[thumbs],
-            title=title, detail=detail))
+            title=title, detail=detail)
 
     def _thumbnail_rows(self, latents: Latents) -> Tensor:
         """The rows of this epoch's inputs drawn as thumbnails: the inputs chosen at the first drawn epoch (again

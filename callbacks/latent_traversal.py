@@ -40,7 +40,7 @@ class LatentTraversal(FixedInputsPicture):
     """
 
     names = ("traversals",)
-    figure_modules = ("lvae.figures.traversal",)
+    figure = "lvae.figures.traversal:draw"
 
     def __init__(self, n_inputs: int = 3, steps: int = 9, span: float = 2.5, max_dims: int = 10, seed: int = 0,
                  every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):
@@ -78,10 +78,10 @@ class LatentTraversal(FixedInputsPicture):
         shape = tuple(chosen.image.shape[1:])
         decoded = decode_images(pl_module, torch.cat([chosen.mu, z.reshape(-1, z_dim)]), shape)  # one decode
         pictures = pixels(decoded)  # (n + n*D*S, H, W[, 3])
-        return Job("lvae.figures.traversal:draw", dict(
+        return self.job(
             path=str(self.sink.png_path("traversals", epoch)), epoch=epoch, inputs=pixels(chosen.image),
             means=pictures[:n], labels=label_texts(chosen.label, label_names(trainer), latents.labelled),
             index=chosen.index.tolist(),
             steps=pictures[n:].reshape(n, n_dims, self.steps, *pictures.shape[1:]), values=values.numpy(),
             dims=dims.tolist(), kl=kl.numpy(), positions=chosen.mu[:, dims].numpy(),
-            inactive=sorted(order[~active[order]].tolist()), beyond=beyond.tolist()))
+            inactive=sorted(order[~active[order]].tolist()), beyond=beyond.tolist())

@@ -43,7 +43,7 @@ class LatentUncertainty(PictureCallback):
     """
 
     names = ("uncertainty",)
-    figure_modules = ("lvae.figures.uncertainty",)
+    figure = "lvae.figures.uncertainty:draw"
     figsizes = {"uncertainty": (9.2, 5.8)}  # inches
 
     def __init__(self, n_show: int = 16, nrow: int = 8, k_neighbours: int = 10, bins: int = 50,
@@ -126,10 +126,10 @@ class LatentUncertainty(PictureCallback):
                               labels=latents.label[rows].tolist() if latents.labelled else None,
                               values=scores[rows].tolist()))
         counts, edges = np.histogram(u.numpy(), bins=self.bins)
-        return Job("lvae.figures.uncertainty:draw", dict(
+        return self.job(
             path=str(self.sink.png_path("uncertainty", epoch)), figsize=self.figsizes["uncertainty"], epoch=epoch,
             counts=counts, edges=edges, mean=values["uncertainty/mean"],
             kl=kl_per_dim(latents.mu, latents.logvar).numpy(), active=active_dims(latents.mu).numpy(), grids=grids,
-            nrow=self.nrow))
+            nrow=self.nrow)
 
 

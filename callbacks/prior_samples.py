@@ -40,7 +40,7 @@ class PriorSamples(PictureCallback):
     """
 
     names = ("prior_samples", "manifold", "prior_positions")
-    figure_modules = ("lvae.figures.prior",)
+    figure = "lvae.figures.prior:draw"
     # inches; the sample grid at 2 PNG pixels an image pixel (8x8 MNIST draws: 484 px square)
     figsizes = {"prior_samples": (5.6, 6.0), "manifold": (6.4, 6.8), "prior_positions": (6.4, 6.4)}
     prior_reach = 2.0  # the manifold spans at least N(0, 1)'s -2 to 2 on each axis
@@ -145,6 +145,6 @@ class PriorSamples(PictureCallback):
                         extent=tuple(self._extent.tolist()), z=z.numpy(),
                         samples=as_pictures((samples * 255).round().to(torch.uint8)),
                         mu=None if latents is None else latents.mu.double().numpy())
-        return Job("lvae.figures.prior:draw", args)
+        return self.job(**args)
 
 

@@ -37,7 +37,7 @@ class Reconstructions(FixedInputsPicture):
     """
 
     names = ("reconstructions",)
-    figure_modules = ("lvae.figures.reconstructions",)
+    figure = "lvae.figures.reconstructions:draw"
 
     def __init__(self, n_inputs: int = 20, nrow: int = 5, seed: int = 0, every_n_epochs: int = 1,
                  background: bool = True, skip_when_busy: bool = True):
@@ -94,9 +94,9 @@ class Reconstructions(FixedInputsPicture):
             note = "NLL: -log p(x|z) of the draw shown, nats (the draw val/recon scores)."
         else:
             note = "NLL: -log p(x|z) of the module's own validation draw, nats."
-        return Job("lvae.figures.reconstructions:draw", dict(
+        return self.job(
             path=str(self.sink.png_path("reconstructions", epoch)), epoch=epoch, inputs=pixels(chosen.image),
             means=decoded[:n], draws=decoded[n:],
             labels=label_texts(chosen.label, label_names(trainer), latents.labelled),
             index=chosen.index.tolist(), nll=None if chosen.recon is None else chosen.recon.tolist(), note=note,
-            nrow=self.nrow))
+            nrow=self.nrow)

@@ -66,7 +66,7 @@ class TSNEEmbedding(PictureCallback):
     """
 
     names = ("tsne",)
-    figure_modules = ("lvae.figures.tsne",)
+    figure = "lvae.figures.tsne:map_and_draw"
     figsize = (8.0, 7.2)  # inches; the PNG is 800x720
     axes_rect = (0.02, 0.02, 0.8, 0.86)  # placed by hand: constrained layout doubled the drawing time
     knn_k = 10  # neighbours of the quality figure
@@ -157,11 +157,11 @@ class TSNEEmbedding(PictureCallback):
             return None
         z = self.prior_z(latents.mu.shape[1])
         decoded = decode_images(pl_module, z, tuple(latents.image.shape[1:]))  # (P, C, H, W)
-        return Job("lvae.figures.tsne:map_and_draw", dict(
+        return self.job(
             mu=latents.mu.double().numpy(), index=latents.index.numpy(), labels=latents.label.numpy(),
             names=label_names(trainer), start=None, init_epoch=None, steps=self.settings, z=z.double().numpy(),
             prior_images=as_pictures((decoded * 255).round().to(torch.uint8)),
-            path=str(self.sink.png_path("tsne", epoch)), epoch=epoch))
+            path=str(self.sink.png_path("tsne", epoch)), epoch=epoch)
 
     @override
     def commit(self, job: Job, epoch: int) -> Job:

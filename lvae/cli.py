@@ -32,11 +32,13 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from lvae import noise, processes
+from lvae import noise
 from lvae.bounded import check_yaml_aliases
 from lvae.checkpoints import AtomicCheckpointIO, RunCheckpoint
 from lvae.ckpt_path import check_checkpoint, check_continues, find_last_checkpoint, section_values
+from lvae.command_line import PRINT_CONFIG, read_command_line
 from lvae.data import check_same_batches, saved_train_position
+from lvae.ddp_watch import DDPWatch
 from lvae.errors import CheckpointError, ConfigError, DivergenceError, LVAEError
 from lvae.model import VAE
 from lvae.resume import RandomState, WandbHistory
@@ -50,7 +52,6 @@ WANDB_PROBE_SECONDS = 5.0
 # that `lvae --help` and a mistyped value would otherwise wait for.
 DEFAULT_LOGGER = {"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"project": "lvae"}}
 ERROR_LINES = 4  # of a parser's message: with the line pointing at --help, a bad value costs at most 5 lines
-PRINT_CONFIG = "--print_config"
 DESCRIPTION = ("Train a VAE (lvae's, or your own LightningModule with encode/decode) on MNIST-format digits, CIFAR-10 "
                "or a folder of your images, and watch its latent space learn. Each run lives in runs/<run_id>/: its "
                "config, checkpoints, W&B run and pictures. `lvae explore runs/<run_id>` writes a run's latent "
@@ -356,8 +357,10 @@ class LVAECLI(LightningCLI):
     """LightningCLI with one folder per run, offline W&B by default, runs that are found and never overwritten,
     and clean errors for bad values."""
 
-    def __init__(self, args: Any = None, run: bool = True, run_folder: Optional[RunFolder] = None):
+    def __init__(self, args: Any = None, run: bool = True, run_folder: Optional[RunFolder] = None,
+                 ddp_watch: Optional[DDPWatch] = None):
         self._print_config = False
+        self.ddp_watch = ddp_watch  # told the trainer and run once built: its message names them (main holds it)
         self._checkpoint_run: Optional[str] = None  # the run under the runs folder whose checkpoint this command reads
         # Claimed or held by fit; the caller that passes it releases it (main does, however the command ends).
         self.run_folder = run_folder if run_folder is not None else RunFolder()
@@ -440,8 +443,8 @@ class LVAECLI(LightningCLI):
                  next((f"{flag}={logger_with_save_dir(arg[len(flag) + 1:])}" for flag in LOGGER_FLAGS
                        if arg.startswith(f"{flag}=")), arg)
                  for i, arg in enumerate(given)]
-        kept = [arg for arg in given if arg != PRINT_CONFIG]
-        self._print_config = len(kept) < len(given)
+        kept = [arg for arg in given if arg != PRINT_CONFIG]  # `--print_config=...` is jsonargparse's to answer
+        self._print_config = read_command_line(given).print_config
         self.config = parser.parse_args(kept)
         # `--data lvae.ImageFolderDataModule` would otherwise keep every MNISTDataModule default the new class also
         # takes (jsonargparse carries a replaced class's arguments over, defaults included): predict_split=test
@@ -648,7 +651,8 @@ class LVAECLI(LightningCLI):
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger) and logger.save_dir:
                     self.run_folder.make(Path(logger.save_dir))
-        processes.track(trainer, subcommand.get("run_id"))
+        if self.ddp_watch is not None:
+            self.ddp_watch.track(trainer, subcommand.get("run_id"))
         return trainer
 
     def after_fit(self) -> None:
@@ -684,7 +688,7 @@ class LVAECLI(LightningCLI):
 def main(args: Any = None) -> None:
     """Entry point of the `lvae` console script and of `python -m lvae`."""
     given = list(sys.argv[1:] if args is None else args)
-    if given[:1] == ["explore"]:  # a page written again from a run's kept files: no trainer
+    if read_command_line(given).subcommand == "explore":  # a page written again from a run's kept files: no trainer
         from lvae.explore import main as explore_main
 
         sys.exit(explore_main(given[1:]))
@@ -698,8 +702,8 @@ def main(args: Any = None) -> None:
         sys.path.append(here)
     try:
         # SIGTERM is lvae's wherever Lightning's handler is not; a DDP process that stops ends the job with one message.
-        with EntrySignals(), noise.quiet(), processes.Job():
-            LVAECLI(args=args, run_folder=run_folder)
+        with EntrySignals(), noise.quiet(), DDPWatch() as ddp_watch:
+            LVAECLI(args=args, run_folder=run_folder, ddp_watch=ddp_watch)
     except LVAEError as err:
         if err.exit_code == 2:  # refused before any work: nothing of the run stays on disk
             run_folder.release(refused=True)

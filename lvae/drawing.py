@@ -28,11 +28,16 @@ import time
 import warnings
 from collections import deque
 from concurrent.futures import Future, InvalidStateError
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from queue import SimpleQueue
+from types import TracebackType
 from typing import IO, Any, Callable, Optional
 
+from lvae import figures
+from lvae.command_line import CommandLine
 from lvae.errors import ConfigError, LVAEError
+from lvae.runs import global_zero
 
 # The drawing process runs at this niceness: it takes the CPU time training leaves (see bench/README.md).
 DRAWING_NICENESS = 10
@@ -412,13 +417,14 @@ def process_count(training_cores: int) -> int:
 
 class DrawingPool:
     """The drawing processes of one trainer, shared by its picture callbacks: `size` of them, each started on its
-    first job, the first being the one the `lvae` command started early (`take_early`). Each callback sends all its
+    first job, the first being the one the `lvae` command started early (`EarlyDrawing.take`). Each callback sends all its
     jobs to one process, its `slot`, so they are drawn in order (a t-SNE map starts from the last one); the pictures
     of other slots are drawn beside them. With `lend_core` (training leaves no core free), torch in the training
-    process uses one thread less while any job is pending; `settle`, on the training thread, gives it back."""
+    process uses one thread less while any job is pending; `settle`, on the training thread, gives it back, and
+    `close` and `stop` (the end of fit, teardown, an exception) give back the count the pool found in any case."""
 
     def __init__(self, size: int, lend_core: bool) -> None:
-        self.processes = [take_early(), *(DrawingProcess() for _ in range(size - 1))]
+        self.processes = [EarlyDrawing.take(), *(DrawingProcess() for _ in range(size - 1))]
         self.lend_core = lend_core
         self._slots = 0  # slots handed out
         self._pending: set[Future] = set()
@@ -438,20 +444,24 @@ class DrawingPool:
         """Send `job` to the process of `slot` (`DrawingProcess.submit`)."""
         future = self.processes[slot].submit(job)
         self._pending.add(future)
-        if not self.lend_core:
-            return future
-        import torch  # the training process's: already imported there
+        if self.lend_core and self._threads is None:
+            import torch  # the training process's: already imported there
 
-        if self._threads is None and torch.get_num_threads() > 1:
-            self._threads = torch.get_num_threads()
-            torch.set_num_threads(self._threads - 1)  # a core for the drawing
+            if torch.get_num_threads() > 1:
+                self._threads = torch.get_num_threads()  # as found: what `settle` gives back
+                torch.set_num_threads(self._threads - 1)  # a core for the drawing
         return future
 
     def settle(self) -> None:
         """Give torch its threads back once no job is pending. On the training thread: torch's thread count is the
         calling thread's own OpenMP setting."""
         self._pending = {future for future in self._pending if not future.done()}
-        if not self._pending and self._threads is not None:
+        if not self._pending:
+            self._give_back_core()
+
+    def _give_back_core(self) -> None:
+        """torch's thread count as the pool found it before lending a core, if it lent one."""
+        if self._threads is not None:
             import torch
 
             torch.set_num_threads(self._threads)
@@ -470,51 +480,71 @@ class DrawingPool:
         return True
 
     def stop(self) -> None:
-        """Stop every process at once (`DrawingProcess.stop`)."""
-        for process in self.processes:
-            process.stop()
-        for future in self._pending:
-            future.cancel()
-        self._pending.clear()
-        self.settle()
+        """Stop every process at once (`DrawingProcess.stop`); torch gets back the threads it had."""
+        try:
+            for process in self.processes:
+                process.stop()
+            for future in self._pending:
+                future.cancel()
+        finally:
+            self._pending.clear()
+            self._give_back_core()
 
     def close(self) -> None:
-        """Finish: wait for the jobs sent, then end the processes."""
-        for process in self.processes:
-            process.close()
-        self._pending.clear()
-        self.settle()
+        """Finish: wait for the jobs sent, then end the processes; torch gets back the threads it had, also when
+        the wait is interrupted."""
+        try:
+            for process in self.processes:
+                process.close()
+        finally:
+            self._pending.clear()
+            self._give_back_core()
 
 
-# What the drawing jobs import: every figure module and, for the t-SNE map, openTSNE and scikit-learn (about 2 s of
-# CPU in all, 1 s of it openTSNE's import of scikit-learn and SciPy).
-DRAWING_STACK = ("lvae.figures.scatter", "lvae.figures.tsne", "lvae.figures.prior", "lvae.figures.uncertainty",
-                 "lvae.figures.traversal", "lvae.figures.interpolation", "lvae.figures.reconstructions",
-                 "lvae.figures.animation", "openTSNE", "sklearn.neighbors")
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")  # set by torchrun, Lightning's launcher, SLURM
-_early: Optional[DrawingProcess] = None
+# What the drawing jobs import: the modules of the figures lvae's callbacks name and, for the t-SNE map, openTSNE and
+# scikit-learn (about 2 s of CPU in all, 1 s of it openTSNE's import of scikit-learn and SciPy).
+DRAWING_STACK = (*figures.modules(figures.SHIPPED), *figures.LIBRARIES)
 
 
-def start_early(argv: list[str]) -> None:
-    """Start the drawing process and its imports before the `lvae` command imports Lightning: Lightning's import
+class EarlyDrawing:
+    """The drawing process the `lvae` command starts before it imports Lightning, and its owner. Lightning's import
     takes one core for about 6 s and leaves the other idle, which the drawing stack's import then uses instead of
-    the first epochs' training. Only for `fit` and `validate` (the commands that draw), not for `--help` or
-    `--print_config`, and only in the process of global rank zero (the one that draws). The first trainer's picture
-    callbacks take it over (`take_early`); unused, it ends with the command."""
-    global _early
-    if not argv or argv[0] not in ("fit", "validate") or _early is not None:
-        return
-    if any(arg in ("-h", "--help") or arg.startswith("--print_config") for arg in argv):
-        return
-    if any(os.environ.get(name, "0") != "0" for name in RANK_VARIABLES):
-        return
-    _early = DrawingProcess()
-    _early.submit(Job("lvae.drawing:import_modules", {"modules": DRAWING_STACK}))
+    the first epochs' training.
+
+    The entry point holds it in a `with` around the whole command. On entering, it starts the process for `fit` and
+    `validate` (the commands that draw), not for `--help` or `--print_config`, and only in the process of global rank
+    zero (the one that draws). The first trainer's pictures take it over (`take`, by their `DrawingPool`), which then
+    closes it with the fit; on leaving, a process nobody took is stopped."""
+
+    def __init__(self, command: CommandLine) -> None:
+        self.command = command
+        self.process: Optional[DrawingProcess] = None
+        self._token: Optional[Token] = None
+
+    def __enter__(self) -> "EarlyDrawing":
+        if self.command.draws and global_zero():
+            self.process = DrawingProcess()
+            self.process.submit(Job("lvae.drawing:import_modules", {"modules": DRAWING_STACK}))
+        self._token = _EARLY.set(self)
+        return self
+
+    def __exit__(self, kind: Optional[type], err: Optional[BaseException], tb: Optional[TracebackType]) -> None:
+        _EARLY.reset(self._token)
+        process, self.process = self.process, None
+        if process is not None:
+            process.stop()  # no trainer drew with it: its imports are of no more use
+
+    @staticmethod
+    def take() -> DrawingProcess:
+        """The process of the `EarlyDrawing` held open here, the first time it is asked for; a new one (started on
+        first use) after that, or where none is held (a script's own Trainer)."""
+        early = _EARLY.get()
+        process = early.process if early is not None else None
+        if early is not None:
+            early.process = None
+        return process if process is not None else DrawingProcess()
 
 
-def take_early() -> DrawingProcess:
-    """The drawing process `start_early` started, the first time it is asked for; a new one (started on first use)
-    after that, or when none was started."""
-    global _early
-    drawing, _early = _early, None
-    return drawing if drawing is not None else DrawingProcess()
+# The EarlyDrawing open around this command, set and reset by its `with`: the DrawingPool built deep inside
+# Lightning's setup finds it here.
+_EARLY: ContextVar[Optional[EarlyDrawing]] = ContextVar("lvae_early_drawing", default=None)

@@ -19,6 +19,7 @@ from typing_extensions import override
 from lvae.checkpoints import RunCheckpoint
 from lvae.drawing import DrawingPool, Drawn, DrawingStopped, Job, process_count, run_job, usable_cores
 from lvae.errors import ConfigError, LVAEError
+from lvae.figures import modules as modules_of
 from lvae.latents import FollowedInputs, Latents, unusable
 from lvae.signals import HeldSigterm
 from lvae.sink import PictureSink
@@ -28,6 +29,7 @@ from lvae.say import notice, say
 # the pictures being drawn and those of the last epoch, after last.ckpt is saved, so that the evolution ends where
 # training did.
 INTERRUPT_GRACE_SECONDS = 15.0
+ANIMATION = "lvae.figures.animation:animate"  # every picture's evolution GIF, made at the end of fit
 
 
 def training_cores(trainer: "L.Trainer") -> int:
@@ -152,9 +154,10 @@ _SHARED: "WeakKeyDictionary[L.Trainer, _Shared]" = WeakKeyDictionary()
 class PictureCallback(Callback):
     """Base of the latent picture callbacks: when to draw, drawing in another process, failures as warnings.
 
-    Subclasses implement `prepare`, which runs on rank zero in the training loop (model work such as decoding,
-    under inference mode, and anything cheap) and returns a job: a `lvae.drawing.Job` naming a function of an
-    `lvae.figures` module and its arguments (NumPy arrays and plain values). The function draws, writes its PNGs
+    Subclasses name their drawing function once, in `figure`, and implement `prepare`, which runs on rank zero in
+    the training loop (model work such as decoding, under inference mode, and anything cheap) and returns a job:
+    `job(...)`, a `lvae.drawing.Job` of that function of an `lvae.figures` module and its arguments (NumPy arrays and
+    plain values). The function draws, writes its PNGs
     and returns a `Drawn`. The job runs in one of the trainer's drawing processes (`lvae.drawing.DrawingPool`: one
     per core training leaves free, at least one; all of a callback's jobs in the same one, in order), so t-SNE and
     matplotlib neither hold training's GIL nor take its cores, and the training process never imports them; the
@@ -186,7 +189,10 @@ class PictureCallback(Callback):
     """
 
     names: tuple[str, ...] = ()  # picture names this callback writes; each gets an evolution GIF at fit end
-    figure_modules: tuple[str, ...] = ()  # imported by the drawing process while the first epoch trains
+    # The function that draws this callback's picture, "lvae.figures.scatter:draw", named here only: `job` builds the
+    # jobs from it, and the drawing process imports its module while the first epoch trains.
+    figure: str = ""
+    other_figures: tuple[str, ...] = ()  # further functions its jobs name (`job(figure, ...)`)
 
     def __init__(self, every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):
         if every_n_epochs < 1:
@@ -204,6 +210,22 @@ class PictureCallback(Callback):
         self._fit_start = 0  # the first epoch of this fit: the end-of-fit line is about this fit
         self._checkpoint_epoch: Optional[int] = None  # the epoch of a checkpoint loaded for validate
 
+    @classmethod
+    def figures(cls) -> tuple[str, ...]:
+        """Every figure function this callback's jobs name: its `figure`, its `other_figures` and, when it writes
+        pictures, the evolution GIF's."""
+        return tuple(figure for figure in (cls.figure, *cls.other_figures) if figure) + (ANIMATION,) * bool(cls.names)
+
+    @classmethod
+    def figure_modules(cls) -> tuple[str, ...]:
+        """The modules of its `figures`: imported by the drawing process while the first epoch trains."""
+        return modules_of(cls.figures())
+
+    def job(self, figure: Optional[str] = None, /, **kwargs: Any) -> Job:
+        """The job that draws with `figure` (by default this callback's own) from `kwargs`: NumPy arrays and plain
+        values."""
+        return Job(figure or self.figure, kwargs)
+
     @override
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         root = trainer.log_dir or trainer.default_root_dir  # a broadcast: resolved here, on every rank, once
@@ -215,7 +237,7 @@ class PictureCallback(Callback):
         if self.background and trainer.is_global_zero and stage in ("fit", "validate"):
             # Starts the drawing process and imports the figures while the first epoch trains.
             try:
-                self._shared.submit(self, Job("lvae.drawing:import_modules", {"modules": self.figure_modules}))
+                self._shared.submit(self, Job("lvae.drawing:import_modules", {"modules": self.figure_modules()}))
             except DrawingStopped:
                 pass  # the first picture starts it again, and its warning says why it could not
 
@@ -470,7 +492,7 @@ class PictureCallback(Callback):
             # not their sum (bench/README.md).
             folders = {name: str(self.sink.png_path(name, 0).parent) for name in self.names}
             try:
-                drawn = run_job(Job("lvae.figures.animation:animate", {"folders": folders}))
+                drawn = run_job(Job(ANIMATION, {"folders": folders}))
             except Exception as err:  # a picture must never end training
                 notice(f"{type(self).__name__}: no evolution GIF ({type(err).__name__}: {err})")
                 return

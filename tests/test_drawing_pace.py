@@ -8,15 +8,16 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from conftest import LvaeLines
 from foreign_vae import ClassicVAE, loader, toy_digits
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 
 from lvae.callbacks import LatentScatter, TSNEEmbedding
-from lvae.drawing import Drawn, Job, drawing_processes, process_count
+from lvae.drawing import Drawn, Job, drawing_processes, process_count, usable_cores
 from lvae.errors import ConfigError
 from lvae.picture_callback import PictureCallback, epoch_list
 
@@ -246,3 +247,44 @@ def test_pictures_are_drawn_side_by_side_each_one_by_one_process(tmp_path: Path,
         assert len(picture.pids) == 3 and len(set(picture.pids)) == 1, picture.pids  # its jobs, in one process
     first, second, third = (picture.pids[0] for picture in pictures)
     assert first != second and third == first  # two processes, the pictures taken in turn
+
+
+class ThreadsSeen(Callback):
+    """torch's thread count right after each validation epoch's pictures went to be drawn (it follows them)."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.seen.append(torch.get_num_threads())
+
+
+class FailsInEpoch(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("the user's own error")
+
+
+@pytest.mark.parametrize("ends", ["fit", "error"])
+def test_a_fit_with_pictures_leaves_torchs_thread_count_as_it_found_it(tmp_path: Path, ends: str) -> None:
+    # A user's script sets torch's threads; lvae lends one of them to the drawing while pictures are drawn (training
+    # keeps every core busy here), and gives it back however fit ends.
+    found = torch.get_num_threads()
+    threads = max(2, usable_cores())
+    torch.set_num_threads(threads)
+    try:
+        seen = ThreadsSeen()
+        callbacks = [LatentScatter(), seen, *([FailsInEpoch(1)] if ends == "error" else [])]
+        if ends == "error":
+            with pytest.raises(RuntimeError, match="the user's own error"):
+                fit(tmp_path, callbacks)
+        else:
+            fit(tmp_path, callbacks)
+        assert seen.seen[0] == threads - 1  # lent while the first epoch's picture was drawn
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(found)

@@ -43,7 +43,7 @@ MESSAGES = {
     "drawing in __main__": "into a module it can import (a .py file on sys.path), or draw in the training loop with "
                            "background=False",  # tests/test_entry_points.py
     "untrusted checkpoint": "is refused: it holds",
-    "dead process": "a process of the job stopped",  # tests/test_processes.py
+    "dead process": "a process of the job stopped",  # tests/test_ddp_watch.py
     # tests/test_runs.py
     "continue the run": "Continue with --run_id",
     "other values": "which differs from this command on keys that define a run",

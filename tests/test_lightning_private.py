@@ -59,7 +59,7 @@ def test_the_picture_callbacks_keep_their_state_under_lightnings_key() -> None:
 
 
 def test_the_process_observer_lvae_replaces_is_still_there() -> None:
-    # lvae's processes.Job swaps Lightning's watch of the processes it launched for one that prints the message.
+    # lvae's DDPWatch swaps Lightning's watch of the processes it launched for one that prints the message.
     assert parameters(subprocess_script._launch_process_observer) == ["child_processes"]
     assert "_launch_process_observer(" in inspect.getsource(subprocess_script._SubprocessScriptLauncher)
 

@@ -158,27 +158,38 @@ class DrawnWhere(PictureCallback):
 
 def test_the_lvae_command_starts_the_drawing_process_early_and_the_fit_draws_with_it(
         mnist_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lvae import drawing
+    from lvae.command_line import read_command_line
+    from lvae.drawing import EarlyDrawing
+    from lvae.runs import RANK_VARIABLES
 
-    for name in drawing.RANK_VARIABLES:
+    for name in RANK_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for argv, rank in ((["fit", "--help"], None), (["fit", "--print_config"], None), (["test"], None),
-                       (["fit"], ("LOCAL_RANK", "1")), (["fit"], ("RANK", "3"))):
+                       (["fit"], ("LOCAL_RANK", "1")), (["fit"], ("RANK", "3")), (["fit"], ("GROUP_RANK", "1"))):
         if rank:
             monkeypatch.setenv(*rank)
-        drawing.start_early(argv)
-        assert drawing._early is None, argv  # nothing to draw, or not the rank that draws
+        with EarlyDrawing(read_command_line(argv)) as early:
+            assert early.process is None, argv  # nothing to draw, or not the rank that draws
         if rank:
             monkeypatch.delenv(rank[0])
-    drawing.start_early(["fit", "--config", "mnist"])
-    early = drawing._early.pid
-    assert early is not None and is_running(early)
-    callback = DrawnWhere()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, callbacks=[callback])
+    # Started, and not taken by any trainer: stopped with the command.
+    with EarlyDrawing(read_command_line(["validate"])) as early:
+        unused = early.process.pid
+    assert early.process is None and not is_running(unused)
+    with EarlyDrawing(read_command_line(["fit", "--config", "mnist"])) as early:
+        pid = early.process.pid
+        assert pid is not None and is_running(pid)
+        callback = DrawnWhere()
+        trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                            enable_checkpointing=False, callbacks=[callback])
+        trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
+        assert callback.pids == [pid, pid]  # taken over by the first trainer, not a second process
+        assert early.process is None and not is_running(pid)  # closed with the fit, as its own would be
+    second = DrawnWhere()
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, callbacks=[second])
     trainer.fit(VAE(latent_dim=4), MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
-    assert callback.pids == [early, early]  # taken over by the first trainer, not a second process
-    assert drawing._early is None and not is_running(early)  # closed with the fit, as its own would be
+    assert second.pids and second.pids[0] != pid  # outside the command, a trainer starts its own
 
 
 def is_running(pid: int) -> bool:
@@ -188,6 +199,30 @@ def is_running(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:  # a child that exited but was not yet reaped is not alive
         return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def shipped_pictures() -> list[type[PictureCallback]]:
+    from lvae import callbacks
+
+    return [getattr(callbacks, name) for name in callbacks.__all__
+            if issubclass(getattr(callbacks, name), PictureCallback)]
+
+
+def test_every_figure_a_shipped_picture_names_is_a_function_and_the_lvae_command_imports_it_early() -> None:
+    # A typo in a callback's `figure` would otherwise show only as a warning from the drawing process, each epoch.
+    import importlib
+
+    from lvae import figures
+    from lvae.drawing import DRAWING_STACK
+
+    pictures = shipped_pictures()
+    assert len(pictures) == 8, pictures
+    named = {figure for picture in pictures for figure in picture.figures()}
+    for figure in sorted(named):
+        module, _, name = figure.partition(":")
+        assert callable(getattr(importlib.import_module(module), name, None)), figure
+    assert named == set(figures.SHIPPED)  # the list the `lvae` command reads before it imports any callback
+    assert {module for picture in pictures for module in picture.figure_modules()} <= set(DRAWING_STACK)
 
 
 def test_tensorboard_users_get_the_pictures_as_images(mnist_root: Path, tmp_path: Path) -> None:
@@ -227,13 +262,12 @@ def test_the_drawing_process_imports_neither_torch_nor_lightning_and_runs_one_na
     # Either import would cost training CPU on 2 cores: torch 2 s to import and 0.5 s to exit, Lightning 6 s. More
     # OpenMP threads than the one core training leaves wait on one another (0.13 s a neighbour search, not 0.02).
     # It runs niced, leaves Ctrl-C to the training process (which saves last.ckpt), and runs no file as __main__.
-    from lvae import callbacks
-    modules = tuple(m for name in callbacks.__all__ for m in getattr(getattr(callbacks, name), "figure_modules", ()))
-    assert "lvae.figures.tsne" in modules and "lvae.figures.reconstructions" in modules
+    from lvae.drawing import DRAWING_STACK
+
+    assert "lvae.figures.tsne" in DRAWING_STACK and "openTSNE" in DRAWING_STACK
     drawing = DrawingProcess()
     try:
-        drawing.submit(Job("lvae.drawing:import_modules",
-                           {"modules": (*modules, "lvae.figures.animation", "openTSNE", "sklearn.neighbors")})).result()
+        drawing.submit(Job("lvae.drawing:import_modules", {"modules": DRAWING_STACK})).result()
         held = drawing.submit(Job("drawing_probe:heavy_modules")).result(timeout=120).scalars
         pools = drawing.submit(Job("drawing_probe:native_threads")).result(timeout=120).scalars
         settings = drawing.submit(Job("drawing_probe:settings")).result(timeout=120).scalars

@@ -58,7 +58,7 @@ def test_sigterm_during_an_evaluation_ends_it_as_one(mnist_root: Path, tmp_path:
 
 def test_sigterm_while_fit_waits_for_its_last_pictures_finishes_them(mnist_root: Path, tmp_path: Path) -> None:
     # The last epoch's slow picture (2 s) is being drawn when SIGTERM comes: Lightning has given its handler back.
-    from test_processes import wandb_closed
+    from test_ddp_watch import wandb_closed
 
     slow = json.dumps({"class_path": "slow_picture.SlowPicture", "init_args": {"out": str(tmp_path / "marks"),
                                                                               "seconds": 2.0}})

@@ -19,6 +19,7 @@ from test_faults import MESSAGES
 from wandb_run import read_run, records, wait_until_written
 
 from lvae.checkpoints import load_checkpoint
+from lvae.ddp_watch import DDPWatch
 
 CONFIGS = ["--config", str(REPO / "configs" / "mnist.yaml"), "--config", str(REPO / "configs" / "ddp.yaml")]
 PICTURES = ("scatter", "tsne", "prior_samples", "uncertainty")  # what configs/mnist.yaml draws for Z=20
@@ -105,16 +106,16 @@ def test_killing_one_of_two_gloo_processes_mid_epoch_ends_the_job_with_one_messa
 
 
 def test_a_rank_zero_that_no_error_reaches_is_ended_with_the_message(tmp_path: Path) -> None:
-    # Lightning's launcher hands its ranks to `_launch_process_observer(self.procs)` in its `launch`; lvae's Job puts
-    # its own watch there. Here rank zero sleeps, as it would inside an NCCL collective that waits for its timeout.
+    # Lightning's launcher hands its ranks to `_launch_process_observer(self.procs)` in its `launch`; lvae's DDPWatch
+    # puts its own watch there. Here rank zero sleeps, as it would inside an NCCL collective that waits for its timeout.
     from lightning.pytorch.strategies.launchers import subprocess_script
 
     launch = inspect.getsource(subprocess_script._SubprocessScriptLauncher.launch)
     assert "_launch_process_observer(self.procs)" in launch
     script = ("import subprocess, sys, time\n"
               "from lightning.pytorch.strategies.launchers import subprocess_script\n"
-              "from lvae import processes\n"
-              "with processes.Job():\n"
+              "from lvae.ddp_watch import DDPWatch\n"
+              "with DDPWatch():\n"
               "    subprocess_script._launch_process_observer([subprocess.Popen([sys.executable, '-c', 'exit(3)'])])\n"
               "    time.sleep(120)\n")
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
@@ -236,3 +237,16 @@ def test_wandb_logger_still_hands_wandb_the_anonymous_setting_it_warns_about() -
     from lightning.pytorch.loggers import WandbLogger
 
     assert "anonymous" in WandbLogger(project="lvae")._wandb_init
+
+
+def test_lightnings_watch_is_replaced_only_while_the_ddp_watch_is_open() -> None:
+    # Importing lvae changes nothing in Lightning: a user's own Trainer keeps Lightning's watch of its ranks.
+    from lightning.pytorch.strategies.launchers import subprocess_script
+
+    import lvae.cli  # noqa: F401  (holds the DDPWatch around the command)
+
+    lightnings = subprocess_script._launch_process_observer
+    assert lightnings.__module__.startswith("lightning.")  # Lightning's own function, not a watch of lvae's
+    with DDPWatch() as watch:
+        assert subprocess_script._launch_process_observer == watch._watch
+    assert subprocess_script._launch_process_observer is lightnings

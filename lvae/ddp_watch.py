@@ -4,7 +4,7 @@ time with one message: which process stopped, what the checkpoints on disk hold 
 Lightning's launcher starts ranks 1.. from rank zero and watches them with a thread (`_ChildProcessObserver`, started
 by the private `_launch_process_observer`) that SIGKILLs every process, rank zero included, within 5 s of one
 exiting with an error: too soon for rank zero to close its W&B run, stop its drawing process or say anything.
-While a `Job` is open, that watch is lvae's instead: rank zero is given `GRACE_SECONDS` to end by itself, which with
+While a `DDPWatch` is open, that watch is lvae's instead: rank zero is given `GRACE_SECONDS` to end by itself, which with
 gloo it does at its next collective (the dead peer's connection resets within milliseconds), and is ended only if
 it has not.
 """
@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Optional
+from typing import Callable, Optional
 
 import lightning as L
 import torch.distributed
@@ -28,7 +28,7 @@ from lvae.checkpoints import load_checkpoint
 from lvae.drawing import exit_status
 from lvae.errors import LVAEError
 
-GRACE_SECONDS = 10.0  # from a rank stopping to rank zero leaving the Job: 1-3 s measured on 2 busy cores
+GRACE_SECONDS = 10.0  # from a rank stopping to rank zero leaving the watch: 1-3 s measured on 2 busy cores
 POLL_SECONDS = 0.2
 WANDB_CLOSE_SECONDS = 5.0  # closing an offline run takes about 1 s; a hung one must not stop the job ending
 PARENT_SECONDS = 1.0  # a child may see its connections reset a moment before it sees its parent (rank zero) gone
@@ -61,17 +61,10 @@ def first_sentence(err: BaseException) -> str:
     return text.split(". ")[0].rstrip(".")
 
 
-_open_job: Optional["Job"] = None  # the Job `lvae.cli.main` holds open; `track` reports the trainer to it
-
-
-def track(trainer: "L.Trainer", run_id: Optional[str]) -> None:
-    """Tell the open Job (if any) which trainer and run it is about: the message names both."""
-    if _open_job is not None:
-        _open_job.trainer, _open_job.run_id = trainer, run_id
-
-
-class Job:
-    """This process's part in a DDP job, held open by `lvae.cli.main` around the whole command.
+class DDPWatch:
+    """The watch over this process's part in a DDP job, held open by `lvae.cli.main` around the whole command: on
+    entering, it takes the place of Lightning's watch of the ranks its launcher starts, and on leaving it puts back the
+    one it found, so importing lvae changes nothing in Lightning.
 
     On leaving it with an error that says a process of the job stopped (or while one of the ranks this process
     started has stopped), the error becomes a `ProcessStopped` with the one message for the job. Who says it:
@@ -83,25 +76,27 @@ class Job:
         self.run_id: Optional[str] = None
         self.children: list[subprocess.Popen] = []  # the ranks this process started (Lightning's launcher)
         self._parent = os.getppid()
-        self._ending = threading.Event()  # set once the main thread leaves the Job: the watch stands down
-        self._lightning_watch = subprocess_script._launch_process_observer
+        self._ending = threading.Event()  # set once the main thread leaves the watch: it stands down
+        self._lightning_watch: Optional[Callable[[list[subprocess.Popen]], None]] = None  # put back on leaving
 
-    def __enter__(self) -> "Job":
-        global _open_job
-        _open_job = self
+    def __enter__(self) -> "DDPWatch":
+        self._lightning_watch = subprocess_script._launch_process_observer
         subprocess_script._launch_process_observer = self._watch
         return self
 
     def __exit__(self, kind: Optional[type], err: Optional[BaseException], tb: Optional[TracebackType]) -> None:
-        global _open_job
         self._ending.set()
-        _open_job = None
         subprocess_script._launch_process_observer = self._lightning_watch
         ended = self._explain(err)
         if err is not None or ended is not None:
             self._end_children()  # none outlives rank zero's error, as after Lightning's Ctrl-C
         if ended is not None:
             raise ended from None
+
+    def track(self, trainer: "L.Trainer", run_id: Optional[str]) -> None:
+        """The trainer and the run this watch is about (the CLI tells it once it has built the trainer): the message
+        names both."""
+        self.trainer, self.run_id = trainer, run_id
 
     def _explain(self, err: Optional[BaseException]) -> Optional[BaseException]:
         """The `ProcessStopped` to leave with, a quiet exit, or None to let `err` (or success) through."""
