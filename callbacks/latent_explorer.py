@@ -79,6 +79,7 @@ class LatentExplorer(PictureCallback):
         self._tsne: Optional[TSNEEmbedding] = None  # the trainer's t-SNE map, whose maps and prior draws are shown
         self._next: Optional[tuple] = None  # `_basis` and `_inputs_sent` of the epoch prepared last, once it is drawn
 
+    # state_key stays the class name: a run has one page, latents/explorer.html, so a trainer has one explorer.
     @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "basis": self._basis}

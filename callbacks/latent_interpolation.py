@@ -48,6 +48,10 @@ class LatentInterpolation(FixedInputsPicture):
         self.seed = seed
         self.inputs = FixedInputs("LatentInterpolation", 2 * n_pairs, seed)  # pairs are consecutive inputs
 
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(n_pairs=self.n_pairs, seed=self.seed)  # what chooses its pairs
+
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
                 epoch: int) -> Optional[Job]:

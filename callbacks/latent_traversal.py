@@ -59,6 +59,10 @@ class LatentTraversal(FixedInputsPicture):
         self.seed = seed
         self.inputs = FixedInputs("LatentTraversal", n_inputs, seed)
 
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(n_inputs=self.n_inputs, seed=self.seed)  # what chooses its inputs
+
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
                 epoch: int) -> Optional[Job]:

@@ -45,6 +45,7 @@ class LatentUncertainty(PictureCallback):
     names = ("uncertainty",)
     figure = "lvae.figures.uncertainty:draw"
     figsizes = {"uncertainty": (9.2, 5.8)}  # inches
+    # state_key stays the class name: two in one trainer would log the same uncertainty/ numbers and picture.
 
     def __init__(self, n_show: int = 16, nrow: int = 8, k_neighbours: int = 10, bins: int = 50,
                  every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):

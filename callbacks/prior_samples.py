@@ -80,6 +80,10 @@ class PriorSamples(PictureCallback):
                    "sample grids before and after this point are not comparable")
             self.z = self._draw_prior()
 
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(n_samples=self.n_samples, seed=self.seed)  # what makes its draws z
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "z": self.z, "seed": self.seed, "extent": self._extent}

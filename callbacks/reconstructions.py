@@ -52,6 +52,10 @@ class Reconstructions(FixedInputsPicture):
         self.inputs = FixedInputs("Reconstructions", n_inputs, seed)
         self.eps: Optional[Tensor] = None  # (n, Z): the draw for a module without `eval_noise`
 
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(n_inputs=self.n_inputs, seed=self.seed)  # what chooses its inputs
+
     @override
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "eps": self.eps}

@@ -104,6 +104,8 @@ class RunCheckpoint(ModelCheckpoint):
         self._interrupt_saved: Optional[int] = None  # the step whose interruption last.ckpt holds
         self._trained = False  # training ran to its end: an interruption after it (fit's last pictures) loses nothing
 
+    # state_key is ModelCheckpoint's: its monitor, mode and schedule already tell two checkpoints apart.
+
     @override
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         super().on_train_end(trainer, pl_module)

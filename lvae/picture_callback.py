@@ -174,6 +174,9 @@ class PictureCallback(Callback):
     logged, so W&B's slider and the evolution GIFs show what was drawn. The epochs drawn and skipped are kept in the
     checkpoint. With `skip_when_busy=False` every epoch is drawn and the next waits for the last, training waiting.
 
+    A picture that two of one trainer may show with different arguments defines `state_key` from those arguments
+    (Lightning's `_generate_state_key`), so that each keeps its own state in the checkpoint.
+
     `commit` brings a job up to date as it goes to be drawn (now, or at the end of fit from the kept arrays), and
     moves on what follows the drawn pictures (the frame the next one continues). Numbers that `prepare` measures are
     handed to `log_with_picture`: logged when its picture goes to be drawn. Fit's end waits only for the last epoch's
@@ -252,6 +255,12 @@ class PictureCallback(Callback):
         at Ctrl-C, if it stays the last."""
         kept = [] if self._kept is None else [self._kept.epoch]
         return [*self._drawn_epochs, *kept], list(self._skipped_epochs)
+
+    @property
+    def _legacy_state_key(self) -> str:
+        # Checkpoints written before a picture had a `state_key` of its own hold its state under the class name;
+        # Lightning looks here when `state_key` is not found, so such a run still resumes with its pictures' state.
+        return type(self).__qualname__
 
     @override
     def state_dict(self) -> dict[str, Any]:

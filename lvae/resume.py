@@ -20,6 +20,8 @@ class RandomState(Callback):
     def __init__(self) -> None:
         self._loaded: Optional[dict[str, Any]] = None
 
+    # state_key stays the class name: the generators are the process's, so one RandomState per trainer keeps them.
+
     @override
     def state_dict(self) -> dict[str, Any]:
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -58,6 +60,7 @@ class WandbHistory(Callback):
     SIGKILL. Online, W&B continues the run's step itself, and this changes nothing."""
 
     MARK = "lvae-step"
+    # state_key stays the class name: a trainer logs to one W&B run, whose step one WandbHistory keeps.
 
     def __init__(self) -> None:
         self._trainer: Optional["L.Trainer"] = None  # state_dict is called without it

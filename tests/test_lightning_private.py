@@ -56,6 +56,10 @@ def test_the_checkpoint_methods_run_checkpoint_reuses_are_still_there() -> None:
 def test_the_picture_callbacks_keep_their_state_under_lightnings_key() -> None:
     # _generate_state_key: two callbacks of one class (two scatters) keep separate states in a checkpoint.
     assert parameters(Callback._generate_state_key) == ["self", "kwargs"]
+    # _legacy_state_key: where Lightning looks when state_key is not found; a picture names its class there, under
+    # which checkpoints written before it had a state_key of its own hold its state.
+    loading = inspect.getsource(pl.trainer.call._call_callbacks_load_state_dict)
+    assert "callback_states.get(callback.state_key, callback_states.get(callback._legacy_state_key))" in loading
 
 
 def test_the_process_observer_lvae_replaces_is_still_there() -> None:
