@@ -11,7 +11,8 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, grid_picture, unusable
+from lvae.images import grid_picture
+from lvae.latents import Latents, unusable
 from lvae.metrics import (active_dims, active_units, kl_per_dim, neighbour_disagreement, per_class_mean, pixel_mass,
                           spearman, uncertainty)
 from lvae.picture_callback import PictureCallback

@@ -14,7 +14,10 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, as_pictures, decode_images, label_names, unusable
+from lvae.images import decode_images, pixels
+from lvae.labels import label_names
+from lvae.latent_maths import prior_draws
+from lvae.latents import Latents, unusable
 from lvae.picture_callback import PictureCallback
 from lvae.tsne import TSNESteps
 
@@ -136,8 +139,7 @@ class TSNEEmbedding(PictureCallback):
 
     def prior_z(self, latent_dim: int) -> Tensor:
         """The prior draws placed into the map, (n_prior, Z): a generator of their own, the same z every epoch."""
-        generator = torch.Generator().manual_seed(self.seed)
-        return torch.randn(self.n_prior, latent_dim, generator=generator)
+        return prior_draws(self.n_prior, latent_dim, self.seed)
 
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
@@ -160,7 +162,7 @@ class TSNEEmbedding(PictureCallback):
         return Job("lvae.figures.tsne:map_and_draw", dict(
             mu=latents.mu.double().numpy(), index=latents.index.numpy(), labels=latents.label.numpy(),
             names=label_names(trainer), start=None, init_epoch=None, steps=self.settings, z=z.double().numpy(),
-            prior_images=as_pictures((decoded * 255).round().to(torch.uint8)),
+            prior_images=pixels(decoded),
             path=str(self.sink.png_path("tsne", epoch)), epoch=epoch))
 
     @override

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torchmetrics.functional import spearman_corrcoef
 
+from lvae.latent_maths import kl_to_prior_per_dim
+
 
 def uncertainty(logvar: Tensor) -> Tensor:
     """u(x): the posterior variance averaged over latent dimensions, (N, Z) -> (N,)."""
@@ -27,7 +29,7 @@ def active_units(mu: Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
 
 def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(q(z_d|x) || N(0, 1)) averaged over inputs, per dimension: (N, Z) -> (Z,), nats."""
-    return (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(dim=0)
+    return kl_to_prior_per_dim(mu, logvar).mean(dim=0)
 
 
 def pixel_mass(images: Tensor) -> Tensor:
