@@ -1,5 +1,5 @@
 """The extra cost of lvae's pictures on a VAE lvae did not write: lvae encodes the followed validation inputs itself,
-once per validation epoch (`lvae.latents.FollowedInputs`), because such a module does not collect its latents.
+once per validation epoch (`lvae.followed_inputs.FollowedInputs`), because such a module does not collect its latents.
 
 Trains the README's example module (the classic PyTorch VAE, 784-400-20, in Lightning) with a plain `Trainer` on
 real digits (../shared/data/mnist-t10k: the first 8,000 to train, the last 2,000 to validate, batch 128), with and

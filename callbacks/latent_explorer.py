@@ -11,11 +11,13 @@ from jsonargparse.typing import PositiveInt
 from torch import Tensor
 from typing_extensions import override
 
-from lvae.callbacks.latent_scatter import pca_2d
 from lvae.callbacks.tsne_embedding import TSNEEmbedding
 from lvae.drawing import Job, run_job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, as_pictures, decode_images, label_names
+from lvae.images import as_pictures, decode_images, to_uint8
+from lvae.labels import label_names
+from lvae.latent_maths import pca_2d
+from lvae.latents import Latents
 from lvae.metrics import uncertainty as posterior_uncertainty
 from lvae.picture_callback import PictureCallback
 from lvae.say import notice
@@ -147,7 +149,7 @@ class LatentExplorer(PictureCallback):
             if self._tsne.n_prior:
                 z = self._tsne.prior_z(latents.mu.shape[1])  # (P, Z): the draws placed in the map
                 decoded = decode_images(pl_module, z, tuple(latents.image.shape[1:]))  # (P, C, H, W) in [0, 1]
-                prior = thumbnails((decoded * 255).round().to(torch.uint8), self.thumbnail_px)
+                prior = thumbnails(to_uint8(decoded), self.thumbnail_px)
         neg_elbo = shown.neg_elbo if shown.neg_elbo is not None else torch.full((len(shown),), float("nan"))
         return self.job(
             folder=str(self.sink.kept_path(self.page_name)), epoch=epoch, index=shown.index.numpy(),

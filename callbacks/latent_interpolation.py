@@ -8,8 +8,10 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.fixed_inputs import FixedInputs, FixedInputsPicture, label_texts, pixels
-from lvae.latents import Latents, decode_images, label_names
+from lvae.fixed_inputs import FixedInputs, FixedInputsPicture
+from lvae.images import decode_images, pixels
+from lvae.labels import label_names, label_texts
+from lvae.latents import Latents
 
 
 class LatentInterpolation(FixedInputsPicture):

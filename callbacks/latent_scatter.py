@@ -11,7 +11,10 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, as_pictures, label_names
+from lvae.images import as_pictures
+from lvae.labels import label_names
+from lvae.latent_maths import ellipses, pca_2d
+from lvae.latents import Latents
 from lvae.metrics import uncertainty as posterior_uncertainty
 from lvae.picture_callback import PictureCallback
 from lvae.say import notice
@@ -25,46 +28,6 @@ def _matching(index: Tensor, wanted: Tensor) -> tuple[Tensor, Tensor]:
     rows = torch.searchsorted(index, wanted).clamp_max(len(index) - 1)  # (M,)
     found = index[rows] == wanted
     return rows[found], torch.nonzero(found).flatten()
-
-
-def pca_2d(mu: Tensor, reference: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
-    """The means on two principal axes, (N, Z) -> (N, 2); the share of variance each axis explains (2,); the axes
-    (2, Z); and which principal components they are (0: PC1).
-
-    `reference` holds the axes (2, Z) of the last drawn epoch: this epoch's two main axes are matched to them by
-    order (PC1 and PC2 may swap places when their variances cross) and by sign, so that successive pictures
-    neither mirror nor turn. Without one (the first epoch), PC1 is the x axis and each axis is signed so that its
-    largest loading is positive, as scikit-learn's ``svd_flip`` does.
-    """
-    centred = mu.double() - mu.double().mean(dim=0)  # (N, Z)
-    _, s, vh = torch.linalg.svd(centred, full_matrices=False)  # vh: (Z, Z), rows are principal axes
-    explained = s.pow(2) / s.pow(2).sum().clamp_min(1e-12)  # (Z,)
-    order = (0, 1)
-    if reference is None:
-        axes = vh[:2]  # (2, Z)
-        signs = torch.sign(axes.gather(1, axes.abs().argmax(dim=1, keepdim=True)))  # (2, 1)
-    else:
-        cosines = vh[:2] @ reference.double().T  # (2, 2): PC i against last epoch's axis j
-        if cosines[1, 0].abs() + cosines[0, 1].abs() > cosines[0, 0].abs() + cosines[1, 1].abs():
-            order = (1, 0)
-        axes = vh[list(order)]
-        signs = torch.sign((axes * reference.double()).sum(dim=1, keepdim=True))  # (2, 1)
-    axes = axes * torch.where(signs == 0, 1.0, signs).to(axes.dtype)
-    return (centred @ axes.T).float(), explained[list(order)].float(), axes, order
-
-
-def ellipses(logvar: Tensor, axes: Tensor) -> np.ndarray:
-    """The 1-sigma ellipses of the posteriors N(mu, diag(exp(logvar))) (N, Z) seen along `axes` (2, Z): each
-    posterior's covariance projected onto the two axes, as (N, 3) full width, full height and angle in degrees
-    of its principal axes (EllipseCollection's terms)."""
-    variance = logvar.double().exp()  # (N, Z)
-    axes = axes.double()
-    xx, yy, xy = variance @ axes[0].pow(2), variance @ axes[1].pow(2), variance @ (axes[0] * axes[1])  # (N,) each
-    half = (xx - yy) / 2
-    root = torch.sqrt(half.pow(2) + xy.pow(2))
-    major, minor = (xx + yy) / 2 + root, ((xx + yy) / 2 - root).clamp_min(0)
-    angle = torch.rad2deg(0.5 * torch.atan2(2 * xy, xx - yy))
-    return torch.stack([2 * major.sqrt(), 2 * minor.sqrt(), angle], dim=1).numpy()
 
 
 class LatentScatter(PictureCallback):

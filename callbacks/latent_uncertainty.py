@@ -10,7 +10,8 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, grid_picture, unusable
+from lvae.images import grid_picture
+from lvae.latents import Latents, unusable
 from lvae.metrics import (active_dims, active_units, kl_per_dim, neighbour_disagreement, per_class_mean, pixel_mass,
                           spearman, uncertainty)
 from lvae.picture_callback import PictureCallback
@@ -50,10 +51,14 @@ class LatentUncertainty(PictureCallback):
     def __init__(self, n_show: int = 16, nrow: int = 8, k_neighbours: int = 10, bins: int = 50,
                  every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):
         super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
-        for arg, value, hint in (("n_show", n_show, "inputs per grid"), ("nrow", nrow, "images per grid row"),
-                                 ("k_neighbours", k_neighbours, "10 is usual"), ("bins", bins, "50 is usual")):
-            if value < 1:
-                raise ConfigError(f"LatentUncertainty.{arg}={value} must be >= 1 ({hint})")
+        if n_show < 1:
+            raise ConfigError(f"LatentUncertainty.n_show={n_show} must be >= 1 (inputs per grid)")
+        if nrow < 1:
+            raise ConfigError(f"LatentUncertainty.nrow={nrow} must be >= 1 (images per grid row)")
+        if k_neighbours < 1:
+            raise ConfigError(f"LatentUncertainty.k_neighbours={k_neighbours} must be >= 1 (10 is usual)")
+        if bins < 1:
+            raise ConfigError(f"LatentUncertainty.bins={bins} must be >= 1 (50 is usual)")
         self.n_show = n_show
         self.nrow = nrow
         self.k_neighbours = k_neighbours

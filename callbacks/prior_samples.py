@@ -10,7 +10,9 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, as_pictures, decode_images, grid_picture
+from lvae.images import decode_images, grid_picture, pixels
+from lvae.latent_maths import prior_draws
+from lvae.latents import Latents
 from lvae.picture_callback import PictureCallback
 from lvae.say import notice
 
@@ -64,8 +66,7 @@ class PriorSamples(PictureCallback):
         self._extent: Optional[Tensor] = None  # (4,) float64, Z=2: z_0 from, to, z_1 from, to of the manifold
 
     def _draw_prior(self) -> Tensor:
-        generator = torch.Generator().manual_seed(self.seed)
-        return torch.randn(self.n_samples, self._latent_dim, generator=generator)  # (n, Z)
+        return prior_draws(self.n_samples, self._latent_dim, self.seed)  # (n, Z)
 
     def _check_prior(self) -> None:
         """Draw z when there is none; redraw, with a warning, a loaded z that does not fit this model."""
@@ -147,7 +148,7 @@ class PriorSamples(PictureCallback):
                                  padding=0)
             args.update(manifold=grid_picture(manifold, channels), steps=self.manifold_steps,
                         extent=tuple(self._extent.tolist()), z=z.numpy(),
-                        samples=as_pictures((samples * 255).round().to(torch.uint8)),
+                        samples=pixels(samples),
                         mu=None if latents is None else latents.mu.double().numpy())
         return self.job(**args)
 

@@ -10,8 +10,11 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.fixed_inputs import FixedInputs, FixedInputsPicture, label_texts, pixels
-from lvae.latents import Latents, decode_images, label_names
+from lvae.fixed_inputs import FixedInputs, FixedInputsPicture
+from lvae.images import decode_images, pixels
+from lvae.labels import label_names, label_texts
+from lvae.latent_maths import prior_draws, reparameterise
+from lvae.latents import Latents
 
 
 class Reconstructions(FixedInputsPicture):
@@ -72,7 +75,7 @@ class Reconstructions(FixedInputsPicture):
             return scored(chosen.index.to(pl_module.device), "val")[0].float().cpu()
         wanted = tuple(chosen.mu.shape)
         if self.eps is None or tuple(self.eps.shape) != wanted:
-            self.eps = torch.randn(wanted, generator=torch.Generator().manual_seed(self.seed))
+            self.eps = prior_draws(*wanted, self.seed)
         return self.eps
 
     @override
@@ -89,7 +92,7 @@ class Reconstructions(FixedInputsPicture):
             turns[label] += 1
         chosen = latents.select(rows[sorted(range(len(rows)), key=keys.__getitem__)])
         eps = self._noise(pl_module, chosen)
-        z = torch.cat([chosen.mu, chosen.mu + eps * torch.exp(0.5 * chosen.logvar)])  # (2n, Z): means, draws
+        z = torch.cat([chosen.mu, reparameterise(chosen.mu, chosen.logvar, eps)])  # (2n, Z): means, draws
         decoded = pixels(decode_images(pl_module, z, tuple(chosen.image.shape[1:])))  # (2n, H, W[, 3])
         n = len(chosen)
         if chosen.recon is None:

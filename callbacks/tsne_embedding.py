@@ -13,7 +13,10 @@ from typing_extensions import override
 
 from lvae.drawing import Job
 from lvae.errors import ConfigError
-from lvae.latents import Latents, as_pictures, decode_images, label_names, unusable
+from lvae.images import decode_images, pixels
+from lvae.labels import label_names
+from lvae.latent_maths import prior_draws
+from lvae.latents import Latents, unusable
 from lvae.picture_callback import PictureCallback
 from lvae.tsne import TSNESteps
 from lvae.say import notice
@@ -88,12 +91,18 @@ class TSNEEmbedding(PictureCallback):
             raise ConfigError(f"TSNEEmbedding.perplexity={perplexity} is too large for TSNEEmbedding.max_points="
                               f"{max_points}: t-SNE needs more than 3 x perplexity points; lower the perplexity "
                               f"below {max_points / 3:g} or raise max_points")
-        for key, value, least in (("early_exaggeration_iter", early_exaggeration_iter, 0), ("n_iter", n_iter, 1),
-                                  ("warm_early_exaggeration_iter", warm_early_exaggeration_iter, 0),
-                                  ("warm_n_iter", warm_n_iter, 1), ("n_prior", n_prior, 0),
-                                  ("prior_n_iter", prior_n_iter, 1)):
-            if value < least:
-                raise ConfigError(f"TSNEEmbedding.{key}={value} must be >= {least}")
+        if early_exaggeration_iter < 0:
+            raise ConfigError(f"TSNEEmbedding.early_exaggeration_iter={early_exaggeration_iter} must be >= 0")
+        if n_iter < 1:
+            raise ConfigError(f"TSNEEmbedding.n_iter={n_iter} must be >= 1")
+        if warm_early_exaggeration_iter < 0:
+            raise ConfigError(f"TSNEEmbedding.warm_early_exaggeration_iter={warm_early_exaggeration_iter} must be >= 0")
+        if warm_n_iter < 1:
+            raise ConfigError(f"TSNEEmbedding.warm_n_iter={warm_n_iter} must be >= 1")
+        if n_prior < 0:
+            raise ConfigError(f"TSNEEmbedding.n_prior={n_prior} must be >= 0")
+        if prior_n_iter < 1:
+            raise ConfigError(f"TSNEEmbedding.prior_n_iter={prior_n_iter} must be >= 1")
         if negative_gradient_method not in ("bh", "fft"):
             raise ConfigError(f"TSNEEmbedding.negative_gradient_method={negative_gradient_method!r} is not one of "
                               "'bh' (Barnes-Hut, fast below ~10k points), 'fft'")
@@ -103,24 +112,21 @@ class TSNEEmbedding(PictureCallback):
         if n_jobs == 0:
             raise ConfigError("TSNEEmbedding.n_jobs=0 must be a thread count (1, 2, ...) or -1 for all cores")
         self.max_points = max_points
-        self.perplexity = perplexity
-        self.early_exaggeration_iter = early_exaggeration_iter
-        self.n_iter = n_iter
-        self.warm_early_exaggeration_iter = warm_early_exaggeration_iter
-        self.warm_n_iter = warm_n_iter
-        self.negative_gradient_method = negative_gradient_method
-        self.affinity_method = affinity_method
-        self.n_jobs = n_jobs
         self.n_prior = n_prior
-        self.prior_n_iter = prior_n_iter
         self.seed = seed
+        # What the drawing process maps with, built once here and carried to it unchanged.
+        self.settings = TSNESteps(
+            perplexity=perplexity, early_exaggeration_iter=early_exaggeration_iter, n_iter=n_iter,
+            warm_early_exaggeration_iter=warm_early_exaggeration_iter, warm_n_iter=warm_n_iter,
+            negative_gradient_method=negative_gradient_method, affinity_method=affinity_method, n_jobs=n_jobs,
+            seed=seed, prior_n_iter=prior_n_iter, knn_k=self.knn_k, figsize=self.figsize, axes_rect=self.axes_rect)
         # The last finished map. One dict, replaced whole when a drawing job hands a new one back, so a checkpoint
         # taken while a map is being computed holds the previous one intact.
         self._map: Optional[dict[str, Any]] = None
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(max_points=self.max_points, perplexity=self.perplexity)
+        return self._generate_state_key(max_points=self.max_points, perplexity=self.settings.perplexity)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -136,8 +142,7 @@ class TSNEEmbedding(PictureCallback):
 
     def prior_z(self, latent_dim: int) -> Tensor:
         """The prior draws placed into the map, (n_prior, Z): a generator of their own, the same z every epoch."""
-        generator = torch.Generator().manual_seed(self.seed)
-        return torch.randn(self.n_prior, latent_dim, generator=generator)
+        return prior_draws(self.n_prior, latent_dim, self.seed)
 
     @override
     def prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
@@ -149,9 +154,10 @@ class TSNEEmbedding(PictureCallback):
             notice(f"TSNEEmbedding: no t-SNE for epoch {epoch}: {reason}")
             return None
         latents = latents.select(torch.arange(min(len(latents), self.max_points)))  # sorted by index: the same rows
-        if 3 * self.perplexity >= len(latents):
+        perplexity = self.settings.perplexity
+        if 3 * perplexity >= len(latents):
             notice(f"TSNEEmbedding: {len(latents)} validation means at epoch {epoch} are too few for "
-                   f"TSNEEmbedding.perplexity={self.perplexity} (t-SNE needs more than 3 x perplexity); "
+                   f"TSNEEmbedding.perplexity={perplexity} (t-SNE needs more than 3 x perplexity); "
                    f"t-SNE skipped. Lower the perplexity below {len(latents) / 3:g} or follow more inputs "
                    "(model.latent_points, limit_val_batches)")
             return None
@@ -160,7 +166,7 @@ class TSNEEmbedding(PictureCallback):
         return self.job(
             mu=latents.mu.double().numpy(), index=latents.index.numpy(), labels=latents.label.numpy(),
             names=label_names(trainer), start=None, init_epoch=None, steps=self.settings, z=z.double().numpy(),
-            prior_images=as_pictures((decoded * 255).round().to(torch.uint8)),
+            prior_images=pixels(decoded),
             path=str(self.sink.png_path("tsne", epoch)), epoch=epoch)
 
     @override
@@ -176,16 +182,6 @@ class TSNEEmbedding(PictureCallback):
         """Keep a finished map (what the job hands back) as the start of the next one."""
         self._map = {"embedding": torch.from_numpy(state["embedding"]), "index": torch.from_numpy(state["index"]),
                      "embedding_epoch": state["embedding_epoch"], "init_epoch": state["init_epoch"]}
-
-    @property
-    def settings(self) -> TSNESteps:
-        """The settings the drawing process maps with (`lvae.tsne.TSNESteps`)."""
-        return TSNESteps(perplexity=self.perplexity, early_exaggeration_iter=self.early_exaggeration_iter,
-                         n_iter=self.n_iter, warm_early_exaggeration_iter=self.warm_early_exaggeration_iter,
-                         warm_n_iter=self.warm_n_iter, negative_gradient_method=self.negative_gradient_method,
-                         affinity_method=self.affinity_method, n_jobs=self.n_jobs, seed=self.seed,
-                         prior_n_iter=self.prior_n_iter, knn_k=self.knn_k, figsize=self.figsize,
-                         axes_rect=self.axes_rect)
 
     def _newest_map(self, folder: Path, epoch: int) -> Optional[dict[str, Any]]:
         """The newest map the drawing process wrote beside its PNGs before `epoch`, if newer than the kept one: the

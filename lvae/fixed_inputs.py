@@ -1,30 +1,13 @@
-"""The validation inputs a picture shows every epoch (chosen once, by dataset index, and kept in the checkpoint), and
-how the pictures of decoded images hand images and labels to the drawing process."""
+"""The validation inputs a picture shows every epoch: chosen once, by dataset index, and kept in the checkpoint."""
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from lvae.latents import Latents, as_pictures
+from lvae.latents import Latents
 from lvae.picture_callback import PictureCallback
 from lvae.say import notice
-
-
-def pixels(images: Tensor) -> np.ndarray:
-    """Images (N, C, H, W) in [0, 1] (decoded) or uint8 (inputs) as uint8 pictures (N, H, W[, 3]) to draw."""
-    if images.dtype != torch.uint8:
-        images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-    return as_pictures(images)
-
-
-def label_texts(labels: Tensor, names: Optional[Sequence[str]], labelled: bool = True) -> list[str]:
-    """Each label as the picture writes it: its class name where the data names it, else its number; "" for
-    unlabelled inputs (`Latents.labelled`)."""
-    if not labelled:
-        return [""] * len(labels)
-    return [names[c] if names is not None and 0 <= c < len(names) else str(c) for c in labels.tolist()]
 
 
 class FixedInputs:

@@ -1,20 +1,18 @@
 """One collection of latent statistics per validation epoch, shared by every picture, for any VAE.
 
 lvae's `VAE` adds each validation batch to its `LatentCollection`; the first callback that asks for the result
-triggers one gather across ranks, after which every other callback reads the same cached `Latents`. For a module
-lvae did not write, `FollowedInputs` encodes a fixed set of validation inputs itself, once per epoch. Either way the
-rows are de-duplicated and ordered by dataset index: N processes give exactly the set that one process gives.
+triggers one gather across ranks (`gather_by_index`), after which every other callback reads the same cached
+`Latents`. For a module lvae did not write, `lvae.followed_inputs.FollowedInputs` encodes a fixed set of validation
+inputs itself, once per epoch. Either way the rows are de-duplicated and ordered by dataset index: N processes give
+exactly the set that one process gives.
 """
 
 from dataclasses import dataclass, fields
 from typing import Callable, Optional
 
-import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor
-from torch.utils.data import default_collate
 
 from lvae.divergence import latents_diverged
 from lvae.say import notice
@@ -97,6 +95,14 @@ def gather_by_index(strategy: Strategy, parts: dict[str, Tensor]) -> dict[str, T
     return {k: v[keep] for k, v in parts.items()}
 
 
+def seeded_choice(n: int, k: int, seed: int) -> Tensor:
+    """k of the positions 0..n-1, sorted, chosen by a generator of their own seeded `seed` (all n when n <= k): the
+    same choice on every epoch, resume and number of processes."""
+    if n <= k:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
 class LatentCollection:
     """Accumulates validation batches and hands out the epoch's gathered `Latents`, once.
 
@@ -142,7 +148,7 @@ class LatentCollection:
             local = {k: v[keep] for k, v in local.items()}
         rows = gather_by_index(strategy, local)
         if self.subset is None:
-            self.subset = self._choose_subset(rows["index"])
+            self.subset = rows["index"][seeded_choice(len(rows["index"]), self.max_points, self.seed)]
             keep = torch.isin(rows["index"], self.subset)
             rows = {k: v[keep] for k, v in rows.items()}
         elif len(rows["index"]) < len(self.subset):
@@ -152,12 +158,6 @@ class LatentCollection:
             rows = finish(rows)
         self._result = Latents(epoch=self._epoch, **rows)
         return self._result
-
-    def _choose_subset(self, index: Tensor) -> Tensor:
-        if len(index) <= self.max_points:
-            return index.clone()
-        generator = torch.Generator().manual_seed(self.seed)
-        return index[torch.randperm(len(index), generator=generator)[: self.max_points]].sort().values
 
     def state_dict(self) -> dict:
         return {"subset": self.subset, "max_points": self.max_points, "seed": self.seed}
@@ -170,129 +170,3 @@ class LatentCollection:
         self.subset = state["subset"]
 
 
-def as_pictures(images: Tensor) -> np.ndarray:
-    """Images (N, C, H, W) as the arrays matplotlib and PIL draw: (N, H, W) when grey, (N, H, W, 3) in colour."""
-    images = images.permute(0, 2, 3, 1)  # (N, H, W, C)
-    return (images[..., 0] if images.shape[-1] == 1 else images).numpy()
-
-
-def grid_picture(grid: Tensor, channels: int) -> np.ndarray:
-    """A `torchvision.utils.make_grid` result (3, H, W) as one picture: (H, W) for grey inputs (make_grid repeats
-    a single channel three times), (H, W, 3) for colour."""
-    return grid[0].numpy() if channels == 1 else grid.permute(1, 2, 0).numpy()
-
-
-def label_names(trainer: "L.Trainer") -> Optional[list[str]]:
-    """The class names of the labels, for legends: the data module's `classes` (lvae's data modules, following
-    torchvision's datasets), else the validation dataset's; None when neither names them."""
-    datamodule = getattr(trainer, "datamodule", None)
-    names = getattr(datamodule, "classes", None) if datamodule is not None else None
-    if names is None:
-        loader = trainer.val_dataloaders
-        loader = loader[0] if isinstance(loader, (list, tuple)) and loader else loader
-        names = getattr(getattr(loader, "dataset", None), "classes", None)
-    return [str(name) for name in names] if names else None
-
-
-def kl_to_prior(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per input, (N, Z) -> (N,), in nats: the one formula lvae uses."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
-
-
-def decode_images(pl_module: "L.LightningModule", z: Tensor, image_shape: Optional[tuple[int, ...]]) -> Tensor:
-    """`pl_module.decode(z)` for latent codes (B, Z), as images (B, C, H, W) in [0, 1] on the CPU. A decoder may
-    return them flattened, (B, C*H*W), as the classic PyTorch example's does; `image_shape` (C, H, W), the inputs'
-    shape, restores them."""
-    with torch.inference_mode():
-        images = pl_module.decode(z.to(device=pl_module.device, dtype=pl_module.dtype)).float().cpu()
-    if image_shape is not None:
-        return images.reshape(len(z), *image_shape)
-    if images.dim() != 4:
-        raise ValueError(f"decode returned shape {tuple(images.shape)}, and no validation input was collected to "
-                         "give the images' (C, H, W)")
-    return images
-
-
-class FollowedInputs:
-    """The validation inputs that the pictures of a module lvae did not write follow, encoded once per epoch.
-
-    The module needs only ``encode(x) -> (mu, logvar)``. The inputs are chosen once by dataset index from the
-    validation DataLoader's dataset (seeded, so every epoch, a resume and any number of processes follow the same
-    ones), read as the dataset returns them (`(x, y)` or `(x, y, index)`, torchvision's convention) and held on the
-    CPU. Each epoch every rank encodes its share and the shares are gathered by index: a collective.
-
-    Args:
-        max_points: how many validation inputs to follow.
-        seed: seed of their choice.
-        chunk: inputs encoded per forward pass.
-    """
-
-    def __init__(self, max_points: int = 2000, seed: int = 0, chunk: int = 512):
-        self.max_points, self.seed, self.chunk = max_points, seed, chunk
-        self._inputs: Optional[tuple[Tensor, Tensor, Tensor]] = None  # this rank's share: index, x, label
-        self._result: Optional[Latents] = None
-        self._missing: Optional[str] = None  # why nothing can be followed, said once
-
-    def latents(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> Optional[Latents]:
-        """The latents of the current epoch, computed once and cached. Every rank must call it."""
-        epoch = trainer.current_epoch
-        if self._result is not None and self._result.epoch == epoch:
-            return self._result
-        if self._inputs is None and self._missing is None:
-            self._missing = self._read(trainer)
-        if self._missing is not None:
-            return None
-        index, x, label = self._inputs
-        parts = []
-        with torch.inference_mode():
-            for start in range(0, len(index), self.chunk):
-                batch = x[start:start + self.chunk].to(device=pl_module.device, dtype=pl_module.dtype)
-                mu, logvar = pl_module.encode(batch)
-                parts.append((mu.float().cpu(), logvar.float().cpu()))
-        if parts:
-            mu, logvar = (torch.cat(p) for p in zip(*parts))
-        else:  # a rank with no share still takes part in the gather
-            width = self._latent_width(pl_module, x)
-            mu, logvar = torch.zeros(0, width), torch.zeros(0, width)
-        image = (x.clamp(0, 1) * 255).round().to(torch.uint8)  # (n, C, H, W)
-        rows = gather_by_index(trainer.strategy, {"index": index, "label": label, "mu": mu, "logvar": logvar,
-                                                  "image": image})
-        self._result = Latents(epoch=epoch, kl=kl_to_prior(rows["mu"], rows["logvar"]), **rows)
-        return self._result
-
-    @staticmethod
-    def _latent_width(pl_module: "L.LightningModule", x: Tensor) -> int:
-        with torch.inference_mode():
-            return int(pl_module.encode(torch.zeros(1, *x.shape[1:], device=pl_module.device))[0].shape[1])
-
-    def _read(self, trainer: "L.Trainer") -> Optional[str]:
-        """Read this rank's share of the followed inputs; returns why they cannot be read, or None."""
-        loader = trainer.val_dataloaders
-        loader = loader[0] if isinstance(loader, (list, tuple)) and loader else loader
-        dataset = getattr(loader, "dataset", None)
-        if dataset is None or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            return ("the validation DataLoader has no dataset that can be indexed (an IterableDataset?), so lvae "
-                    "cannot choose inputs to follow; give the pictures a map-style dataset")
-        n = len(dataset)
-        if n == 0:
-            return "the validation dataset is empty"
-        chosen = torch.arange(n) if n <= self.max_points else torch.randperm(
-            n, generator=torch.Generator().manual_seed(self.seed))[:self.max_points].sort().values
-        mine = chosen[trainer.global_rank::trainer.world_size]  # (n_rank,) disjoint shares
-        xs, labels = [], []
-        for start in range(0, len(mine), self.chunk):
-            batch = default_collate([dataset[int(i)] for i in mine[start:start + self.chunk]])
-            x, y = (batch[0], batch[1]) if isinstance(batch, (list, tuple)) and len(batch) > 1 else (batch, None)
-            if not isinstance(x, Tensor) or x.dim() < 2:
-                return f"the validation dataset's items are not images (x, y): got {type(x).__name__}"
-            xs.append(x.float())
-            labels.append(torch.zeros(len(x), dtype=torch.long) if y is None else torch.as_tensor(y).long().view(-1))
-        if xs:
-            x = torch.cat(xs)
-        else:  # this rank has no share: an empty tensor of the items' shape
-            first = default_collate([dataset[0]])
-            x = (first[0] if isinstance(first, (list, tuple)) else first).float()[:0]
-        if x.dim() == 3:
-            x = x.unsqueeze(1)  # (n, H, W) grey images
-        self._inputs = (mine, x, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long))
-        return None

@@ -18,7 +18,9 @@ from typing_extensions import override
 from lvae.checkpoints import load_checkpoint
 from lvae.divergence import divergence_message, diverged, vitals
 from lvae.errors import CheckpointError, ConfigError, DivergenceError
-from lvae.latents import LatentCollection, Latents, kl_to_prior
+from lvae.images import to_uint8
+from lvae.latent_maths import kl_to_prior, reparameterise
+from lvae.latents import LatentCollection, Latents
 from lvae.networks import ARCHITECTURES, ImageShape
 from lvae.trust import check_class_paths
 from lvae.say import say
@@ -236,7 +238,7 @@ class VAE(L.LightningModule):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The mean reconstruction (B, C, H, W) from one posterior draw, with mu and logvar."""
         mu, logvar = self.encoder(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        z = reparameterise(mu, logvar, torch.randn_like(mu))
         return self.decode(z), mu, logvar
 
     # ----- the loss -----
@@ -262,7 +264,7 @@ class VAE(L.LightningModule):
         `eps` (B, Z) fixes the standard-normal draw; by default a fresh one is drawn."""
         mu, logvar = self.encoder(x)
         eps = torch.randn_like(mu) if eps is None else eps
-        z = mu + eps * torch.exp(0.5 * logvar)  # reparameterised draw, (B, Z)
+        z = reparameterise(mu, logvar, eps)  # (B, Z)
         return mu, logvar, self._nll(self._logits(z), x), kl_to_prior(mu, logvar)
 
     def _objective(self, recon: Tensor, kl: Tensor) -> Tensor:
@@ -418,14 +420,14 @@ class VAE(L.LightningModule):
         if self.latents.enabled:
             # The negative ELBO is left for `validation_latents`: only the followed subset needs it.
             self.latents.add(index=index, label=y, mu=mu, logvar=logvar, recon=recon, kl=kl,
-                             image=(x * 255).round().byte())  # (B, C, H, W) uint8
+                             image=to_uint8(x))  # (B, C, H, W)
 
     def neg_elbo(self, x: Tensor, mu: Tensor, logvar: Tensor, eps: Optional[Tensor] = None) -> Tensor:
         """Per-input negative ELBO (B,) in nats, the reconstruction term averaged over `elbo_samples` draws
         (or over the given standard-normal draws `eps`, (S, B, Z))."""
         if eps is None:
             eps = torch.randn(self.hparams.elbo_samples, *mu.shape, device=mu.device)
-        z = mu + eps * torch.exp(0.5 * logvar)  # (S, B, Z)
+        z = reparameterise(mu, logvar, eps)  # (S, B, Z)
         return self._nll(self._logits(z), x).mean(0) + kl_to_prior(mu, logvar)
 
     def validation_latents(self) -> Optional[Latents]:
@@ -464,7 +466,8 @@ class VAE(L.LightningModule):
         prior = Normal(torch.zeros_like(mu), torch.ones_like(mu))
         log_w = []
         for start in range(0, k, chunk):  # chunks bound the (k, B, C, H, W) logits in memory
-            z = q.sample((min(chunk, k - start),))  # (k', B, Z)
+            z = reparameterise(mu, logvar, torch.randn(min(chunk, k - start), *mu.shape, device=mu.device,
+                                                       dtype=mu.dtype))  # (k', B, Z)
             log_px = -self._nll(self._logits(z), x)  # (k', B)
             log_w.append(log_px + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1))  # (k', B)
         return -(torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k))

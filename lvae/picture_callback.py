@@ -20,7 +20,8 @@ from lvae.checkpoints import RunCheckpoint
 from lvae.drawing import DrawingPool, Drawn, DrawingStopped, Job, process_count, run_job, usable_cores
 from lvae.errors import ConfigError, LVAEError
 from lvae.figures import modules as modules_of
-from lvae.latents import FollowedInputs, Latents, unusable
+from lvae.followed_inputs import FollowedInputs
+from lvae.latents import Latents, unusable
 from lvae.signals import HeldSigterm
 from lvae.sink import PictureSink
 from lvae.say import notice, say

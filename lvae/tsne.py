@@ -1,7 +1,7 @@
 """The t-SNE of the latent means (openTSNE): a map warm-started from the last epoch's, and its quality figure.
 
-The work runs in the drawing process. openTSNE and scikit-learn are imported only there, inside the functions, so
-that `TSNEEmbedding` can build its settings in the training process without them (they are slow to import).
+The work runs in the drawing process. openTSNE is imported only there, inside the functions, so that
+`TSNEEmbedding` can build its settings in the training process without it (it is slow to import).
 """
 
 from dataclasses import dataclass
@@ -9,20 +9,15 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from lvae.neighbours import same_label
+
 if TYPE_CHECKING:
     import openTSNE
 
 
 def knn_label_agreement(points: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
     """Share of points' k nearest neighbours (N, D) that share their label (N,): the quality figure of a map."""
-    from sklearn.neighbors import NearestNeighbors
-
-    if len(points) <= k:
-        raise ValueError(f"{len(points)} points have fewer than k={k} neighbours each")
-    neighbours = NearestNeighbors(n_neighbors=k + 1).fit(points).kneighbors(points, return_distance=False)
-    # Column 0 is the point itself, unless duplicates tie with it: drop the point itself wherever it landed.
-    others = np.array([row[row != i][:k] for i, row in enumerate(neighbours)])  # (N, k)
-    return float((labels[others] == labels[:, None]).mean())
+    return float(same_label(points, labels, k).mean())
 
 
 EARLY_EXAGGERATION = 12  # openTSNE's default factor for the early phase

@@ -239,7 +239,7 @@ def test_unlabelled_inputs_get_an_uncertainty_picture_without_the_label_numbers(
     values = callback.measure(handmade_latents([0] * 12))  # an image folder without class folders: every label 0
     assert "uncertainty/mean" in values and "uncertainty/spearman_ink" in values
     assert not [key for key in values if "disagreement" in key or "class_" in key]  # drawn: test_images
-    from lvae.fixed_inputs import label_texts
+    from lvae.labels import label_texts
 
     unlabelled, labelled = handmade_latents([0] * 12), handmade_latents([0] * 6 + [1] * 6)
     assert (unlabelled.labelled, labelled.labelled) == (False, True)
