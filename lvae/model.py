@@ -248,8 +248,7 @@ class VAE(L.LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        # Once per epoch rather than per step: each self.log call costs ~0.5 ms in Lightning 2.6 (it moves the
-        # logged metric's state on every call), ~8% of this model's CPU step per call (bench/throughput.py).
+        # Once per epoch rather than per step: each self.log call moves the metric's state, a cost per step.
         self._log_means("train")
 
     @override
@@ -379,8 +378,7 @@ class VAE(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        # The fused kernel is the same Adam in one kernel per parameter instead of about ten small ops: measured
-        # 4.8 ms against 5.7-7.2 ms per MLP step on 2 CPU cores. Older torch (CPU before 2.4) lacks it.
+        # The fused kernel is the same Adam in one kernel per parameter, a faster step; older torch lacks it.
         try:
             return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
         except RuntimeError:
