@@ -65,7 +65,7 @@ class LatentScatter(PictureCallback):
         thumbnails: how many inputs to draw as thumbnails (0: none), spread over the labels: the input nearest its
             label's median mean first, then a second per label.
         table_rows: rows of the W&B table of means (0: no table). Each row carries a thumbnail, so it is logged
-            once, at the end of fit (and by ``lvae validate``): about 1 s per 1000 rows, in the training process.
+            once, at the end of fit (and by ``lvae validate``), in the training process.
             With two scatters, give one of them 0.
         every_n_epochs: draw every n-th validation epoch.
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
@@ -77,7 +77,7 @@ class LatentScatter(PictureCallback):
     figure = "lvae.figures.scatter:draw"
     figsize = (8.0, 6.6)  # inches; the PNG is 800x660
     # Axes placed by hand, leaving room for the two-line title and the legends on the right: matplotlib's
-    # constrained layout measured twice the drawing time of the whole figure (224 ms against 103 ms).
+    # constrained layout would cost more than drawing the whole figure.
     axes_rect = (0.1, 0.08, 0.77, 0.81)
     table_key = "latents/means_table"
     margin = 0.15  # share of each axis' range added on both sides when limits are taken from the data
@@ -227,7 +227,7 @@ class LatentScatter(PictureCallback):
             self._fixed = self._basis = self._drawn = self._thumbs = None
         self._view = view
         points, shapes, (xlabel, ylabel), view_text = self._project(latents)
-        points = points.double().numpy()  # (N, 2); float64: matplotlib drew float32 points 40% slower
+        points = points.double().numpy()  # (N, 2); float64: matplotlib draws it quicker
         u = posterior_uncertainty(latents.logvar).numpy()  # (N,)
         labels = latents.label.numpy()
         # Map u onto [0, 1] within this epoch: its absolute scale depends on how many dimensions are inactive.
@@ -332,8 +332,7 @@ class LatentScatter(PictureCallback):
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         # Logged here rather than with the last epoch's picture: early stopping, max_steps or max_time may end
         # fit before max_epochs, and only now is it certain which epoch was the last. After the last epoch's pictures
-        # are sent and before waiting for them: W&B takes 0.6-0.8 s over a table of 500 thumbnails, while the drawing
-        # process draws.
+        # are sent and before waiting for them: W&B's time over the table overlaps the drawing process's.
         self.end_fit(trainer)
         if trainer.is_global_zero and self._last is not None and self.sink.has_tables():
             try:

@@ -101,7 +101,7 @@ class LatentUncertainty(PictureCallback):
             notice(f"LatentUncertainty: no uncertainty pictures for epoch {epoch}: {reason}")
             return None
         # Numbers are measured here, in the training loop, where the loggers are; the drawing process only draws.
-        # One neighbour search, about 0.1 s at 5000 inputs.
+        # One neighbour search, light enough for the training loop.
         values = self.measure(latents)
         self.log_with_picture(values)
         # What the picture shows is picked here (cheap tensor work), so only 3 x n_show images go to the drawing

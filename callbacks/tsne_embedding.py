@@ -55,9 +55,9 @@ class TSNEEmbedding(PictureCallback):
             cold fit; use 50-100 for 5000-10000, see bench/README.md).
         negative_gradient_method: ``"bh"`` (Barnes-Hut; much faster than FFT below ~10k points on a CPU) or
             ``"fft"`` (interpolation, for larger maps).
-        affinity_method: how each mean's nearest neighbours are found for the affinities: ``"exact"`` (measured
-            7x quicker than Annoy on 20-D means from 1k to 10k points: 0.06 s against 0.40 s at 1k, 0.82 s against
-            6.3 s at 10k), or openTSNE's ``"annoy"`` / ``"auto"`` (approximate, for much larger maps).
+        affinity_method: how each mean's nearest neighbours are found for the affinities: ``"exact"`` (quicker
+            than Annoy on 20-D means up to 10k points), or openTSNE's ``"annoy"`` / ``"auto"`` (approximate, for
+            much larger maps).
         prior_n_iter: iterations that place the prior draws into the finished map (openTSNE's ``transform``).
         n_jobs: threads openTSNE uses. It runs beside training, so 1 leaves the training loop its cores.
         n_prior: prior draws placed into the map (0: none).

@@ -5,8 +5,7 @@ from typing import Any
 
 from lvae.errors import CheckpointError, ConfigError, DataFilesError, DivergenceError, LVAEError
 
-# Imported on first use (PEP 562): the drawing process imports `lvae.figures`, and importing the model here would
-# pull in Lightning, about 6 s of CPU taken from training on 2 cores.
+# Imported on first use (PEP 562): the drawing process imports `lvae.figures` and must not pay for Lightning.
 _LAZY = {"VAE": "lvae.model", "MNISTDataModule": "lvae.data", "Latents": "lvae.latents",
          "ImageFolderDataModule": "lvae.image_folder", "CIFAR10DataModule": "lvae.cifar"}
 

@@ -43,6 +43,18 @@ def load_checkpoint(path: Any, map_location: Any = "cpu") -> dict[str, Any]:
             "its own checkpoints always load. Use a checkpoint written by lvae, or ask its author for one.") from None
 
 
+def check_weight_shapes(checkpoint: dict[str, Any], own: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose weights have other shapes than the model's `own` state dict, naming the first.
+    Called before Lightning loads the weights: a crafted or damaged checkpoint is named, not a "size mismatch"
+    trace."""
+    for name, value in checkpoint.get("state_dict", {}).items():
+        if name in own and isinstance(value, torch.Tensor) and value.shape != own[name].shape:
+            raise CheckpointError(f"the checkpoint's weight {name} has shape {tuple(value.shape)}, and this "
+                                  f"model's has {tuple(own[name].shape)}: the checkpoint was not written for this "
+                                  "model. Use the config saved beside the checkpoint, or a checkpoint of this "
+                                  "model.")
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint beside its target, flushes it to disk, then renames it into place; reads one as tensors
     and plain values only (`load_checkpoint`), whatever Lightning asks for.

@@ -28,9 +28,9 @@ from lvae.checkpoints import load_checkpoint
 from lvae.drawing import exit_status
 from lvae.errors import LVAEError
 
-GRACE_SECONDS = 10.0  # from a rank stopping to rank zero leaving the watch: 1-3 s measured on 2 busy cores
+GRACE_SECONDS = 10.0  # from a rank stopping to rank zero leaving the watch, with room for busy cores
 POLL_SECONDS = 0.2
-WANDB_CLOSE_SECONDS = 5.0  # closing an offline run takes about 1 s; a hung one must not stop the job ending
+WANDB_CLOSE_SECONDS = 5.0  # room to close an offline run; a hung one must not stop the job ending
 PARENT_SECONDS = 1.0  # a child may see its connections reset a moment before it sees its parent (rank zero) gone
 
 

@@ -1,5 +1,5 @@
-"""When a run has diverged: the one rule that the training loop, the checkpoints and the pictures share, and
-the message the user reads.
+"""When a run has diverged: the one rule that the training loop, the checkpoints and the pictures share, the
+message the user reads, and the guard that applies the rule to a fit (`DivergenceGuard`).
 
 A run has diverged when its loss is NaN or infinite, or far above what an untrained model scores, or when the
 means or log-variances of q(z|x) reach values no healthy posterior has, even while the loss looks fine.
@@ -9,10 +9,12 @@ bench/README.md ("divergence.py").
 """
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
+
+from lvae.errors import DivergenceError
 
 # A decoder that says p = 0.5 for each of an image's D pixel values, as an untrained one roughly does, scores D ln 2
 # nats per image: 543.4 for MNIST's 28 x 28. A loss above 100 times that has diverged.
@@ -62,3 +64,48 @@ def divergence_message(epoch: int, step: int, what: str, lr: float) -> str:
     return (f"training diverged at epoch {epoch}, step {step}: {what}. No checkpoint was written from these "
             f"weights. Lower the learning rate (now --model.lr {lr}) or clip gradients "
             f"(--trainer.gradient_clip_val 1.0).")
+
+
+class DivergenceGuard:
+    """The rule applied to a fit, raising `DivergenceError` with the one message: each training step is judged one
+    step late (its vitals are read back when the next step starts, so the check never waits for the device), each
+    validation epoch on the whole validation set, and the weights of every checkpoint before it is written."""
+
+    def __init__(self, pixels: int):
+        self.pixels = pixels  # D, the pixel values per image
+        self.pending: Optional[tuple[Tensor, int, int]] = None  # the last step's vitals, its epoch and step
+        self.last_batch: Optional[Tensor] = None  # the last training batch, what a checkpoint's weights are scored on
+
+    def record(self, vitals: Tensor, epoch: int, step: int, batch: Tensor) -> None:
+        """Keep a training step's `vitals` unread, to be judged when the next step (or a checkpoint) comes."""
+        self.pending = (vitals, epoch, step)
+        self.last_batch = batch
+
+    def check_step(self, lr: float) -> None:
+        """Stop with the divergence message when the last training step had diverged."""
+        if self.pending is None:
+            return
+        values, epoch, step = self.pending
+        self.pending = None
+        self.stop_if(diverged("loss", *values.tolist(), pixels=self.pixels), epoch, step, lr)
+
+    def check_weights(self, score: Callable[[Tensor], Tensor], epoch: int, step: int, lr: float) -> None:
+        """Score the current weights on the last training batch and stop if they have diverged; the lagged check
+        has not seen them yet. `score` maps a batch to its `vitals` without drawing noise, so the random stream
+        stays as it was."""
+        if self.last_batch is None:
+            return
+        with torch.no_grad():
+            values = score(self.last_batch)
+        self.stop_if(diverged("loss", *values.tolist(), pixels=self.pixels), epoch, step, lr,
+                     where=", with the weights about to be saved")
+
+    def check_validation(self, values: list[float], epoch: int, step: int, lr: float) -> None:
+        """Stop if a validation epoch's synced loss, recon, kl and extremes (as `diverged` takes them) have
+        diverged; every rank decides alike."""
+        self.stop_if(diverged("val/loss", *values, pixels=self.pixels), epoch, step, lr,
+                     where=", on the validation set")
+
+    def stop_if(self, what: Optional[str], epoch: int, step: int, lr: float, where: str = "") -> None:
+        if what is not None:
+            raise DivergenceError(divergence_message(epoch, step, what + where, lr))

@@ -5,8 +5,7 @@ A picture callback does its model work in the training process and sends a `Job`
 one of the `lvae.figures` modules and its arguments (NumPy arrays and plain values). The training process never
 imports the drawing stack (matplotlib, openTSNE, scikit-learn); the drawing process imports it on first use.
 This module imports neither Lightning, nor torch, nor the drawing stack at its top: the drawing process starts by
-importing it, and needs none of them to draw. Lightning takes about 6 s of CPU to import on 2 cores, torch 2 s and
-another 0.5 s to exit; on 2 cores that time is taken from training.
+importing it, and needs none of them to draw: their import and exit would take CPU from training.
 
 The drawing process is `python -c` running `serve` with the training process's sys.path; jobs and results go over
 two pipes as length-prefixed pickles. It imports lvae's modules and those a job names, never the user's
@@ -199,9 +198,8 @@ def _exit_when_orphaned(parent: int) -> None:
 
 
 def _exit_at_once() -> None:
-    # Tearing down an interpreter that holds matplotlib, SciPy and scikit-learn took 0.2 s at the end of every fit,
-    # with the user waiting (DrawingProcess.close). The drawing process has nothing to finalise: each job's files are
-    # written whole and closed before its result is sent.
+    # Tearing down matplotlib, SciPy and scikit-learn keeps the user waiting at the end of fit, for nothing: each
+    # job's files are written whole and closed before its result is sent.
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -231,9 +229,7 @@ def serve(parent: int, jobs: int, results: int) -> None:
 _CHILD_MAIN = ("import json, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
                "sys.path[:] = json.loads(sys.argv[1]); from lvae.drawing import serve; serve(*map(int, sys.argv[2:]))")
 
-# The drawing process runs one thread of native code. scikit-learn's neighbour search (the t-SNE affinities, the
-# k-NN agreement) otherwise starts an OpenMP thread per core, and while training holds the other core those threads
-# wait on one another: 0.13 s a search instead of 0.02 s, half of a warm t-SNE epoch (bench/README.md).
+# The drawing process runs one thread of native code: OpenMP threads per core would wait on the core training holds.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -502,14 +498,14 @@ class DrawingPool:
 
 
 # What the drawing jobs import: the modules of the figures lvae's callbacks name and, for the t-SNE map, openTSNE and
-# scikit-learn (about 2 s of CPU in all, 1 s of it openTSNE's import of scikit-learn and SciPy).
+# scikit-learn (bench/README.md has what their import costs).
 DRAWING_STACK = (*figures.modules(figures.SHIPPED), *figures.LIBRARIES)
 
 
 class EarlyDrawing:
     """The drawing process the `lvae` command starts before it imports Lightning, and its owner. Lightning's import
-    takes one core for about 6 s and leaves the other idle, which the drawing stack's import then uses instead of
-    the first epochs' training.
+    keeps one core busy and leaves the other idle, which the drawing stack's import then uses instead of the first
+    epochs' training.
 
     The entry point holds it in a `with` around the whole command. On entering, it starts the process for `fit` and
     `validate` (the commands that draw), not for `--help` or `--print_config`, and only in the process of global rank

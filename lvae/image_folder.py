@@ -87,8 +87,8 @@ class FolderWalk:
     and a folder or file reached again adds nothing. A link leading out of `root` is refused by name: lvae reads the
     folder it is given, not what a link in it points at (a folder from elsewhere could otherwise make it read, and
     show in its pictures, your own files). A folder or file reached from two class folders would be one image with
-    two labels, and is refused too. `arg` is the argument named in messages. Paths are strings: pathlib objects made
-    the walk of 50,000 files ten times slower than torchvision's.
+    two labels, and is refused too. `arg` is the argument named in messages. Paths are strings: pathlib objects
+    would make the walk far slower than torchvision's.
     """
 
     def __init__(self, root: Path, arg: str):

@@ -2,9 +2,8 @@
 test bound."""
 
 import functools
-import importlib
 import math
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
@@ -15,48 +14,21 @@ from torch.distributions import Normal
 from torchmetrics import MaxMetric, MeanMetric
 from typing_extensions import override
 
-from lvae.checkpoints import load_checkpoint
-from lvae.divergence import divergence_message, diverged, vitals
-from lvae.errors import CheckpointError, ConfigError, DivergenceError
+from lvae.checkpoints import check_weight_shapes, load_checkpoint
+from lvae.divergence import DivergenceGuard, vitals
+from lvae.elbo import add_neg_elbo
+from lvae.errors import ConfigError
+from lvae.eval_noise import EvalNoise
 from lvae.images import to_uint8
 from lvae.latent_maths import kl_to_prior, reparameterise
 from lvae.latents import LatentCollection, Latents
-from lvae.networks import ARCHITECTURES, ImageShape
-from lvae.trust import check_class_paths
-from lvae.say import say
+from lvae.networks import ARCHITECTURES, ImageShape, NetworkFactory, describe_network, network_factory
+from lvae.resume import apply_new_lr
+from lvae.trust import trusted_load_kwargs
 
-# A network is built as factory(latent_dim, image_shape, **init_args): in a config, a class_path and its init_args.
-NetworkFactory = Callable[[int, tuple[int, int, int]], nn.Module]
 STAGES = ("train", "val", "test")
 PARTS = ("loss", "recon", "kl")
-EVAL_NOISE_BLOCK = 4096
-EVAL_NOISE_SEEDS = {"val": 1, "test": 2}
 LIKELIHOODS = ("bernoulli", "gaussian")
-
-
-def describe_network(factory: Union[None, dict, NetworkFactory]) -> Optional[dict[str, Any]]:
-    """A network factory as plain values, ``{"class_path": ..., "init_args": {...}}``, as a config names it: what
-    a checkpoint's hyperparameters hold (they load as tensors and plain values only)."""
-    if factory is None or isinstance(factory, dict):
-        return factory
-    init_args: dict[str, Any] = {}
-    if isinstance(factory, functools.partial):  # a class with its init_args, as jsonargparse or the user binds it
-        init_args = dict(factory.keywords)
-        factory = next((f for f in (factory.func, *factory.args) if isinstance(f, type)), factory.func)
-    return {"class_path": f"{factory.__module__}.{factory.__qualname__}", "init_args": init_args}
-
-
-def network_factory(described: Union[dict, NetworkFactory]) -> NetworkFactory:
-    """The factory a description (`describe_network`) names; a factory is taken as it is."""
-    if not isinstance(described, dict):
-        return described
-    module, _, name = described["class_path"].rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"class_path {described['class_path']!r} cannot be imported ({err}); make sure its module "
-                          "is on PYTHONPATH") from None
-    return functools.partial(cls, **described.get("init_args", {}))
 
 
 def _name(factory: NetworkFactory) -> str:
@@ -163,10 +135,9 @@ class VAE(L.LightningModule):
         self.val_extremes = nn.ModuleDict({k: MaxMetric(nan_strategy="disable") for k in ("mu", "logvar")})
         self.latents = LatentCollection(latent_points)
         self._loss_parts = torch.compile(self._loss_parts_eager) if compile else self._loss_parts_eager
-        self._pending_check: Optional[tuple[Tensor, int, int]] = None
-        self._last_batch: Optional[Tensor] = None
-        self._saved_lr: Optional[float] = None
-        self._eval_noise: dict[tuple[str, int], Tensor] = {}
+        self.divergence = DivergenceGuard(self._pixels)
+        self._saved_lr: Optional[float] = None  # the lr the loaded checkpoint trained with
+        self._eval_noise = EvalNoise(latent_dim, 1 + elbo_samples)
 
     @property
     def image_shape(self) -> ImageShape:
@@ -210,13 +181,7 @@ class VAE(L.LightningModule):
         (`lvae.trust.check_class_paths`). Any other class (a network of your own) is passed in by keyword, e.g.
         ``encoder=MyEncoder``, and is then built with the checkpoint's init_args."""
         hparams = load_checkpoint(checkpoint_path).get("hyper_parameters", {})
-        check_class_paths(hparams, kwargs, str(checkpoint_path), owner=cls)
-        for key in ("encoder", "decoder"):
-            # The class you pass is the checkpoint's own: build it with the checkpoint's init_args.
-            saved, given = hparams.get(key), kwargs.get(key)
-            if isinstance(saved, dict) and isinstance(given, type) and \
-                    saved.get("class_path") == describe_network(given)["class_path"]:
-                kwargs[key] = saved
+        kwargs = trusted_load_kwargs(hparams, kwargs, str(checkpoint_path), owner=cls)
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
                                             strict=strict, weights_only=True, **kwargs)
 
@@ -285,56 +250,36 @@ class VAE(L.LightningModule):
 
     @override
     def on_train_epoch_end(self) -> None:
-        # Once per epoch rather than per step: each self.log call costs ~0.5 ms in Lightning 2.6 (it moves the
-        # logged metric's state on every call), ~8% of this model's CPU step per call (bench/throughput.py).
+        # Once per epoch rather than per step: each self.log call moves the metric's state, a cost per step.
         self._log_means("train")
 
     @override
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         x, _, _ = batch
-        self._raise_if_diverged()
+        self.divergence.check_step(self.hparams.lr)
         mu, logvar, recon, kl = self._loss_parts(x)
         loss = self._update_metrics("train", recon, kl)
         # Read back one step later, so the check never waits for the device (no sync in the hot path).
-        self._pending_check = (vitals(loss, recon, kl, mu, logvar), self.current_epoch, self.global_step)
-        self._last_batch = x  # what on_save_checkpoint scores the weights on
+        self.divergence.record(vitals(loss, recon, kl, mu, logvar), self.current_epoch, self.global_step, x)
         every = self.trainer.log_every_n_steps
         if every and (self.global_step + 1) % every == 0:  # only the steps Lightning hands to the loggers
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def _raise_if_diverged(self) -> None:
-        """Stop with the divergence message when the last training step had diverged."""
-        if self._pending_check is None:
-            return
-        values, epoch, step = self._pending_check
-        self._pending_check = None
-        self._stop_if(diverged("loss", *values.tolist(), pixels=self._pixels), epoch, step)
-
-    def _stop_if(self, what: Optional[str], epoch: int, step: int, where: str = "") -> None:
-        if what is not None:
-            raise DivergenceError(divergence_message(epoch, step, what + where, self.hparams.lr))
-
-    def _raise_if_weights_diverged(self) -> None:
-        """Score the current weights on the last training batch (at the means, no noise drawn: the random
-        stream stays as it was) and stop if they have diverged; the lagged check has not seen them yet."""
-        if self._last_batch is None:
-            return
-        x = self._last_batch
-        with torch.no_grad():
-            mu, logvar, recon, kl = self._loss_parts_eager(x, torch.zeros(len(x), self.hparams.latent_dim,
-                                                                          device=x.device))
-            values = vitals(self._objective(recon, kl).mean(), recon, kl, mu, logvar)
-        self._stop_if(diverged("loss", *values.tolist(), pixels=self._pixels), self.current_epoch, self.global_step,
-                      where=", with the weights about to be saved")
+    def _vitals_at_means(self, x: Tensor) -> Tensor:
+        """What the divergence rule reads of images x, scored at the means: no noise is drawn, so the random
+        stream stays as it was."""
+        mu, logvar, recon, kl = self._loss_parts_eager(x, torch.zeros(len(x), self.hparams.latent_dim,
+                                                                      device=x.device))
+        return vitals(self._objective(recon, kl).mean(), recon, kl, mu, logvar)
 
     @override
     def on_validation_start(self) -> None:
-        self._raise_if_diverged()
+        self.divergence.check_step(self.hparams.lr)
 
     @override
     def on_train_end(self) -> None:
-        self._raise_if_diverged()
+        self.divergence.check_step(self.hparams.lr)
 
     @override
     def on_validation_epoch_end(self) -> None:
@@ -344,45 +289,27 @@ class VAE(L.LightningModule):
         # Synced across ranks, so every rank decides alike; the means are cached for the log call.
         values = [self.metrics[f"val_{part}"].compute().item() for part in PARTS]
         values += [self.val_extremes[k].compute().item() for k in ("mu", "logvar")]
-        self._stop_if(diverged("val/loss", *values, pixels=self._pixels), self.current_epoch, self.global_step,
-                      where=", on the validation set")
+        self.divergence.check_validation(values, self.current_epoch, self.global_step, self.hparams.lr)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Every checkpoint passes through here: never write one after a diverged step, nor diverged weights.
-        self._raise_if_diverged()
-        self._raise_if_weights_diverged()
+        self.divergence.check_step(self.hparams.lr)
+        self.divergence.check_weights(self._vitals_at_means, self.current_epoch, self.global_step, self.hparams.lr)
         checkpoint["latent_subset"] = self.latents.state_dict()
 
     @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Before Lightning loads the weights: a crafted or damaged checkpoint is named, not a "size mismatch" trace.
-        own = self.state_dict()
-        for name, value in checkpoint.get("state_dict", {}).items():
-            if name in own and isinstance(value, Tensor) and value.shape != own[name].shape:
-                raise CheckpointError(f"the checkpoint's weight {name} has shape {tuple(value.shape)}, and this "
-                                      f"model's has {tuple(own[name].shape)}: the checkpoint was not written for this "
-                                      "model. Use the config saved beside the checkpoint, or a checkpoint of this "
-                                      "model.")
+        check_weight_shapes(checkpoint, self.state_dict())  # before Lightning loads the weights
         if "latent_subset" in checkpoint:
             self.latents.load_state_dict(checkpoint["latent_subset"])
         self._saved_lr = checkpoint.get("hyper_parameters", {}).get("lr")
 
     @override
     def on_train_start(self) -> None:
-        # Lightning restores the optimiser with the lr it was saved with: a new --model.lr on resume, the fix the
-        # divergence message gives, would be ignored. A schedule keeps its shape, rescaled by new/old.
-        trained, lr, self._saved_lr = self._saved_lr, self.hparams.lr, None
-        if trained is None or trained == lr:
-            return
-        for optimizer in self.trainer.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] *= lr / trained
-                if "initial_lr" in group:
-                    group["initial_lr"] *= lr / trained
-        for config in self.trainer.lr_scheduler_configs:
-            config.scheduler.base_lrs = [base * lr / trained for base in config.scheduler.base_lrs]
-        say(f"lvae: model.lr {trained} -> {lr}: applied to the restored optimizer")
+        # Lightning restores the optimiser with the checkpoint's lr; a new --model.lr on resume must win.
+        trained, self._saved_lr = self._saved_lr, None
+        apply_new_lr(self.trainer, trained, self.hparams.lr)
 
     @override
     def on_validation_epoch_start(self) -> None:
@@ -394,20 +321,9 @@ class VAE(L.LightningModule):
         """Standard-normal draws (draws, B, Z) that depend only on each input's dataset index and the stage.
 
         Evaluation uses these common random numbers instead of fresh noise, so `val/loss` moves only when the
-        model does, and N processes, whatever batches they form, compute exactly what one process computes.
-        Rows come in seeded blocks of EVAL_NOISE_BLOCK indices, made once and cached on the device."""
-        z_dim, width = self.hparams.latent_dim, 1 + self.hparams.elbo_samples
-        blocks = (index // EVAL_NOISE_BLOCK).unique().tolist()  # usually one block per split
-        for block in blocks:
-            if (stage, block) not in self._eval_noise:
-                seed = EVAL_NOISE_SEEDS[stage] * 1_000_003 + block
-                noise = torch.randn(EVAL_NOISE_BLOCK, width, z_dim, generator=torch.Generator().manual_seed(seed))
-                self._eval_noise[(stage, block)] = noise.to(index.device)
-        tables = [self._eval_noise[(stage, b)] for b in blocks]
-        table = tables[0] if len(tables) == 1 else torch.cat(tables)  # (blocks * BLOCK, width, Z)
-        position = torch.searchsorted(torch.tensor(blocks, device=index.device), index // EVAL_NOISE_BLOCK)
-        rows = table[position * EVAL_NOISE_BLOCK + index % EVAL_NOISE_BLOCK]  # (B, width, Z)
-        return rows[:, :draws].transpose(0, 1)
+        model does, and N processes, whatever batches they form, compute exactly what one process computes
+        (`lvae.eval_noise`)."""
+        return self._eval_noise(index, stage, draws)
 
     @override
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
@@ -432,23 +348,8 @@ class VAE(L.LightningModule):
 
     def validation_latents(self) -> Optional[Latents]:
         """This epoch's collected latents, gathered across ranks once. Every rank must call it (a collective)."""
-        return self.latents.result(self.trainer.strategy, finish=self._add_neg_elbo)
-
-    def _add_neg_elbo(self, rows: dict[str, Tensor], chunk: int = 1024) -> dict[str, Tensor]:
-        """`rows` of the followed inputs (CPU) with their negative ELBO added. Computed here, for the followed
-        subset only, rather than for every validation input in `validation_step`: its `elbo_samples` extra decodes
-        per input cost more than the rest of validation together. Draws 1..S of each input's `eval_noise` (draw 0
-        gave val/loss), so the number depends only on the weights and the input, on any number of processes."""
-        parts = []
-        with torch.inference_mode():
-            for start in range(0, len(rows["index"]), chunk):
-                index = rows["index"][start:start + chunk].to(self.device)
-                x = rows["image"][start:start + chunk].to(self.device).float().div(255)  # (B, C, H, W)
-                mu = rows["mu"][start:start + chunk].to(self.device)
-                logvar = rows["logvar"][start:start + chunk].to(self.device)
-                eps = self.eval_noise(index, "val", 1 + self.hparams.elbo_samples)[1:]  # (S, B, Z)
-                parts.append(self.neg_elbo(x, mu, logvar, eps).cpu())
-        return {**rows, "neg_elbo": torch.cat(parts) if parts else rows["mu"].new_zeros(0)}
+        # The negative ELBO is added for the followed inputs only, not in every validation step (lvae.elbo).
+        return self.latents.result(self.trainer.strategy, finish=functools.partial(add_neg_elbo, self))
 
     @override
     def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
@@ -480,8 +381,7 @@ class VAE(L.LightningModule):
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        # The fused kernel is the same Adam in one kernel per parameter instead of about ten small ops: measured
-        # 4.8 ms against 5.7-7.2 ms per MLP step on 2 CPU cores. Older torch (CPU before 2.4) lacks it.
+        # The fused kernel is the same Adam in one kernel per parameter, a faster step; older torch lacks it.
         try:
             return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True)
         except RuntimeError:

@@ -7,13 +7,43 @@ maps ``z (B, Z)`` to logits ``(B, C, H, W)`` (the likelihood turns them into the
 LightningCLI takes optimizers.
 """
 
+import functools
+import importlib
 import math
+from typing import Any, Callable, Optional, Union
 
 from torch import Tensor, nn
 
 from lvae.errors import ConfigError
 
 ImageShape = tuple[int, int, int]  # (C, H, W)
+# A network is built as factory(latent_dim, image_shape, **init_args): in a config, a class_path and its init_args.
+NetworkFactory = Callable[[int, tuple[int, int, int]], nn.Module]
+
+
+def describe_network(factory: Union[None, dict, NetworkFactory]) -> Optional[dict[str, Any]]:
+    """A network factory as plain values, ``{"class_path": ..., "init_args": {...}}``, as a config names it: what
+    a checkpoint's hyperparameters hold (they load as tensors and plain values only)."""
+    if factory is None or isinstance(factory, dict):
+        return factory
+    init_args: dict[str, Any] = {}
+    if isinstance(factory, functools.partial):  # a class with its init_args, as jsonargparse or the user binds it
+        init_args = dict(factory.keywords)
+        factory = next((f for f in (factory.func, *factory.args) if isinstance(f, type)), factory.func)
+    return {"class_path": f"{factory.__module__}.{factory.__qualname__}", "init_args": init_args}
+
+
+def network_factory(described: Union[dict, NetworkFactory]) -> NetworkFactory:
+    """The factory a description (`describe_network`) names; a factory is taken as it is."""
+    if not isinstance(described, dict):
+        return described
+    module, _, name = described["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"class_path {described['class_path']!r} cannot be imported ({err}); make sure its module "
+                          "is on PYTHONPATH") from None
+    return functools.partial(cls, **described.get("init_args", {}))
 
 
 class MLPEncoder(nn.Module):

@@ -1,4 +1,5 @@
-"""What a resumed fit carries over besides the weights: the random generators' state, and the W&B history's step."""
+"""What a resumed fit carries over besides the weights: the random generators' state, the W&B history's step, and
+a new learning rate given on resume."""
 
 import random
 from pathlib import Path
@@ -10,6 +11,25 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
+
+from lvae.say import say
+
+
+def apply_new_lr(trainer: "L.Trainer", trained: Optional[float], lr: float) -> None:
+    """Train the restored optimisers with `lr` when the checkpoint was trained with another, `trained`.
+
+    Lightning restores the optimiser with the lr it was saved with: a new --model.lr on resume, the fix the
+    divergence message gives, would be ignored. A schedule keeps its shape, rescaled by new/old."""
+    if trained is None or trained == lr:
+        return
+    for optimizer in trainer.optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] *= lr / trained
+            if "initial_lr" in group:
+                group["initial_lr"] *= lr / trained
+    for config in trainer.lr_scheduler_configs:
+        config.scheduler.base_lrs = [base * lr / trained for base in config.scheduler.base_lrs]
+    say(f"lvae: model.lr {trained} -> {lr}: applied to the restored optimizer")
 
 
 class RandomState(Callback):

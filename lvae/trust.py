@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 from lvae.errors import CheckpointError
+from lvae.networks import describe_network
 
 # What LightningCLI writes into a module's hyperparameters to rebuild it; Lightning imports and calls it on load.
 LIGHTNING_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module", "pytorch_lightning.cli.instantiate_module")
@@ -130,3 +131,17 @@ def check_class_paths(hparams: dict[str, Any], given: dict[str, Any], where: str
     for key, value in hparams.items():
         if key not in ("_instantiator", "_class_path"):
             visit(value, key, types_.get(key, UNKNOWN))
+
+
+def trusted_load_kwargs(hparams: dict[str, Any], kwargs: dict[str, Any], where: str, owner: type) -> dict[str, Any]:
+    """The keyword arguments for loading `owner` from a checkpoint with these hyperparameters, after refusing any
+    class the file names that lvae did not write (`check_class_paths`). A network class passed in by keyword that
+    is the checkpoint's own is built with the checkpoint's init_args."""
+    check_class_paths(hparams, kwargs, where, owner=owner)
+    kwargs = dict(kwargs)
+    for key in ("encoder", "decoder"):
+        saved, given = hparams.get(key), kwargs.get(key)
+        if isinstance(saved, dict) and isinstance(given, type) and \
+                saved.get("class_path") == describe_network(given)["class_path"]:
+            kwargs[key] = saved
+    return kwargs

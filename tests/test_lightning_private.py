@@ -2,11 +2,14 @@
 it stays, so that an upgrade that changes one fails this file instead of a user's run."""
 
 import inspect
+import os
+import sys
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from jsonargparse import ArgumentParser
+from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.cli import LightningCLI
@@ -19,19 +22,45 @@ from lvae.checkpoints import RunCheckpoint
 from lvae.cli import LVAECLI
 
 
-def parameters(function) -> list[str]:
-    return list(inspect.signature(function).parameters)
+class Parsed(Exception):
+    """Stops a CLI once it has built its classes, before it runs anything."""
 
 
-def test_the_cli_hooks_lvae_overrides_or_calls_are_still_there() -> None:
-    # _parse_ckpt_path: lvae replaces the step that overwrites the model config with a checkpoint's values.
-    assert "self._parse_ckpt_path()" in inspect.getsource(LightningCLI.__init__)
+class ProbeCLI(LightningCLI):
+    """A LightningCLI that replaces `_parse_ckpt_path` as lvae's does, and stops before the subcommand runs."""
+
+    ckpt_paths: list = []
+
+    def _parse_ckpt_path(self) -> None:
+        ProbeCLI.ckpt_paths.append(self.config["fit"]["ckpt_path"])
+
+    def after_instantiate_classes(self) -> None:
+        raise Parsed(self)
+
+
+def test_the_cli_hooks_lvae_overrides_or_calls_do_what_lvae_needs(tmp_path, monkeypatch) -> None:
+    # _parse_ckpt_path: lvae replaces the step that overwrites the model config with a checkpoint's values. It is
+    # called with the parsed config, and Lightning's own (which would read the missing file) no longer runs.
     assert LVAECLI._parse_ckpt_path is not LightningCLI._parse_ckpt_path
-    # _instantiate_trainer(config, callbacks): the one place the trainer is built from the parsed config.
-    assert parameters(LightningCLI._instantiate_trainer) == ["self", "config", "callbacks"]
-    # _get(config, key, default) and _parser(subcommand): reading the config of the running subcommand.
-    assert parameters(LightningCLI._get)[:3] == ["self", "config", "key"]
-    assert parameters(LightningCLI._parser) == ["self", "subcommand"]
+    ProbeCLI.ckpt_paths = []
+    monkeypatch.setattr(sys, "argv", ["lvae"])  # the arguments come from `args` alone
+    with pytest.raises(Parsed) as parsed:
+        ProbeCLI(BoringModel, args=["fit", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--trainer.max_epochs", "3",
+                                    "--trainer.logger", "false", f"--trainer.default_root_dir={tmp_path}"],
+                 save_config_callback=None, seed_everything_default=False)
+    cli = parsed.value.args[0]
+    assert ProbeCLI.ckpt_paths == [str(tmp_path / "missing.ckpt")]
+    # _get(config, key, default): a key of the running subcommand's section, or the default.
+    assert cli._get(cli.config, "trainer")["max_epochs"] == 3
+    assert cli._get(cli.config, "no_such_key", default="default") == "default"
+    # _parser(subcommand): the subcommand's own parser, which dumps that section and lists its callback keys.
+    assert "max_epochs: 3" in cli._parser("fit").dump(cli.config["fit"])
+    assert cli._parser("fit") is not cli.parser and hasattr(cli._parser("fit"), "callback_keys")
+    # _instantiate_trainer(config, callbacks): the trainer is built from the config with the extra callbacks in it.
+    extra = Callback()
+    trainer = cli._instantiate_trainer({"max_epochs": 2, "logger": False, "callbacks": [],
+                                        "default_root_dir": str(tmp_path)}, [extra])
+    assert trainer.max_epochs == 2 and extra in trainer.callbacks
 
 
 def test_lvae_help_replaces_the_subcommand_lines_argparse_keeps_privately() -> None:
@@ -39,33 +68,78 @@ def test_lvae_help_replaces_the_subcommand_lines_argparse_keeps_privately() -> N
     parser = ArgumentParser()
     subcommands = parser.add_subcommands()
     subcommands.add_subcommand("fit", ArgumentParser(), help="x")
-    assert [choice.dest for choice in parser._subcommands_action._choices_actions] == ["fit"]
+    choices = parser._subcommands_action._choices_actions
+    assert [choice.dest for choice in choices] == ["fit"]
+    choices[0].help = "train a VAE"  # what lvae writes there is what --help prints
+    assert "train a VAE" in parser.format_help()
 
 
-def test_the_checkpoint_methods_run_checkpoint_reuses_are_still_there() -> None:
+def quick_trainer(tmp_path, **kwargs) -> pl.Trainer:
+    return pl.Trainer(**{"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 0, "logger": False,
+                         "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
+                         "default_root_dir": tmp_path, **kwargs})
+
+
+def test_the_checkpoint_methods_run_checkpoint_reuses_write_last_ckpt_as_modelcheckpoint_would(tmp_path) -> None:
     # RunCheckpoint saves last.ckpt on its own schedule (before an interrupted run exits) with the checks and the
     # monitored values ModelCheckpoint would use.
-    checkpoint = RunCheckpoint(dirpath="unused", save_last=True)
-    assert isinstance(checkpoint, ModelCheckpoint) and checkpoint._every_n_epochs == 1
-    assert parameters(ModelCheckpoint._save_last_checkpoint) == ["self", "trainer", "monitor_candidates"]
-    assert parameters(ModelCheckpoint._monitor_candidates) == ["self", "trainer"]
-    assert parameters(ModelCheckpoint._should_save_on_train_epoch_end) == ["self", "trainer"]
-    assert parameters(ModelCheckpoint._should_skip_saving_checkpoint) == ["self", "trainer"]
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    assert RunCheckpoint(dirpath="unused", save_last=True)._every_n_epochs == 1  # every epoch, by default
+    trainer = quick_trainer(tmp_path, enable_checkpointing=True, callbacks=[checkpoint])
+    trainer.fit(BoringModel())
+    last = tmp_path / "ckpt" / "last.ckpt"
+    # Without validation, ModelCheckpoint saves at the end of the training epoch; it has saved at this step, so a
+    # second save at the same step is skipped.
+    assert checkpoint._should_save_on_train_epoch_end(trainer) is True
+    assert checkpoint._should_skip_saving_checkpoint(trainer) is True
+    candidates = checkpoint._monitor_candidates(trainer)
+    assert (int(candidates["epoch"]), int(candidates["step"])) == (trainer.current_epoch, trainer.global_step) == (1, 2)
+    last.unlink()
+    checkpoint._save_last_checkpoint(trainer, candidates)
+    assert torch.load(last, weights_only=True)["global_step"] == 2
 
 
-def test_the_picture_callbacks_keep_their_state_under_lightnings_key() -> None:
+class Counter(Callback):
+    """A callback whose state is keyed by its setting, as two LatentScatters are by their dims."""
+
+    def __init__(self, dims: int) -> None:
+        self.dims, self.batches = dims, 0
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(dims=self.dims)
+
+    def on_train_batch_end(self, *args) -> None:
+        self.batches += self.dims
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches}
+
+
+def test_the_picture_callbacks_keep_their_state_under_lightnings_key(tmp_path) -> None:
     # _generate_state_key: two callbacks of one class (two scatters) keep separate states in a checkpoint.
-    assert parameters(Callback._generate_state_key) == ["self", "kwargs"]
+    trainer = quick_trainer(tmp_path, callbacks=[Counter(1), Counter(10)])
+    trainer.fit(BoringModel())
+    trainer.save_checkpoint(tmp_path / "x.ckpt")
+    saved = torch.load(tmp_path / "x.ckpt", weights_only=True)["callbacks"]
+    assert saved == {"Counter{'dims': 1}": {"batches": 2}, "Counter{'dims': 10}": {"batches": 20}}
     # _legacy_state_key: where Lightning looks when state_key is not found; a picture names its class there, under
     # which checkpoints written before it had a state_key of its own hold its state.
     loading = inspect.getsource(pl.trainer.call._call_callbacks_load_state_dict)
     assert "callback_states.get(callback.state_key, callback_states.get(callback._legacy_state_key))" in loading
 
 
-def test_the_process_observer_lvae_replaces_is_still_there() -> None:
-    # lvae's DDPWatch swaps Lightning's watch of the processes it launched for one that prints the message.
-    assert parameters(subprocess_script._launch_process_observer) == ["child_processes"]
-    assert "_launch_process_observer(" in inspect.getsource(subprocess_script._SubprocessScriptLauncher)
+def test_the_process_observer_lvae_replaces_is_what_the_launcher_calls(monkeypatch) -> None:
+    # lvae's DDPWatch swaps Lightning's watch of the processes it launched for one that prints the message: the
+    # launcher must look the module-level name up when it launches, and hand it the processes it started.
+    # Set as it is, so the launcher changes no thread count of this process.
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads())))
+    launcher = subprocess_script._SubprocessScriptLauncher(LightningEnvironment(), num_processes=1, num_nodes=1)
+    monkeypatch.setattr(launcher, "_call_children_scripts", lambda: None)  # start no process
+    watched = []
+    monkeypatch.setattr(subprocess_script, "_launch_process_observer", watched.append)
+    assert launcher.launch(lambda: "ran") == "ran"
+    assert watched == [launcher.procs]
 
 
 def test_predict_batches_say_which_dataset_indices_they_hold() -> None:
@@ -75,9 +149,18 @@ def test_predict_batches_say_which_dataset_indices_they_hold() -> None:
     assert wrapper.seen_batch_indices == [[0, 1], [2, 3], [4]]
 
 
-def test_the_wandb_init_arguments_lvae_trims_are_still_kept_privately() -> None:
-    logger = WandbLogger(offline=True, save_dir="unused")
-    assert isinstance(logger._wandb_init, dict) and "anonymous" in logger._wandb_init
+def test_the_wandb_init_arguments_lvae_trims_are_what_wandb_init_gets(tmp_path, monkeypatch) -> None:
+    # lvae.noise.quiet_trainer pops `anonymous` from `_wandb_init`: what is left is what wandb.init is called with.
+    import wandb
+
+    logger = WandbLogger(offline=True, save_dir=str(tmp_path))
+    assert logger._wandb_init.get("anonymous", "absent") is None
+    logger._wandb_init.pop("anonymous")
+    calls = []
+    monkeypatch.setattr(wandb, "run", None)
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: calls.append(kwargs) or object())
+    logger.experiment  # noqa: B018 (the property starts the run)
+    assert calls == [logger._wandb_init] and "anonymous" not in calls[0] and calls[0]["dir"] == str(tmp_path)
 
 
 class StatefulBatches:

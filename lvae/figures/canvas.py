@@ -38,7 +38,7 @@ def save_png(image: Image.Image, path: str) -> str:
     tmp = path.with_suffix(".tmp.png")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        image.save(tmp, format="PNG", compress_level=1)  # zlib level 1: 0.6x the time of level 6, 11% larger
+        image.save(tmp, format="PNG", compress_level=1)  # zlib level 1: quicker than 6, slightly larger
         tmp.replace(path)
         save_frame(image, path)
     except OSError as err:  # a full disk: say which file, and leave no half-written one taking the space
@@ -49,7 +49,7 @@ def save_png(image: Image.Image, path: str) -> str:
 
 def class_colour(label: "int | np.ndarray") -> np.ndarray:
     """The colour of a label, or (N, 4) colours of labels (N,), the same in every lvae picture (matplotlib's
-    tab10). One call for all the points: one call per point cost 40 ms for 2000 points."""
+    tab10). One call for all the points: one call per point is slow."""
     from matplotlib import colormaps
 
     return colormaps["tab10"](np.asarray(label, dtype=np.int64) % 10)
@@ -212,9 +212,8 @@ def add_thumbnails(fig: Figure, ax: Axes, anchors: np.ndarray, centres: np.ndarr
                    frame: int) -> int:
     """Draw each image (K, H, W[, 3]) at its centre (K, 2 pixels, from `place_boxes`, which keeps them apart; NaN:
     not drawn), framed in its colour (K, 4), with a thin line from its anchor (K, 2, data) where it sits away from
-    it. All of them are one figure image, placed pixel for pixel: an annotation box each cost several times as
-    much to lay out and draw, and a figure image each 0.9 ms (64 decoded prior draws on the t-SNE map). Returns
-    how many were drawn."""
+    it. All of them are one figure image, placed pixel for pixel: an annotation box or a figure image each costs
+    its own layout and draw. Returns how many were drawn."""
     x0, y0, x1, y1 = box
     to_data = np.array([(limits[1] - limits[0]) / (x1 - x0), (limits[3] - limits[2]) / (y1 - y0)])
     lines, line_colours, placed = [], [], []

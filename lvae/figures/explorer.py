@@ -183,8 +183,7 @@ def keep_inputs(folder: Path, index: np.ndarray, label: np.ndarray, images: np.n
 
 def encode(images: np.ndarray) -> np.ndarray:
     """`images` (N, h, w[, 3]) uint8 as the page holds them: data URLs (`data_urls`), kept as one uint8 array of
-    their text, one a line. Encoded once, when kept: encoding every image again for every page written took a
-    third of its time."""
+    their text, one a line. Encoded once, when kept, not again for every page written."""
     return _joined(data_urls(images))
 
 

@@ -1,6 +1,6 @@
 """What the pictures of decoded images share (traversals, interpolations, reconstructions): images scaled to a
-legible cell size, text, and the PNG. Drawn with PIL alone: a matplotlib figure costs 40-80 ms of axes and text
-whatever it holds, and these pictures are only images and words."""
+legible cell size, text, and the PNG. Drawn with PIL alone: a matplotlib figure costs axes and text whatever it
+holds, and these pictures are only images and words."""
 
 import functools
 import math

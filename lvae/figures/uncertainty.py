@@ -26,7 +26,7 @@ class Grid(NamedTuple):
     values: list[float]
 
 
-# One figure, not five: each figure costs 40-80 ms of axes, ticks, text and PNG encoding whatever it holds. Panels
+# One figure, not five: each figure costs axes, ticks, text and PNG encoding whatever it holds. Panels
 # sit in fixed rectangles (left, bottom, width, height as figure fractions), because a constrained layout would
 # double that. Left: the histogram over the KL bars; right: the three grids, each under its title.
 HIST = (0.075, 0.6, 0.3, 0.3)
@@ -45,7 +45,7 @@ def draw(path: str, figsize: tuple[float, float], epoch: int, counts: np.ndarray
     the grids (each the fields of a `Grid`)."""
     grids = [Grid(**grid) for grid in grids]
     fig = Figure(figsize=figsize, dpi=PNG_DPI)  # the grids are placed in pixels
-    # Titles are short because matplotlib spends about 0.13 ms a character on text.
+    # Titles are short because matplotlib's text costs time per character.
     fig.suptitle(f"Posterior variance per input, u(x) = mean over dimensions of exp(logvar), epoch {epoch}",
                  fontsize=11, y=0.99)
     summary = (f"{counts.sum()} inputs, mean u(x) {mean:.3g}, {active.sum()} of {len(kl)} latent dimensions active, "
@@ -72,7 +72,7 @@ def _hist(ax: Axes, counts: np.ndarray, edges: np.ndarray, mean: float, units: i
 
 
 def _kl(ax: Axes, kl: np.ndarray, active: np.ndarray) -> None:
-    # One collection of Z rectangles, not Z bar patches: ax.bar costs about 1 ms a bar to build and draw.
+    # One collection of Z rectangles, not Z bar patches: each bar patch is built and drawn on its own.
     x, zero = np.arange(len(kl)), np.zeros(len(kl))
     corners = np.stack([np.stack(corner, 1) for corner in ((x - 0.4, zero), (x - 0.4, kl), (x + 0.4, kl),
                                                             (x + 0.4, zero))], 1)  # (Z, 4, 2)
@@ -137,8 +137,8 @@ def _column(figsize: tuple[float, float]) -> tuple[int, int, int, int]:
 
 def _grids(fig: Figure, grids: list[Grid], nrow: int) -> None:
     """Draw the grids down the right of `fig`, each under its title, each input's label and score under it."""
-    # The column is one picture, its titles, images and labels drawn by PIL and placed pixel for pixel: as
-    # matplotlib texts, the 100 or so labels and the titles cost about 0.15 s of the draw, with PIL about 10 ms.
+    # The column is one picture, its titles, images and labels drawn by PIL and placed pixel for pixel: PIL draws
+    # the 100 or so labels far quicker than matplotlib texts.
     figsize = tuple(fig.get_size_inches())
     left, top, width, height = _column(figsize)
     column = Image.new("RGBA", (width, height), "white")  # RGBA: figimage takes it as it is
