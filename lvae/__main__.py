@@ -17,9 +17,10 @@ def main() -> None:
             sys.exit(explore_main(sys.argv[2:]))
         try:
             from lvae.drawing import EarlyDrawing
+            from lvae.figures import DRAWING_STACK
 
             # Its imports run on the core that Lightning's import leaves idle; stopped on leaving, if no fit took it.
-            with EarlyDrawing(command):
+            with EarlyDrawing(command, DRAWING_STACK):
                 from lvae.cli import main as cli_main
 
                 cli_main()

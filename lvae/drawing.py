@@ -33,7 +33,6 @@ from queue import SimpleQueue
 from types import TracebackType
 from typing import IO, Any, Callable, Optional
 
-from lvae import figures
 from lvae.command_line import CommandLine
 from lvae.errors import ConfigError, LVAEError
 from lvae.runs import global_zero
@@ -497,11 +496,6 @@ class DrawingPool:
             self._give_back_core()
 
 
-# What the drawing jobs import: the modules of the figures lvae's callbacks name and, for the t-SNE map, openTSNE and
-# scikit-learn (bench/README.md has what their import costs).
-DRAWING_STACK = (*figures.modules(figures.SHIPPED), *figures.LIBRARIES)
-
-
 class EarlyDrawing:
     """The drawing process the `lvae` command starts before it imports Lightning, and its owner. Lightning's import
     keeps one core busy and leaves the other idle, which the drawing stack's import then uses instead of the first
@@ -512,15 +506,16 @@ class EarlyDrawing:
     zero (the one that draws). The first trainer's pictures take it over (`take`, by their `DrawingPool`), which then
     closes it with the fit; on leaving, a process nobody took is stopped."""
 
-    def __init__(self, command: CommandLine) -> None:
+    def __init__(self, command: CommandLine, modules: tuple[str, ...]) -> None:
         self.command = command
+        self.modules = modules  # what the process imports while Lightning loads (`lvae.figures.DRAWING_STACK`)
         self.process: Optional[DrawingProcess] = None
         self._token: Optional[Token] = None
 
     def __enter__(self) -> "EarlyDrawing":
         if self.command.draws and global_zero():
             self.process = DrawingProcess()
-            self.process.submit(Job("lvae.drawing:import_modules", {"modules": DRAWING_STACK}))
+            self.process.submit(Job("lvae.drawing:import_modules", {"modules": self.modules}))
         self._token = _EARLY.set(self)
         return self
 

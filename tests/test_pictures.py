@@ -160,6 +160,7 @@ def test_the_lvae_command_starts_the_drawing_process_early_and_the_fit_draws_wit
         mnist_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lvae.command_line import read_command_line
     from lvae.drawing import EarlyDrawing
+    from lvae.figures import DRAWING_STACK
     from lvae.runs import RANK_VARIABLES
 
     for name in RANK_VARIABLES:
@@ -168,15 +169,15 @@ def test_the_lvae_command_starts_the_drawing_process_early_and_the_fit_draws_wit
                        (["fit"], ("LOCAL_RANK", "1")), (["fit"], ("RANK", "3")), (["fit"], ("GROUP_RANK", "1"))):
         if rank:
             monkeypatch.setenv(*rank)
-        with EarlyDrawing(read_command_line(argv)) as early:
+        with EarlyDrawing(read_command_line(argv), DRAWING_STACK) as early:
             assert early.process is None, argv  # nothing to draw, or not the rank that draws
         if rank:
             monkeypatch.delenv(rank[0])
     # Started, and not taken by any trainer: stopped with the command.
-    with EarlyDrawing(read_command_line(["validate"])) as early:
+    with EarlyDrawing(read_command_line(["validate"]), DRAWING_STACK) as early:
         unused = early.process.pid
     assert early.process is None and not is_running(unused)
-    with EarlyDrawing(read_command_line(["fit", "--config", "mnist"])) as early:
+    with EarlyDrawing(read_command_line(["fit", "--config", "mnist"]), DRAWING_STACK) as early:
         pid = early.process.pid
         assert pid is not None and is_running(pid)
         callback = DrawnWhere()
@@ -213,7 +214,7 @@ def test_every_figure_a_shipped_picture_names_is_a_function_and_the_lvae_command
     import importlib
 
     from lvae import figures
-    from lvae.drawing import DRAWING_STACK
+    from lvae.figures import DRAWING_STACK
 
     pictures = shipped_pictures()
     assert len(pictures) == 8, pictures
@@ -262,7 +263,7 @@ def test_the_drawing_process_imports_neither_torch_nor_lightning_and_runs_one_na
     # Either import would cost training CPU on 2 cores: torch 2 s to import and 0.5 s to exit, Lightning 6 s. More
     # OpenMP threads than the one core training leaves wait on one another (0.13 s a neighbour search, not 0.02).
     # It runs niced, leaves Ctrl-C to the training process (which saves last.ckpt), and runs no file as __main__.
-    from lvae.drawing import DRAWING_STACK
+    from lvae.figures import DRAWING_STACK
 
     assert "lvae.figures.tsne" in DRAWING_STACK and "openTSNE" in DRAWING_STACK
     drawing = DrawingProcess()

@@ -15,10 +15,13 @@ SHIPPED = ("lvae.figures.scatter:draw", "lvae.figures.tsne:map_and_draw", "lvae.
            "lvae.figures.uncertainty:draw", "lvae.figures.traversal:draw", "lvae.figures.interpolation:draw",
            "lvae.figures.reconstructions:draw", "lvae.figures.explorer:record", "lvae.figures.explorer:rewrite",
            "lvae.figures.animation:animate")
-# What the t-SNE map imports only when it first runs: about 1 s of CPU, openTSNE's import of scikit-learn and SciPy.
+# What the t-SNE map imports only when it first runs: openTSNE, and scikit-learn and SciPy through it.
 LIBRARIES = ("openTSNE", "sklearn.neighbors")
 
 
 def modules(figures: Iterable[str]) -> tuple[str, ...]:
     """The modules of `figures`, each once, in order: "lvae.figures.scatter:draw" -> "lvae.figures.scatter"."""
     return tuple(dict.fromkeys(figure.partition(":")[0] for figure in figures))
+
+# What the `lvae` command's early drawing process imports while Lightning loads (`lvae.drawing.EarlyDrawing`).
+DRAWING_STACK = (*modules(SHIPPED), *LIBRARIES)
