@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lvae.callbacks.tsne_embedding import TSNEEmbedding
 from lvae.drawing import Job, run_job
-from lvae.errors import ConfigError
+from lvae.errors import at_least
 from lvae.images import as_pictures, decode_images, to_uint8
 from lvae.labels import label_names
 from lvae.latent_maths import pca_2d
@@ -72,8 +72,7 @@ class LatentExplorer(PictureCallback):
     def __init__(self, max_points: PositiveInt = 2000, every_n_epochs: PositiveInt = 1, background: bool = True,
                  skip_when_busy: bool = True):
         super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
-        if max_points < 2:
-            raise ConfigError(f"LatentExplorer.max_points={max_points} must be >= 2 (2000 make a page of about 5 MB)")
+        at_least("LatentExplorer.max_points", max_points, 2, "2000 make a page of about 5 MB")
         self.max_points = max_points
         self._basis: Optional[Tensor] = None  # (2, Z) float64: the PCA axes of the last drawn epoch
         self._inputs_sent: Optional[Tensor] = None  # dataset indices whose thumbnails this trainer has sent to be kept

@@ -7,7 +7,7 @@ import torch
 from typing_extensions import override
 
 from lvae.drawing import Job
-from lvae.errors import ConfigError
+from lvae.errors import ConfigError, at_least
 from lvae.fixed_inputs import FixedInputs, FixedInputsPicture
 from lvae.images import decode_images, pixels
 from lvae.labels import label_names, label_texts
@@ -40,8 +40,7 @@ class LatentInterpolation(FixedInputsPicture):
     def __init__(self, n_pairs: int = 5, steps: int = 10, seed: int = 0, every_n_epochs: int = 1,
                  background: bool = True, skip_when_busy: bool = True):
         super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
-        if n_pairs < 1:
-            raise ConfigError(f"LatentInterpolation.n_pairs={n_pairs} must be >= 1 (pairs of inputs, one row each)")
+        at_least("LatentInterpolation.n_pairs", n_pairs, 1, "pairs of inputs, one row each")
         if steps < 2:
             raise ConfigError(f"LatentInterpolation.steps={steps} must be >= 2 (decoded points per pair, the two "
                               "means included; 10 is usual)")

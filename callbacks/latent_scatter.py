@@ -10,7 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lvae.drawing import Job
-from lvae.errors import ConfigError
+from lvae.errors import ConfigError, at_least
 from lvae.images import as_pictures
 from lvae.labels import label_names
 from lvae.latent_maths import ellipses, pca_2d
@@ -105,10 +105,8 @@ class LatentScatter(PictureCallback):
                                   "and ymin < ymax (or null: the limits of the first drawn epoch)")
         if auto_limits not in ("first", "grow", "each"):
             raise ConfigError(f"LatentScatter.auto_limits={auto_limits!r} is not one of 'first', 'grow', 'each'")
-        if thumbnails < 0:
-            raise ConfigError(f"LatentScatter.thumbnails={thumbnails} must be >= 0 (0 draws no images)")
-        if table_rows < 0:
-            raise ConfigError(f"LatentScatter.table_rows={table_rows} must be >= 0 (0 logs no table)")
+        at_least("LatentScatter.thumbnails", thumbnails, 0, "0 draws no images")
+        at_least("LatentScatter.table_rows", table_rows, 0, "0 logs no table")
         self.dims = dims
         if dims is not None:
             self.names = (f"scatter_dims_{dims[0]}_{dims[1]}",)

@@ -7,7 +7,7 @@ import torch
 from typing_extensions import override
 
 from lvae.drawing import Job
-from lvae.errors import ConfigError
+from lvae.errors import ConfigError, at_least
 from lvae.fixed_inputs import FixedInputs, FixedInputsPicture
 from lvae.images import decode_images, pixels
 from lvae.labels import label_names, label_texts
@@ -47,12 +47,9 @@ class LatentTraversal(FixedInputsPicture):
     def __init__(self, n_inputs: int = 3, steps: int = 9, span: float = 2.5, max_dims: int = 10, seed: int = 0,
                  every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):
         super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
-        if n_inputs < 1:
-            raise ConfigError(f"LatentTraversal.n_inputs={n_inputs} must be >= 1 (inputs side by side)")
-        if steps < 3:
-            raise ConfigError(f"LatentTraversal.steps={steps} must be >= 3 (values per dimension; 9 is usual)")
-        if max_dims < 1:
-            raise ConfigError(f"LatentTraversal.max_dims={max_dims} must be >= 1 (most rows)")
+        at_least("LatentTraversal.n_inputs", n_inputs, 1, "inputs side by side")
+        at_least("LatentTraversal.steps", steps, 3, "values per dimension; 9 is usual")
+        at_least("LatentTraversal.max_dims", max_dims, 1, "most rows")
         if not span > 0:
             raise ConfigError(f"LatentTraversal.span={span} must be > 0 (2.5: from -2.5 to +2.5)")
         self.n_inputs = n_inputs

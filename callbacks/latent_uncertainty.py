@@ -9,7 +9,7 @@ from torchvision.utils import make_grid
 from typing_extensions import override
 
 from lvae.drawing import Job
-from lvae.errors import ConfigError
+from lvae.errors import at_least
 from lvae.images import grid_picture
 from lvae.latents import Latents, unusable
 from lvae.metrics import (active_dims, active_units, kl_per_dim, neighbour_disagreement, per_class_mean, pixel_mass,
@@ -51,14 +51,10 @@ class LatentUncertainty(PictureCallback):
     def __init__(self, n_show: int = 16, nrow: int = 8, k_neighbours: int = 10, bins: int = 50,
                  every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):
         super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
-        if n_show < 1:
-            raise ConfigError(f"LatentUncertainty.n_show={n_show} must be >= 1 (inputs per grid)")
-        if nrow < 1:
-            raise ConfigError(f"LatentUncertainty.nrow={nrow} must be >= 1 (images per grid row)")
-        if k_neighbours < 1:
-            raise ConfigError(f"LatentUncertainty.k_neighbours={k_neighbours} must be >= 1 (10 is usual)")
-        if bins < 1:
-            raise ConfigError(f"LatentUncertainty.bins={bins} must be >= 1 (50 is usual)")
+        at_least("LatentUncertainty.n_show", n_show, 1, "inputs per grid")
+        at_least("LatentUncertainty.nrow", nrow, 1, "images per grid row")
+        at_least("LatentUncertainty.k_neighbours", k_neighbours, 1, "10 is usual")
+        at_least("LatentUncertainty.bins", bins, 1, "50 is usual")
         self.n_show = n_show
         self.nrow = nrow
         self.k_neighbours = k_neighbours

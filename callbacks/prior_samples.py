@@ -9,7 +9,7 @@ from torchvision.utils import make_grid
 from typing_extensions import override
 
 from lvae.drawing import Job
-from lvae.errors import ConfigError
+from lvae.errors import ConfigError, at_least
 from lvae.images import decode_images, grid_picture, pixels
 from lvae.latent_maths import prior_draws
 from lvae.latents import Latents
@@ -50,10 +50,8 @@ class PriorSamples(PictureCallback):
     def __init__(self, n_samples: int = 64, nrow: int = 8, seed: int = 0, manifold_steps: int = 20,
                  every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):
         super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
-        if n_samples < 1:
-            raise ConfigError(f"PriorSamples.n_samples={n_samples} must be >= 1 (64 gives an 8x8 grid)")
-        if nrow < 1:
-            raise ConfigError(f"PriorSamples.nrow={nrow} must be >= 1 (images per row of the grid)")
+        at_least("PriorSamples.n_samples", n_samples, 1, "64 gives an 8x8 grid")
+        at_least("PriorSamples.nrow", nrow, 1, "images per row of the grid")
         if manifold_steps < 2:
             raise ConfigError(f"PriorSamples.manifold_steps={manifold_steps} must be >= 2 (z values per axis; "
                               "20 is the classic picture)")

@@ -9,7 +9,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lvae.drawing import Job
-from lvae.errors import ConfigError
+from lvae.errors import at_least
 from lvae.fixed_inputs import FixedInputs, FixedInputsPicture
 from lvae.images import decode_images, pixels
 from lvae.labels import label_names, label_texts
@@ -45,10 +45,8 @@ class Reconstructions(FixedInputsPicture):
     def __init__(self, n_inputs: int = 20, nrow: int = 5, seed: int = 0, every_n_epochs: int = 1,
                  background: bool = True, skip_when_busy: bool = True):
         super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
-        if n_inputs < 1:
-            raise ConfigError(f"Reconstructions.n_inputs={n_inputs} must be >= 1 (20: two of each of 10 labels)")
-        if nrow < 1:
-            raise ConfigError(f"Reconstructions.nrow={nrow} must be >= 1 (inputs per row of the picture)")
+        at_least("Reconstructions.n_inputs", n_inputs, 1, "20: two of each of 10 labels")
+        at_least("Reconstructions.nrow", nrow, 1, "inputs per row of the picture")
         self.n_inputs = n_inputs
         self.nrow = nrow
         self.seed = seed

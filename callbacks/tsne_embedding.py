@@ -12,7 +12,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lvae.drawing import Job
-from lvae.errors import ConfigError
+from lvae.errors import ConfigError, at_least
 from lvae.images import decode_images, pixels
 from lvae.labels import label_names
 from lvae.latent_maths import prior_draws
@@ -83,26 +83,19 @@ class TSNEEmbedding(PictureCallback):
                  n_prior: NonNegativeInt = 64, prior_n_iter: PositiveInt = 50, seed: int = 0,
                  every_n_epochs: PositiveInt = 1, background: bool = True, skip_when_busy: bool = True):
         super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
-        if max_points < 2:
-            raise ConfigError(f"TSNEEmbedding.max_points={max_points} must be >= 2 (2000 maps in a few seconds)")
+        at_least("TSNEEmbedding.max_points", max_points, 2, "2000 maps in a few seconds")
         if perplexity <= 0:
             raise ConfigError(f"TSNEEmbedding.perplexity={perplexity} must be > 0 (30 is the usual value)")
         if 3 * perplexity >= max_points:
             raise ConfigError(f"TSNEEmbedding.perplexity={perplexity} is too large for TSNEEmbedding.max_points="
                               f"{max_points}: t-SNE needs more than 3 x perplexity points; lower the perplexity "
                               f"below {max_points / 3:g} or raise max_points")
-        if early_exaggeration_iter < 0:
-            raise ConfigError(f"TSNEEmbedding.early_exaggeration_iter={early_exaggeration_iter} must be >= 0")
-        if n_iter < 1:
-            raise ConfigError(f"TSNEEmbedding.n_iter={n_iter} must be >= 1")
-        if warm_early_exaggeration_iter < 0:
-            raise ConfigError(f"TSNEEmbedding.warm_early_exaggeration_iter={warm_early_exaggeration_iter} must be >= 0")
-        if warm_n_iter < 1:
-            raise ConfigError(f"TSNEEmbedding.warm_n_iter={warm_n_iter} must be >= 1")
-        if n_prior < 0:
-            raise ConfigError(f"TSNEEmbedding.n_prior={n_prior} must be >= 0")
-        if prior_n_iter < 1:
-            raise ConfigError(f"TSNEEmbedding.prior_n_iter={prior_n_iter} must be >= 1")
+        at_least("TSNEEmbedding.early_exaggeration_iter", early_exaggeration_iter, 0)
+        at_least("TSNEEmbedding.n_iter", n_iter, 1)
+        at_least("TSNEEmbedding.warm_early_exaggeration_iter", warm_early_exaggeration_iter, 0)
+        at_least("TSNEEmbedding.warm_n_iter", warm_n_iter, 1)
+        at_least("TSNEEmbedding.n_prior", n_prior, 0)
+        at_least("TSNEEmbedding.prior_n_iter", prior_n_iter, 1)
         if negative_gradient_method not in ("bh", "fft"):
             raise ConfigError(f"TSNEEmbedding.negative_gradient_method={negative_gradient_method!r} is not one of "
                               "'bh' (Barnes-Hut, fast below ~10k points), 'fft'")

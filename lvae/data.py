@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import datasets
 from typing_extensions import override
 
-from lvae.errors import ConfigError, DataFilesError
+from lvae.errors import ConfigError, DataFilesError, at_least
 from lvae.say import say
 
 DATASETS = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST, "kmnist": datasets.KMNIST}
@@ -319,8 +319,7 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.batch_size={batch_size} must be a positive integer")
         if not 0 < val_fraction < 1:
             raise ConfigError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers={num_workers} must be >= 0")
+        at_least("data.num_workers", num_workers, 0)
         if predict_split not in ("train", "val", "test"):
             raise ConfigError(f"data.predict_split={predict_split!r} is not one of ['test', 'train', 'val']")
         self.save_hyperparameters()

@@ -35,3 +35,10 @@ class DivergenceError(LVAEError, FloatingPointError):
     """The run diverged: a loss, mean or log-variance that `lvae.divergence` calls absurd, or NaN."""
 
     exit_code = 1
+
+
+def at_least(name: str, value: float, minimum: float, why: str = "") -> None:
+    """Refuse an argument below its least value, in the words every argument check uses: "Class.arg=value must be
+    >= minimum (why)"."""
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}" + (f" ({why})" if why else ""))
