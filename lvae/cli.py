@@ -685,6 +685,12 @@ class LVAECLI(LightningCLI):
             raise DivergenceError(f"{err} {how}") from None
 
 
+def _wandb_run() -> Any:
+    """The open W&B run of this process, if W&B was imported and one is open."""
+    wandb = sys.modules.get("wandb")
+    return None if wandb is None else wandb.run
+
+
 def main(args: Any = None) -> None:
     """Entry point of the `lvae` console script and of `python -m lvae`."""
     given = list(sys.argv[1:] if args is None else args)
@@ -694,6 +700,8 @@ def main(args: Any = None) -> None:
         sys.exit(explore_main(given[1:]))
     previous = os.environ.get(RUN_ID_ENV)
     run_folder = RunFolder()
+    found_run = _wandb_run()  # a run of the caller's own, open before this command: theirs to finish
+    finished = False
     # Your modules in the working folder (my_networks.py, named by a class_path) import as they do under
     # `python -m lvae`; searched after the installed packages, so a yaml.py or torch.py there shadows nothing.
     here = os.getcwd()
@@ -704,6 +712,7 @@ def main(args: Any = None) -> None:
         # SIGTERM is lvae's wherever Lightning's handler is not; a DDP process that stops ends the job with one message.
         with EntrySignals(), noise.quiet(), DDPWatch() as ddp_watch:
             LVAECLI(args=args, run_folder=run_folder, ddp_watch=ddp_watch)
+        finished = True
     except LVAEError as err:
         if err.exit_code == 2:  # refused before any work: nothing of the run stays on disk
             run_folder.release(refused=True)
@@ -722,6 +731,10 @@ def main(args: Any = None) -> None:
             sys.exit(SIGINT_EXIT)
         raise
     finally:
+        run = _wandb_run()
+        if run is not None and run is not found_run:
+            # A process's exit would close it; in a notebook or a test the next command must not log into it.
+            run.finish(exit_code=0 if finished else 1)
         run_folder.release()  # a requeued job, or the caller's next command, may continue the run
         if searched and here in sys.path:
             sys.path.remove(here)

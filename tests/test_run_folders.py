@@ -446,3 +446,18 @@ def test_lvae_explore_is_a_subcommand_listed_in_help(workdir: Path, capsys: pyte
     assert lvae("explore", "runs/old") == 2
     said = capsys.readouterr().err
     assert said.startswith("lvae: error: runs/old kept no epochs for the explorer") and "nothing to replay" in said
+
+
+def test_an_in_process_command_closes_the_wandb_run_it_started(workdir: Path, mnist_root: Path) -> None:
+    # A process's exit closes W&B's run; a notebook's (or a test's) next command must find it closed and whole.
+    import wandb
+    from wandb_run import read_run, records
+
+    assert lvae(*fit_args(mnist_root, "--run_id", "closed")) == 0
+    assert wandb.run is None
+    (run,) = read_run(workdir / "runs" / "closed", timeout=10)
+    kinds = {record.WhichOneof("record_type") for record in records(next(run.folder.glob("*.wandb")))}
+    assert "exit" in kinds and run.run_id == "closed" and set(run.values("epoch")) == {0}, run.history
+    assert lvae(*fit_args(mnist_root, "--run_id", "next")) == 0  # its own run, in its own folder
+    assert not list((workdir / "runs" / "closed").glob("**/offline-run-*/files/*next*"))
+    assert [r.run_id for r in read_run(workdir / "runs" / "next", timeout=10)] == ["next"]
