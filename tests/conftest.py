@@ -229,11 +229,13 @@ def lvae_said(*args: str) -> Said:
     finally:
         for logger in loggers:
             logger.removeHandler(keep)
-        # The command's W&B run is still open in this process (lvae leaves it to the process's exit): close it as that
-        # exit would, or it writes on into the next command's folder and that command's WandbLogger logs into it.
+        # The command's W&B run is still open in this process (lvae leaves it to the process's exit): close it and
+        # W&B's service as that exit would, or they write on into the next command's folder and runs.
         wandb = sys.modules.get("wandb")
-        if wandb is not None and wandb.run is not None:
-            wandb.finish(exit_code=code)
+        if wandb is not None:
+            if wandb.run is not None:
+                wandb.finish(exit_code=code)
+            wandb.teardown()
     lines = [record.getMessage() for record in keep.records.values()] + [str(w.message) for w in caught]
     return Said(code, out.getvalue(), err.getvalue() + "".join(f"{line}\n" for line in lines))
 
