@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import (REPO, Said, cli_env, lvae_said, run_dirs, run_lvae, small_fit_args, toy_digits, working_in,
-                      write_idx)
+from conftest import REPO, cli_env, lvae_said, run_dirs, run_lvae, small_fit_args, toy_digits, working_in, write_idx
 from test_faults import MESSAGES  # what the README's table quotes
 from wandb_run import read_run, records
 
@@ -21,12 +20,12 @@ from lvae.ckpt_path import RUN_KEYS
 from lvae.data import InMemoryBatches, saved_train_position
 
 
-def fit(data: Path, *extra: str, check: bool = True) -> Said:
+def fit(data: Path, *extra: str, check: bool = True):
     """A one-epoch `lvae fit` in this process, in the current folder."""
     return said(*small_fit_args(data, "--trainer.max_epochs", "1", *extra), check=check)
 
 
-def said(*args: str, check: bool = True) -> Said:
+def said(*args: str, check: bool = True):
     proc = lvae_said(*args)
     if check and proc.returncode != 0:
         raise AssertionError(f"lvae {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-6000:]}")
