@@ -189,3 +189,62 @@ def pytest_collection_modifyitems(items: list) -> None:
             _RUNS_A_COMMAND[module] = any(call in source for call in ("run_lvae(", "subprocess.", "Popen("))
         if _RUNS_A_COMMAND[module]:
             item.add_marker(pytest.mark.command)
+
+
+class Said:
+    """What one in-process `lvae` command ended with: its exit code, its stdout, and everything else it said (printed
+    lines, lvae's and Lightning's log lines, warnings) in one text, as a terminal shows them."""
+
+    def __init__(self, code: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = code, stdout, stderr
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: dict[int, logging.LogRecord] = {}  # by id: a record that propagates reaches it twice
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.setdefault(id(record), record)
+
+
+def lvae_said(*args: str) -> Said:
+    """`lvae ARGS` in this process (see `lvae`), keeping what it says (capfd and caplog cannot go into module-scoped
+    fixtures), and with its W&B run closed when it returns, as the command's exit closes it. Run it in a folder set up
+    as `workdir` does (`working_in`)."""
+    import io
+    import warnings
+    from contextlib import redirect_stderr, redirect_stdout
+
+    keep = _Keep()
+    # Lightning's logger stops propagating when it was imported before the root logger had a handler.
+    loggers = [logging.getLogger(), logging.getLogger("lightning.pytorch"), logging.getLogger("lvae")]
+    for logger in loggers:
+        logger.addHandler(keep)
+    out, err, code = io.StringIO(), io.StringIO(), 1  # 1: what the command's exit says of an uncaught error
+    try:
+        with warnings.catch_warnings(record=True) as caught, redirect_stdout(out), redirect_stderr(err):
+            warnings.simplefilter("always")
+            code = lvae(*args)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(keep)
+        # The command's W&B run is still open in this process (lvae leaves it to the process's exit): close it and
+        # W&B's service as that exit would, or they write on into the next command's folder and runs.
+        wandb = sys.modules.get("wandb")
+        if wandb is not None:
+            if wandb.run is not None:
+                wandb.finish(exit_code=code)
+            wandb.teardown()
+    lines = [record.getMessage() for record in keep.records.values()] + [str(w.message) for w in caught]
+    return Said(code, out.getvalue(), err.getvalue() + "".join(f"{line}\n" for line in lines))
+
+
+@contextmanager
+def working_in(folder: Path) -> Iterator[Path]:
+    """`folder` as the current one, with W&B offline (as the `workdir` fixture sets them), for a module-scoped
+    fixture's in-process `lvae` commands."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("WANDB_MODE", "offline")
+        yield folder

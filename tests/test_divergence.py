@@ -9,7 +9,7 @@ from typing import Callable
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, run_dirs, run_lvae, small_fit_args
+from conftest import REPO, lvae_said, run_dirs, small_fit_args
 from lightning.pytorch.callbacks import ModelCheckpoint
 from test_faults import MESSAGES
 
@@ -27,17 +27,17 @@ def state_of(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def test_lr_100_explodes_without_a_nan_and_no_checkpoint_is_written(mnist_root: Path, tmp_path: Path) -> None:
+def test_lr_100_explodes_without_a_nan_and_no_checkpoint_is_written(mnist_root: Path, workdir: Path) -> None:
     # The first update already explodes the weights (every later state too); a checkpoint is due after every step,
     # and Lightning alone would write one of the exploded weights each time.
-    proc = run_lvae(small_fit_args(mnist_root, "--model.lr", "100", "--checkpoint.every_n_train_steps", "1",
-                                   "--checkpoint.monitor", "null"), tmp_path, check=False)
+    proc = lvae_said(*small_fit_args(mnist_root, "--model.lr", "100", "--checkpoint.every_n_train_steps", "1",
+                                     "--checkpoint.monitor", "null"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     found = re.search(rf"{MESSAGES['divergence']} 0, step 1: loss=(\S+) \(recon=\S+, kl=\S+\), "
                       rf"{MESSAGES['finite divergence']}, with the weights about to be saved\.", proc.stderr)
     assert found and LOSS_LIMIT < float(found.group(1)) < math.inf, proc.stderr[-3000:]
     assert "--model.lr 100.0" in proc.stderr
-    (run,) = run_dirs(tmp_path / "runs")
+    (run,) = run_dirs(workdir / "runs")
     assert not list(run.glob("checkpoints/*.ckpt"))
     # No checkpoint of this run to continue from: the message says so instead of advising --ckpt_path last.
     assert f"Run {run.name} wrote no checkpoint" in proc.stderr and "--ckpt_path last" not in proc.stderr

@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import run_dirs, run_lvae, small_fit_args
+from conftest import lvae_said, run_dirs, small_fit_args, working_in
 from wandb_run import read_run
 
 from lvae import VAE, MNISTDataModule
@@ -61,9 +61,9 @@ def test_in_memory_loader_gives_ranks_disjoint_shares_and_equal_step_counts(monk
 
 @pytest.fixture(scope="module")
 def fitted_run(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One `lvae fit` of 2 epochs through the console entry point; returns the working folder."""
-    cwd = tmp_path_factory.mktemp("fit")
-    run_lvae(small_fit_args(mnist_root), cwd)
+    """One `lvae fit` of 2 epochs, in this process; returns the working folder."""
+    with working_in(tmp_path_factory.mktemp("fit")) as cwd:
+        assert lvae_said(*small_fit_args(mnist_root)).returncode == 0
     return cwd
 
 
@@ -102,8 +102,10 @@ def test_checkpoint_reload_gives_the_same_encoding(mnist_root: Path, tmp_path: P
 
 def test_test_subcommand_reports_loss_and_iwae_nll(fitted_run: Path, mnist_root: Path) -> None:
     (run,) = run_dirs(fitted_run / "runs")
-    proc = run_lvae(["test", "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu",
-                     "--model.iwae_samples", "20", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], fitted_run)
+    with working_in(fitted_run):
+        proc = lvae_said("test", "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu",
+                         "--model.iwae_samples", "20", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test/nll" in proc.stdout and "test/loss" in proc.stdout
     assert run_dirs(fitted_run / "runs") == [run]  # the test of a run's checkpoint stays with the run
     (wandb_run,) = read_run(run / "test")
@@ -147,16 +149,16 @@ def test_per_input_negative_elbo_is_computed_for_the_followed_inputs(mnist_root:
     torch.testing.assert_close(latents.neg_elbo, fresh, rtol=0.15, atol=0)  # a 4-draw ELBO estimate, in nats
 
 
-def test_missing_data_fails_at_once_with_the_folder_and_files_named(tmp_path: Path) -> None:
-    proc = run_lvae(small_fit_args(tmp_path / "nodata"), tmp_path, check=False)
+def test_missing_data_fails_at_once_with_the_folder_and_files_named(workdir: Path) -> None:
+    proc = lvae_said(*small_fit_args(workdir / "nodata"))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     message = proc.stderr
-    assert f"{tmp_path / 'nodata' / 'MNIST' / 'raw'}" in message
+    assert f"{workdir / 'nodata' / 'MNIST' / 'raw'}" in message
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         assert name in message
-    assert not (tmp_path / "nodata").exists()  # nothing half-written left behind
+    assert not (workdir / "nodata").exists()  # nothing half-written left behind
 
 
 @pytest.mark.parametrize(("args", "named"), [
@@ -184,11 +186,11 @@ def test_bad_values_are_refused_with_the_key_named(tmp_path: Path, monkeypatch: 
     assert not list(tmp_path.iterdir())  # refused before anything was built
 
 
-def test_rerun_in_the_same_root_keeps_both_runs(fitted_run: Path, mnist_root: Path, tmp_path: Path) -> None:
-    args = small_fit_args(mnist_root, "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path))
-    run_lvae(args, tmp_path)
-    run_lvae(args, tmp_path)
-    assert len(run_dirs(tmp_path)) == 2  # a re-run is a new versioned folder, not a crash on config.yaml
+def test_rerun_in_the_same_root_keeps_both_runs(mnist_root: Path, workdir: Path) -> None:
+    args = small_fit_args(mnist_root, "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(workdir))
+    assert lvae_said(*args).returncode == 0
+    assert lvae_said(*args).returncode == 0
+    assert len(run_dirs(workdir)) == 2  # a re-run is a new versioned folder, not a crash on config.yaml
 
 
 def test_real_digits_val_loss_falls_well_below_first_epoch(real_mnist_root: Path) -> None:

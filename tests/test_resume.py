@@ -5,27 +5,27 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_dirs, run_lvae
+from conftest import REPO, lvae_said, run_dirs, working_in
 from wandb_run import read_run
 
 CONFIG = REPO / "configs" / "mnist.yaml"
 
 
-def fit(mnist_root: Path, cwd: Path, *extra: str) -> None:
-    proc = run_lvae(["fit", "--config", str(CONFIG), "--data.data_dir", str(mnist_root), "--data.batch_size", "64",
-                     "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *extra], cwd,
-                     timeout=300)
-    # `python -m lvae` with every picture on: the drawing process starts and draws (no picture skipped).
-    assert "was skipped" not in proc.stderr, proc.stderr[-3000:]
+def fit(mnist_root: Path, *extra: str) -> None:
+    """`lvae fit` in this process, in the current folder."""
+    proc = lvae_said("fit", "--config", str(CONFIG), "--data.data_dir", str(mnist_root), "--data.batch_size", "64",
+                     "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *extra)
+    # Every picture on: the drawing process starts and draws (no picture skipped).
+    assert proc.returncode == 0 and "was skipped" not in proc.stderr, proc.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
 def resumed(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    cwd = tmp_path_factory.mktemp("resume")
-    fit(mnist_root, cwd, "--trainer.max_epochs", "2")
-    (run,) = run_dirs(cwd / "runs")
-    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    fit(mnist_root, cwd, "--trainer.max_epochs", "4", "--ckpt_path", "last")
+    with working_in(tmp_path_factory.mktemp("resume")) as cwd:
+        fit(mnist_root, "--trainer.max_epochs", "2")
+        (run,) = run_dirs(cwd / "runs")
+        first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        fit(mnist_root, "--trainer.max_epochs", "4", "--ckpt_path", "last")
     return run, first
 
 
@@ -60,9 +60,10 @@ def test_resume_continues_the_picture_folders(resumed: tuple[Path, dict]) -> Non
 
 def test_validate_draws_every_picture_for_a_checkpoint(resumed: tuple[Path, dict], mnist_root: Path) -> None:
     run, _ = resumed
-    cwd = run.parent.parent
-    run_lvae(["validate", "--config", str(CONFIG), "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu",
-              "--ckpt_path", str(run / "checkpoints" / "last.ckpt")], cwd, timeout=300)
+    with working_in(run.parent.parent):
+        proc = lvae_said("validate", "--config", str(CONFIG), "--data.data_dir", str(mnist_root),
+                         "--trainer.accelerator", "cpu", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
     validate_run = run / "validate"  # the run's own folder for it: fit's pictures are left alone
     drawn = {p.parent.name for p in (validate_run / "latents").glob("*/epoch_*.png")}
     # t-SNE is skipped with a warning: the fixture's 30 validation inputs are too few for perplexity 30.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, cli_env, run_dirs, run_lvae, small_fit_args, toy_digits, write_idx
+from conftest import REPO, cli_env, lvae_said, run_dirs, run_lvae, small_fit_args, toy_digits, working_in, write_idx
 from test_faults import MESSAGES  # what the README's table quotes
 from wandb_run import read_run, records
 
@@ -20,8 +20,16 @@ from lvae.ckpt_path import RUN_KEYS
 from lvae.data import InMemoryBatches, saved_train_position
 
 
-def fit(data: Path, cwd: Path, *extra: str, check: bool = True, env: dict | None = None):
-    return run_lvae(small_fit_args(data, "--trainer.max_epochs", "1", *extra), cwd, env=env, check=check)
+def fit(data: Path, *extra: str, check: bool = True):
+    """A one-epoch `lvae fit` in this process, in the current folder."""
+    return said(*small_fit_args(data, "--trainer.max_epochs", "1", *extra), check=check)
+
+
+def said(*args: str, check: bool = True):
+    proc = lvae_said(*args)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lvae {' '.join(args)} exited {proc.returncode}\n{proc.stderr[-6000:]}")
+    return proc
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -43,16 +51,23 @@ def data(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def two_runs(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MNIST run `mnist-a`, then a Fashion-MNIST run: the most recent one."""
-    cwd = tmp_path_factory.mktemp("two_runs")
-    fit(data, cwd, "--run_id", "mnist-a")
-    fit(data, cwd, "--data.dataset", "fashion_mnist")
+    with working_in(tmp_path_factory.mktemp("two_runs")) as cwd:
+        fit(data, "--run_id", "mnist-a")
+        fit(data, "--data.dataset", "fashion_mnist")
     return cwd
 
 
-def test_ckpt_path_last_refuses_a_run_of_other_data_and_names_the_run_that_agrees(data: Path, two_runs: Path):
+@pytest.fixture
+def in_two_runs(two_runs: Path) -> Path:
+    with working_in(two_runs):
+        yield two_runs
+
+
+def test_ckpt_path_last_refuses_a_run_of_other_data_and_names_the_run_that_agrees(data: Path, in_two_runs: Path):
+    two_runs = in_two_runs
     (fashion,) = [r for r in run_dirs(two_runs / "runs") if r.name != "mnist-a"]
     before = snapshot(two_runs)
-    proc = fit(data, two_runs, "--ckpt_path", "last", check=False)  # MNIST, the most recent run Fashion-MNIST
+    proc = fit(data, "--ckpt_path", "last", check=False)  # MNIST, the most recent run Fashion-MNIST
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"would continue run {fashion.name}, {MESSAGES['other values']}" in proc.stderr
     assert "data.dataset: fashion_mnist (run) vs mnist (now)" in proc.stderr
@@ -60,9 +75,9 @@ def test_ckpt_path_last_refuses_a_run_of_other_data_and_names_the_run_that_agree
     assert snapshot(two_runs) == before  # refused before anything was written
 
 
-def test_run_id_with_ckpt_path_last_continues_that_run_with_the_new_lr(data: Path, two_runs: Path) -> None:
-    run = two_runs / "runs" / "mnist-a"
-    proc = fit(data, two_runs, "--run_id", "mnist-a", "--ckpt_path", "last", "--trainer.max_epochs", "2",
+def test_run_id_with_ckpt_path_last_continues_that_run_with_the_new_lr(data: Path, in_two_runs: Path) -> None:
+    run = in_two_runs / "runs" / "mnist-a"
+    proc = fit(data, "--run_id", "mnist-a", "--ckpt_path", "last", "--trainer.max_epochs", "2",
                "--model.lr", "0.0004")
     assert "model.lr 0.001 -> 0.0004: applied to the restored optimizer" in proc.stderr
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -72,10 +87,10 @@ def test_run_id_with_ckpt_path_last_continues_that_run_with_the_new_lr(data: Pat
     assert yaml.safe_load((run / "config-2.yaml").read_text())["model"]["init_args"]["lr"] == 0.0004
 
 
-def test_an_existing_run_id_without_ckpt_path_is_refused_and_left_as_it_was(data: Path, two_runs: Path) -> None:
-    run = two_runs / "runs" / "mnist-a"
+def test_an_existing_run_id_without_ckpt_path_is_refused_and_left_as_it_was(data: Path, in_two_runs: Path) -> None:
+    run = in_two_runs / "runs" / "mnist-a"
     before = snapshot(run)
-    proc = fit(data, two_runs, "--run_id", "mnist-a", check=False)
+    proc = fit(data, "--run_id", "mnist-a", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"run mnist-a already exists (runs/mnist-a); {MESSAGES['run id taken']}" in proc.stderr
     assert "--run_id mnist-a --ckpt_path last" in proc.stderr and "another --run_id" in proc.stderr
@@ -96,33 +111,33 @@ def test_other_ranks_and_requeues_share_an_existing_run_id(monkeypatch) -> None:
             assert not first_start(), var
 
 
-def test_one_command_starts_a_run_then_continues_it(data: Path, tmp_path: Path) -> None:
+def test_one_command_starts_a_run_then_continues_it(data: Path, workdir: Path) -> None:
     command = ["--run_id", "preemptible", "--ckpt_path", "last"]
-    first = fit(data, tmp_path, *command)
+    first = fit(data, *command)
     assert f"run preemptible {MESSAGES['named run started']}" in first.stderr
-    run = tmp_path / "runs" / "preemptible"
+    run = workdir / "runs" / "preemptible"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
-    again = fit(data, tmp_path, *command, "--trainer.max_epochs", "2")  # e.g. the requeued job
+    again = fit(data, *command, "--trainer.max_epochs", "2")  # e.g. the requeued job
     assert "lvae: resumed run preemptible" in again.stderr and "starting it" not in again.stderr
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
-    assert run_dirs(tmp_path / "runs") == [run]
+    assert run_dirs(workdir / "runs") == [run]
 
 
 @pytest.fixture(scope="module")
 def evaluated(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
     """One run, then `validate`, `test` and `predict` of its last checkpoint; fit's files before and after."""
-    cwd = tmp_path_factory.mktemp("evaluated")
     pictures = "--trainer.callbacks+=" + json.dumps({"class_path": "lvae.callbacks.PriorSamples"})
-    fit(data, cwd, "--run_id", "r", pictures)
-    run = cwd / "runs" / "r"
-    before = snapshot(run)
-    common = ["--data.data_dir", str(data), "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-              "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
-    said = [run_lvae(["validate", *common], cwd).stderr,  # every picture, as lvae's default config has them
-            run_lvae(["test", *common], cwd).stderr,
-            run_lvae(["predict", *common], cwd).stderr]  # the default config's LatentExport writes the npz
+    with working_in(tmp_path_factory.mktemp("evaluated")) as cwd:
+        fit(data, "--run_id", "r", pictures)
+        run = cwd / "runs" / "r"
+        before = snapshot(run)
+        common = ["--data.data_dir", str(data), "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar",
+                  "false", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+        texts = [said("validate", *common).stderr,  # every picture, as lvae's default config has them
+                 said("test", *common).stderr,
+                 said("predict", *common).stderr]  # the default config's LatentExport writes the npz
     # Nothing a user cannot act on: Lightning asked to add lvae's own RandomState callback.
-    assert not [text for text in said if "Please add the following callbacks" in text], said
+    assert not [text for text in texts if "Please add the following callbacks" in text], texts
     return run, before, snapshot(run)
 
 
@@ -148,23 +163,23 @@ def test_evaluations_are_wandb_runs_of_their_own_grouped_with_the_training_run(e
     assert read_run(run / "test")[0].values("test/nll")
 
 
-def test_a_run_that_diverged_before_its_first_checkpoint_is_not_advised_to_resume(data: Path, tmp_path: Path):
-    proc = fit(data, tmp_path, "--model.lr", "100", "--trainer.max_epochs", "5", "--trainer.enable_checkpointing",
+def test_a_run_that_diverged_before_its_first_checkpoint_is_not_advised_to_resume(data: Path, workdir: Path):
+    proc = fit(data, "--model.lr", "100", "--trainer.max_epochs", "5", "--trainer.enable_checkpointing",
                "false", check=False)
     assert proc.returncode == 1 and "training diverged" in proc.stderr, proc.stderr[-3000:]
-    (run,) = run_dirs(tmp_path / "runs")
+    (run,) = run_dirs(workdir / "runs")
     assert not (run / "checkpoints" / "last.ckpt").exists()
     assert f"Run {run.name} wrote no checkpoint: start it again instead of resuming." in proc.stderr
 
 
-def test_a_bad_data_file_leaves_no_run_folder_and_no_wandb_run(mnist_root: Path, tmp_path: Path) -> None:
-    raw = tmp_path / "data" / "MNIST" / "raw"
+def test_a_bad_data_file_leaves_no_run_folder_and_no_wandb_run(mnist_root: Path, workdir: Path) -> None:
+    raw = workdir / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for f in (mnist_root / "MNIST" / "raw").iterdir():
         (raw / f.name).write_bytes(f.read_bytes()[:-100] if f.name.startswith("t10k-images") else f.read_bytes())
-    proc = run_lvae(small_fit_args(tmp_path / "data"), tmp_path, check=False)
+    proc = said(*small_fit_args(workdir / "data"), check=False)
     assert proc.returncode == 2 and "is truncated" in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert sorted(p.name for p in workdir.iterdir()) == ["data"]
 
 
 def test_a_bad_value_is_one_short_message_pointing_at_help(tmp_path: Path) -> None:
@@ -202,15 +217,15 @@ def test_a_bad_choice_is_named_with_the_value_given(tmp_path: Path, monkeypatch,
     assert not list(tmp_path.iterdir())
 
 
-def test_help_describes_lvae(tmp_path: Path) -> None:
-    proc = run_lvae(["--help"], tmp_path)
+def test_help_describes_lvae(workdir: Path) -> None:
+    proc = said("--help")
     assert "Train a VAE" in proc.stdout and "Lightning Trainer command line tool" not in proc.stdout
     assert "runs/<run_id>/validate/" in proc.stdout  # the subcommands say what lvae does, not Lightning's docstrings
     assert "Runs the full optimization routine" not in proc.stdout  # (argparse's private _choices_actions)
 
 
-def test_fit_help_lists_the_default_models_and_data_modules_arguments(tmp_path: Path) -> None:
-    proc = run_lvae(["fit", "--help"], tmp_path)
+def test_fit_help_lists_the_default_models_and_data_modules_arguments(workdir: Path) -> None:
+    proc = said("fit", "--help")
     model = proc.stdout.split("Arguments of the default model, lvae.VAE", 1)[1]
     assert "--model.latent_dim LATENT_DIM" in model and "default: 20" in model and "--model.likelihood" in model
     data = model.split("Arguments of the default data, lvae.MNISTDataModule", 1)[1]
@@ -218,14 +233,14 @@ def test_fit_help_lists_the_default_models_and_data_modules_arguments(tmp_path: 
     assert "--model.help CLASS_PATH" in proc.stdout  # how to see another class's arguments
 
 
-def test_print_config_shows_what_the_run_uses_and_writes_nothing(data: Path, tmp_path: Path) -> None:
-    proc = fit(data, tmp_path, "--run_id", "shown", "--print_config")
+def test_print_config_shows_what_the_run_uses_and_writes_nothing(data: Path, workdir: Path) -> None:
+    proc = fit(data, "--run_id", "shown", "--print_config")
     config = yaml.safe_load(proc.stdout)
     logger = config["trainer"]["logger"]
     assert logger["class_path"] == "lightning.pytorch.loggers.WandbLogger"
     assert (logger["init_args"]["save_dir"], logger["init_args"]["offline"]) == ("runs/shown", True)
     assert config["checkpoint"]["dirpath"] == "runs/shown/checkpoints"
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert sorted(p.name for p in workdir.iterdir()) == []
 
 
 def test_the_keys_that_define_a_run_are_published() -> None:
@@ -240,12 +255,11 @@ PROBE_ENV = {**cli_env(), "PYTHONPATH": str(REPO / "tests")}
 STOP_AT = 3  # global step: epoch 0 of 2, 6 steps each
 
 
-def stepwise_fit(data: Path, cwd: Path, record: Path, *extra: str, check: bool = True):
+def stepwise_args(data: Path, record: Path, *extra: str) -> list[str]:
     probe = {"class_path": "runs_probe.Record", "init_args": {"out": str(record)}}
     pictures = {"class_path": "lvae.callbacks.PriorSamples"}
-    args = small_fit_args(data, "--trainer.callbacks+=" + json.dumps(probe),
+    return small_fit_args(data, "--trainer.callbacks+=" + json.dumps(probe),
                           "--trainer.callbacks+=" + json.dumps(pictures), *extra)
-    return run_lvae(args, cwd, env=PROBE_ENV, check=check)
 
 
 def trained(record: Path) -> dict[int, list[int]]:
@@ -272,8 +286,8 @@ def outcome(run: Path, record: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def straight(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    cwd = tmp_path_factory.mktemp("straight")
-    stepwise_fit(data, cwd, cwd / "record.jsonl")
+    with working_in(tmp_path_factory.mktemp("straight")) as cwd:
+        said(*stepwise_args(data, cwd / "record.jsonl"))
     (run,) = run_dirs(cwd / "runs")
     return outcome(run, cwd / "record.jsonl")
 
@@ -281,17 +295,20 @@ def straight(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module", params=["on_train_batch_start", "on_after_backward"])
 def interrupted(request, data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Ctrl-C at global step STOP_AT, with the batch handed out but not trained, or in the middle of its step;
-    then the same command with --ckpt_path last."""
+    then the same command with --ckpt_path last. The Ctrl-C comes to a process of its own, as a user's does; the
+    commands after it run in this process."""
     cwd = tmp_path_factory.mktemp(f"interrupted_{request.param}")
     record = cwd / "record.jsonl"
     ctrl_c = {"class_path": "runs_probe.CtrlC", "init_args": {"step": STOP_AT, "hook": request.param}}
-    stopped = stepwise_fit(data, cwd, record, "--trainer.callbacks+=" + json.dumps(ctrl_c), check=False)
+    stopped = run_lvae(stepwise_args(data, record, "--trainer.callbacks+=" + json.dumps(ctrl_c)), cwd, env=PROBE_ENV,
+                       check=False)
     (run,) = run_dirs(cwd / "runs")
     at_stop = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     before = snapshot(cwd)
-    refused = stepwise_fit(data, cwd, record, "--ckpt_path", "last", "--data.batch_size", "32", check=False)
-    refused_wrote = snapshot(cwd) != before
-    resumed = stepwise_fit(data, cwd, record, "--ckpt_path", "last", "--trainer.enable_progress_bar", "true")
+    with working_in(cwd):
+        refused = said(*stepwise_args(data, record, "--ckpt_path", "last", "--data.batch_size", "32"), check=False)
+        refused_wrote = snapshot(cwd) != before
+        resumed = said(*stepwise_args(data, record, "--ckpt_path", "last", "--trainer.enable_progress_bar", "true"))
     return {"stopped": stopped, "at_stop": at_stop, "run": run, "refused": refused, "refused_wrote": refused_wrote,
             "resumed": resumed, "hook": request.param, **outcome(run, record)}
 
@@ -346,8 +363,8 @@ def test_a_half_finished_epoch_continues_only_with_the_batches_it_started_with(m
         InMemoryBatches(images, labels, 10, shuffle=True, seed=0).load_state_dict(state)
 
 
-def test_without_a_logger_the_pictures_still_go_into_the_run_folder(data: Path, tmp_path: Path) -> None:
-    fit(data, tmp_path, "--trainer.logger", "false",
+def test_without_a_logger_the_pictures_still_go_into_the_run_folder(data: Path, workdir: Path) -> None:
+    fit(data, "--trainer.logger", "false",
         "--trainer.callbacks+=" + json.dumps({"class_path": "lvae.callbacks.PriorSamples"}))
-    (run,) = run_dirs(tmp_path / "runs")
+    (run,) = run_dirs(workdir / "runs")
     assert (run / "latents" / "prior_samples" / "epoch_000.png").is_file()
