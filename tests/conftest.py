@@ -210,7 +210,7 @@ class _Keep(logging.Handler):
 
 def lvae_said(*args: str) -> Said:
     """`lvae ARGS` in this process (see `lvae`), keeping what it says (capfd and caplog cannot go into module-scoped
-    fixtures), and with its W&B run closed when it returns, as the command's exit closes it. Run it in a folder set up
+    fixtures), and with W&B's service stopped when it returns, as the command's exit stops it. Run it in a folder set up
     as `workdir` does (`working_in`)."""
     import io
     import warnings
@@ -229,11 +229,11 @@ def lvae_said(*args: str) -> Said:
     finally:
         for logger in loggers:
             logger.removeHandler(keep)
-        # The command's W&B run is still open in this process (lvae leaves it to the process's exit): close it and
-        # W&B's service as that exit would, or they write on into the next command's folder and runs.
+        # lvae closed its W&B run; W&B's service, shared by every run of a process, stays until the process exits:
+        # stopped here as that exit would, so that its log of the next command is not linked from this one's folder.
         wandb = sys.modules.get("wandb")
         if wandb is not None:
-            if wandb.run is not None:
+            if wandb.run is not None:  # the command failed before lvae could close it
                 wandb.finish(exit_code=code)
             wandb.teardown()
     lines = [record.getMessage() for record in keep.records.values()] + [str(w.message) for w in caught]
