@@ -254,3 +254,17 @@ def checkpoint_parts(checkpoint: dict[str, Any]) -> Optional[str]:
     return None
 
 
+
+
+def adopt_legacy_states(checkpoint: dict[str, Any], callbacks: list[Any]) -> None:
+    """Move each callback's state that `checkpoint` holds under its class name (as checkpoints written before the
+    callback had a `state_key` of its own do) to its `state_key`, before Lightning compares the checkpoint's keys
+    with the trainer's callbacks: it would otherwise warn that the run's own callbacks are missing."""
+    states = checkpoint.get("callbacks")
+    if not isinstance(states, dict):
+        return
+    keys = {callback.state_key for callback in callbacks}
+    for callback in callbacks:
+        legacy = type(callback).__qualname__
+        if callback.state_key not in states and legacy in states and legacy not in keys:
+            states[callback.state_key] = states.pop(legacy)

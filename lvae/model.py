@@ -14,7 +14,7 @@ from torch.distributions import Normal
 from torchmetrics import MaxMetric, MeanMetric
 from typing_extensions import override
 
-from lvae.checkpoints import check_weight_shapes, load_checkpoint
+from lvae.checkpoints import adopt_legacy_states, check_weight_shapes, load_checkpoint
 from lvae.divergence import DivergenceGuard, vitals
 from lvae.elbo import add_neg_elbo
 from lvae.errors import ConfigError
@@ -301,6 +301,8 @@ class VAE(L.LightningModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_weight_shapes(checkpoint, self.state_dict())  # before Lightning loads the weights
+        if self._trainer is not None:  # before Lightning reads the callbacks' states
+            adopt_legacy_states(checkpoint, self.trainer.callbacks)
         if "latent_subset" in checkpoint:
             self.latents.load_state_dict(checkpoint["latent_subset"])
         self._saved_lr = checkpoint.get("hyper_parameters", {}).get("lr")

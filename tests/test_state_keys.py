@@ -139,3 +139,30 @@ def test_a_callback_a_trainer_holds_once_is_refused_twice(make: type[Callback]) 
     # Each keeps its state under its class name: a second would overwrite the first's in the checkpoint.
     with pytest.raises(RuntimeError, match=f"more than one stateful callback of type `{make.__name__}`"):
         L.Trainer(callbacks=[make(), make()], logger=False)
+
+
+def test_lvaes_model_hands_an_old_checkpoints_states_to_their_callbacks_without_lightnings_warning(
+        mnist_root: Path, tmp_path: Path) -> None:
+    import warnings
+
+    from lvae import VAE, MNISTDataModule
+
+    def run(callback: Callback, max_epochs: int, ckpt_path: Path | None = None) -> L.Trainer:
+        trainer = L.Trainer(max_epochs=max_epochs, limit_train_batches=2, accelerator="cpu", logger=False,
+                            callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
+                            enable_checkpointing=False, default_root_dir=tmp_path)
+        trainer.fit(VAE(latent_dim=4, hidden_dim=16), MNISTDataModule(data_dir=str(mnist_root), batch_size=64),
+                    ckpt_path=ckpt_path)
+        return trainer
+
+    prior = PriorSamples(n_samples=4, seed=0, **EVERY_EPOCH)
+    run(prior, 1).save_checkpoint(tmp_path / "new.ckpt")
+    new = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    torch.save({**new, "callbacks": {"PriorSamples": new["callbacks"][prior.state_key]}}, tmp_path / "old.ckpt")
+    resumed = PriorSamples(n_samples=4, seed=0, **EVERY_EPOCH)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(resumed, 2, tmp_path / "old.ckpt")
+    # Lightning would say "Please add the following callbacks: ['PriorSamples']" of the run's own picture.
+    assert not [str(w.message) for w in caught if "Please add the following callbacks" in str(w.message)]
+    assert torch.equal(resumed.z, prior.z) and resumed.state_dict()["drawn_epochs"] == [0, 1]
