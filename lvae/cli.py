@@ -651,6 +651,9 @@ class LVAECLI(LightningCLI):
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger) and logger.save_dir:
                     self.run_folder.make(Path(logger.save_dir))
+                    # W&B's service, which a process's runs share, reads a relative folder from the folder it was
+                    # started in: a notebook's next command, run elsewhere, would write into the first one's.
+                    logger._wandb_init["dir"] = os.path.abspath(logger.save_dir)
         if self.ddp_watch is not None:
             self.ddp_watch.track(trainer, subcommand.get("run_id"))
         return trainer

@@ -461,3 +461,16 @@ def test_an_in_process_command_closes_the_wandb_run_it_started(workdir: Path, mn
     assert lvae(*fit_args(mnist_root, "--run_id", "next")) == 0  # its own run, in its own folder
     assert not list((workdir / "runs" / "closed").glob("**/offline-run-*/files/*next*"))
     assert [r.run_id for r in read_run(workdir / "runs" / "next", timeout=10)] == ["next"]
+
+
+def test_a_second_in_process_command_in_another_folder_writes_its_wandb_run_there(
+        workdir: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wandb_run import read_run
+
+    assert lvae(*fit_args(mnist_root, "--run_id", "here")) == 0  # W&B's service starts in this folder
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # as a notebook's os.chdir between two commands
+    assert lvae(*fit_args(mnist_root, "--run_id", "there")) == 0
+    assert [run.run_id for run in read_run(elsewhere / "runs" / "there", timeout=10)] == ["there"]
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["here"]
