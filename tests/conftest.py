@@ -189,24 +189,3 @@ def pytest_collection_modifyitems(items: list) -> None:
             _RUNS_A_COMMAND[module] = any(call in source for call in ("run_lvae(", "subprocess.", "Popen("))
         if _RUNS_A_COMMAND[module]:
             item.add_marker(pytest.mark.command)
-
-
-def finish_wandb_run(folder: Path) -> None:
-    """Finish, from `folder`, the W&B run an in-process `lvae` command left open: lvae leaves it to the next wandb.init
-    or the process's exit, which write its last files relative to the folder that is current then."""
-    import wandb
-
-    with pytest.MonkeyPatch.context() as env:
-        env.chdir(folder)
-        wandb.finish()
-
-
-@pytest.fixture
-def wandb_closed(workdir: Path, tmp_path: Path) -> Iterator[Path]:
-    """`workdir`, with no W&B run of an earlier test's in-process command still open (finished in a folder of its
-    own, not into this test's runs), and this test's own finished where it ran."""
-    earlier = tmp_path / "earlier"
-    earlier.mkdir()
-    finish_wandb_run(earlier)
-    yield workdir
-    finish_wandb_run(workdir)

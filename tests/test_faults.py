@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,10 @@ import pytest
 import torch
 from conftest import (
     REPO,
-    LvaeLines,
     cli_env,
     lvae,
     run_dirs,
+    run_lvae,
     small_fit_args,
     toy_digits,
     write_idx,
@@ -95,7 +94,10 @@ def finite_weights(path: Path) -> bool:
 def test_last_checkpoint_is_the_last_epoch_even_when_val_loss_does_not_improve(mnist_root: Path, workdir: Path):
     # mode=max: a falling val/loss never "improves", so only epoch 0 is a top-k checkpoint. Lightning 2.6 alone
     # would then leave last.ckpt at epoch 0, and --ckpt_path last would silently redo two epochs.
-    assert lvae(*small_fit_args(mnist_root, "--trainer.max_epochs", "3", "--checkpoint.mode", "max")) == 0
+    # An absolute runs folder: W&B's service, started by this process's first run in another test's folder, finds a
+    # relative one from there.
+    assert lvae(*small_fit_args(mnist_root, "--trainer.max_epochs", "3", "--checkpoint.mode", "max",
+                                "--trainer.default_root_dir", str(workdir / "runs"))) == 0
     (run,) = run_dirs(workdir / "runs")
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 18  # 3 epochs of 6 steps
@@ -139,7 +141,10 @@ def test_sigkill_mid_epoch_leaves_whole_checkpoints_and_last_resumes(mnist_root:
     killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
     capfd.readouterr()
-    assert lvae(*small_fit_args(mnist_root, "--ckpt_path", "last", "--trainer.max_epochs", str(epoch + 2))) == 0
+    # An absolute runs folder: W&B's service, started by this process's first run in another test's folder, finds a
+    # relative one from there.
+    assert lvae(*small_fit_args(mnist_root, "--ckpt_path", "last", "--trainer.max_epochs", str(epoch + 2),
+                                "--trainer.default_root_dir", str(workdir / "runs"))) == 0
     assert run_dirs(workdir / "runs") == [run]  # continued in the same run folder
     assert not list((run / "checkpoints").glob(".*.partial"))  # nothing half-written left behind
     final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
@@ -242,7 +247,9 @@ def z20_checkpoint(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     with pytest.MonkeyPatch.context() as env:  # what the workdir fixture does, once for the module
         env.chdir(cwd)
         env.setenv("WANDB_MODE", "offline")
-        assert lvae(*small_fit_args(mnist_root, "--trainer.max_epochs", "1")) == 0
+        # absolute: W&B's service, started in another test's folder, would find a relative one from there
+        assert lvae(*small_fit_args(mnist_root, "--trainer.max_epochs", "1", "--trainer.default_root_dir",
+                                    str(cwd / "runs"))) == 0
     (run,) = run_dirs(cwd / "runs")
     return run / "checkpoints" / "last.ckpt"
 
@@ -353,24 +360,18 @@ class Blackhole:
             conn.close()
 
 
-def test_online_wandb_without_network_falls_back_to_offline_in_bounded_time(
-        mnist_root: Path, workdir: Path, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_online_wandb_without_network_falls_back_to_offline_in_bounded_time(mnist_root: Path, tmp_path: Path):
     hole = Blackhole()
     try:
-        monkeypatch.setenv("WANDB_MODE", "online")
-        monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{hole.port}")
+        env = {**cli_env(), "WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40,
+               "WANDB_BASE_URL": f"http://127.0.0.1:{hole.port}"}
         start = time.monotonic()
-        # What the terminal shows, whichever way lvae says it: printed, its logger's lines, a Python warning.
-        with LvaeLines() as lines, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            assert lvae(*small_fit_args(mnist_root, "--trainer.max_epochs", "1")) == 0
+        proc = run_lvae(small_fit_args(mnist_root, "--trainer.max_epochs", "1"), tmp_path, env=env, timeout=120)
         elapsed = time.monotonic() - start
     finally:
         hole.close()
-    said = "\n".join([capfd.readouterr().err, *lines, *(str(w.message) for w in caught)])
-    assert MESSAGES["no network"] in said and "wandb sync" in said, said[-3000:]
-    (run,) = run_dirs(workdir / "runs")
+    assert MESSAGES["no network"] in proc.stderr and "wandb sync" in proc.stderr
+    (run,) = run_dirs(tmp_path / "runs")
     (wandb_run,) = read_run(run)
     assert wandb_run.values("val/loss")
     assert elapsed < 90  # the probe waits 5 s, not W&B's 90 s init timeout per attempt

@@ -155,7 +155,9 @@ def test_a_class_path_given_on_the_command_line_is_named_whole_when_it_cannot_be
 
 
 def test_lvae_fit_with_no_config_draws_every_picture(mnist_root: Path, workdir: Path) -> None:
-    assert lvae(*fit_args(mnist_root)) == 0
+    # An absolute runs folder: W&B's service, started by this process's first run in another test's folder, finds a
+    # relative one from there.
+    assert lvae(*fit_args(mnist_root, "--trainer.default_root_dir", str(workdir / "runs"))) == 0
     (run,) = run_dirs(workdir / "runs")
     pictures = drawn(run)
     assert pictures.keys() >= PICTURES and all(pictures[name] == ["epoch_000.png", "epoch_001.png"]
@@ -189,18 +191,15 @@ def test_old_callbacks_class_paths_get_the_one_line_fix(mnist_root: Path, workdi
     assert "callbacks.LatentScatter is now lvae.callbacks.LatentScatter" in err, err[-2000:]
 
 
-def test_the_cli_takes_your_own_module_and_data_module(workdir: Path) -> None:
-    # foreign_vae, the user's own module: in this process from tests/ (conftest's neighbour), in the resume's from
-    # PYTHONPATH. The resume is a process of its own because W&B names an offline run's folder by the process's start
-    # and the run id, so a second run of "own" in this process would write over the first one's folder.
+def test_the_cli_takes_your_own_module_and_data_module(tmp_path: Path) -> None:
+    env = {**cli_env(), "PYTHONPATH": str(REPO / "tests")}
     own = ["fit", "--model", "foreign_vae.ClassicVAE", "--data", "foreign_vae.ToyDigits", "--trainer.accelerator",
            "cpu", "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
            "--trainer.callbacks+=lvae.callbacks.LatentScatter", "--trainer.callbacks+=lvae.callbacks.PriorSamples",
            "--checkpoint.monitor", "null", "--run_id", "own"]
-    assert lvae(*own, "--trainer.max_epochs", "2") == 0
-    run_lvae([*own, "--trainer.max_epochs", "3", "--ckpt_path", "last"], workdir,
-             env={**cli_env(), "PYTHONPATH": str(REPO / "tests")})
-    run = workdir / "runs" / "own"
+    run_lvae([*own, "--trainer.max_epochs", "2"], tmp_path, env=env)
+    run_lvae([*own, "--trainer.max_epochs", "3", "--ckpt_path", "last"], tmp_path, env=env)
+    run = tmp_path / "runs" / "own"
     assert drawn(run)["scatter"] == [f"epoch_{e:03d}.png" for e in range(3)]  # drawn, and continued on resume
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
     first, second = read_run(run)
