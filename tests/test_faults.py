@@ -16,7 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cli_env, run_dirs, run_lvae, small_fit_args, toy_digits, write_idx
+from conftest import (
+    REPO,
+    cli_env,
+    lvae,
+    run_dirs,
+    run_lvae,
+    small_fit_args,
+    toy_digits,
+    write_idx,
+)
 from wandb_run import read_run
 
 from lvae import DataFilesError, MNISTDataModule
@@ -82,17 +91,20 @@ def finite_weights(path: Path) -> bool:
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_last_checkpoint_is_the_last_epoch_even_when_val_loss_does_not_improve(mnist_root: Path, tmp_path: Path):
+def test_last_checkpoint_is_the_last_epoch_even_when_val_loss_does_not_improve(mnist_root: Path, workdir: Path):
     # mode=max: a falling val/loss never "improves", so only epoch 0 is a top-k checkpoint. Lightning 2.6 alone
     # would then leave last.ckpt at epoch 0, and --ckpt_path last would silently redo two epochs.
-    run_lvae(small_fit_args(mnist_root, "--trainer.max_epochs", "3", "--checkpoint.mode", "max"), tmp_path)
-    (run,) = run_dirs(tmp_path / "runs")
+    # An absolute runs folder: W&B's service, started by this process's first run in another test's folder, finds a
+    # relative one from there.
+    assert lvae(*small_fit_args(mnist_root, "--trainer.max_epochs", "3", "--checkpoint.mode", "max",
+                                "--trainer.default_root_dir", str(workdir / "runs"))) == 0
+    (run,) = run_dirs(workdir / "runs")
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 18  # 3 epochs of 6 steps
     assert [p.name for p in (run / "checkpoints").glob("best-*.ckpt")] == ["best-epoch000.ckpt"]
 
 
-def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:
+def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float = 240) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = sorted(root.glob(path_glob))
@@ -105,41 +117,48 @@ def wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float 
     raise AssertionError(f"no {path_glob} under {root} after {timeout} s")
 
 
-def start_fit(mnist_root: Path, cwd: Path, *extra: str) -> subprocess.Popen:
-    args = small_fit_args(mnist_root, "--trainer.max_epochs", "400", *extra)
-    return subprocess.Popen([sys.executable, "-m", "lvae", *args], cwd=cwd, env=cli_env(),
+def start_fit(mnist_root: Path, cwd: Path, *extra: str, step: int = 8) -> subprocess.Popen:
+    """`lvae fit` for 400 epochs in `cwd`, which writes `marks/rank0.pid` as it starts training step `step` (by
+    default in the middle of epoch 1): the moment a test sends its signal after."""
+    marker = json.dumps({"class_path": "step_marker.StepMarker", "init_args": {"out": str(cwd / "marks"),
+                                                                             "step": step}})
+    args = small_fit_args(mnist_root, "--trainer.max_epochs", "400", f"--trainer.callbacks+={marker}", *extra)
+    env = {**cli_env(), "PYTHONPATH": str(REPO / "tests")}  # step_marker
+    return subprocess.Popen([sys.executable, "-m", "lvae", *args], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_mid_epoch_leaves_whole_checkpoints_and_last_resumes(mnist_root: Path, tmp_path: Path) -> None:
+def test_sigkill_mid_epoch_leaves_whole_checkpoints_and_last_resumes(mnist_root: Path, workdir: Path,
+                                                                     capfd: pytest.CaptureFixture) -> None:
     # A checkpoint every step makes it likely that the kill lands during a write.
-    proc = start_fit(mnist_root, tmp_path, "--checkpoint.every_n_train_steps", "1", "--checkpoint.monitor", "null")
-    wait_for("runs/*/checkpoints/last.ckpt", tmp_path, proc)
-    time.sleep(1.5)
+    proc = start_fit(mnist_root, workdir, "--checkpoint.every_n_train_steps", "1", "--checkpoint.monitor", "null")
+    wait_for("marks/rank0.pid", workdir, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    (run,) = run_dirs(tmp_path / "runs")
+    (run,) = run_dirs(workdir / "runs")
     visible = sorted((run / "checkpoints").glob("*.ckpt"))
     assert visible and all(finite_weights(p) for p in visible)  # every visible checkpoint loads whole
     killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
-    resumed = run_lvae(small_fit_args(mnist_root, "--ckpt_path", "last", "--trainer.max_epochs", str(epoch + 2)),
-                       tmp_path)
-    assert run_dirs(tmp_path / "runs") == [run]  # continued in the same run folder
+    capfd.readouterr()
+    # An absolute runs folder: W&B's service, started by this process's first run in another test's folder, finds a
+    # relative one from there.
+    assert lvae(*small_fit_args(mnist_root, "--ckpt_path", "last", "--trainer.max_epochs", str(epoch + 2),
+                                "--trainer.default_root_dir", str(workdir / "runs"))) == 0
+    assert run_dirs(workdir / "runs") == [run]  # continued in the same run folder
     assert not list((run / "checkpoints").glob(".*.partial"))  # nothing half-written left behind
     final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     # The resumed run continues the interrupted epoch's order where it stopped: 6 steps an epoch (330 inputs,
     # batches of 64), none lost or repeated.
     assert final["global_step"] == 6 * (epoch + 2) > killed_at
-    assert "Traceback" not in resumed.stderr
+    assert "Traceback" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_ends_cleanly_with_last_checkpoint_and_complete_wandb_run(
         mnist_root: Path, tmp_path: Path, sig: int, exit_code: int) -> None:
     proc = start_fit(mnist_root, tmp_path)
-    wait_for("runs/*/checkpoints/last.ckpt", tmp_path, proc)
-    time.sleep(0.7)
+    wait_for("marks/rank0.pid", tmp_path, proc)  # mid-epoch, past the first epoch's last.ckpt
     proc.send_signal(sig)
     stderr = proc.communicate(timeout=60)[1]
     assert proc.returncode == exit_code and "Traceback" not in stderr, stderr[-3000:]
@@ -212,19 +231,25 @@ def test_bad_data_files_are_named_before_training(mnist_root: Path, tmp_path: Pa
     assert str(raw / file) in str(err.value)
 
 
-def test_bad_data_file_through_the_cli_is_one_message(mnist_root: Path, tmp_path: Path) -> None:
-    raw = corrupt_copy(mnist_root, tmp_path / "data")
+def test_bad_data_file_through_the_cli_is_one_message(mnist_root: Path, workdir: Path,
+                                                     capfd: pytest.CaptureFixture) -> None:
+    raw = corrupt_copy(mnist_root, workdir / "data")
     (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes()[:-100])
-    proc = run_lvae(small_fit_args(tmp_path / "data"), tmp_path, check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert f"{raw / 'train-images-idx3-ubyte'} {MESSAGES['truncated']}" in proc.stderr
-    assert not list(tmp_path.glob("runs/*/checkpoints"))  # stopped before any training
+    assert lvae(*small_fit_args(workdir / "data")) == 2
+    said = capfd.readouterr().err
+    assert "Traceback" not in said and f"{raw / 'train-images-idx3-ubyte'} {MESSAGES['truncated']}" in said
+    assert not list(workdir.glob("runs/*/checkpoints"))  # stopped before any training
 
 
 @pytest.fixture(scope="module")
 def z20_checkpoint(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("ckpt")
-    run_lvae(small_fit_args(mnist_root, "--trainer.max_epochs", "1"), cwd)
+    with pytest.MonkeyPatch.context() as env:  # what the workdir fixture does, once for the module
+        env.chdir(cwd)
+        env.setenv("WANDB_MODE", "offline")
+        # absolute: W&B's service, started in another test's folder, would find a relative one from there
+        assert lvae(*small_fit_args(mnist_root, "--trainer.max_epochs", "1", "--trainer.default_root_dir",
+                                    str(cwd / "runs"))) == 0
     (run,) = run_dirs(cwd / "runs")
     return run / "checkpoints" / "last.ckpt"
 
@@ -236,15 +261,16 @@ def z20_checkpoint(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     ("not a checkpoint", ["--ckpt_path", "{garbage}"], "garbage.ckpt"),
 ])
 def test_mismatched_or_missing_checkpoints_are_refused_with_both_values(
-        z20_checkpoint: Path, mnist_root: Path, tmp_path: Path, case: str, args: list[str], named: str) -> None:
-    garbage = tmp_path / "garbage.ckpt"
+        z20_checkpoint: Path, mnist_root: Path, workdir: Path, capfd: pytest.CaptureFixture, case: str,
+        args: list[str], named: str) -> None:
+    garbage = workdir / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint at all")
     args = [a.format(garbage=garbage) for a in args]
     ckpt = [] if "--ckpt_path" in args else ["--ckpt_path", str(z20_checkpoint)]
-    proc = run_lvae(["validate", "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu", *ckpt, *args],
-                    tmp_path, check=False, timeout=90)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert MESSAGES[case] in proc.stderr and named in proc.stderr
+    code = lvae("validate", "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu", *ckpt, *args)
+    said = capfd.readouterr().err
+    assert code == 2 and "Traceback" not in said, said[-3000:]
+    assert MESSAGES[case] in said and named in said
 
 
 class WritesAFile:
@@ -258,16 +284,18 @@ class WritesAFile:
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
-def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(mnist_root: Path, tmp_path: Path,
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(mnist_root: Path, workdir: Path,
+                                                                       capfd: pytest.CaptureFixture,
                                                                        subcommand: str) -> None:
-    marker, evil = tmp_path / "ran.txt", tmp_path / "shared.ckpt"
+    marker, evil = workdir / "ran.txt", workdir / "shared.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"latent_dim": 20}, "x": WritesAFile(marker)}, evil)
-    proc = run_lvae([subcommand, "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu",
-                     "--ckpt_path", str(evil)], tmp_path, check=False, timeout=90)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert f"{evil} {MESSAGES['untrusted checkpoint']} the Python object exec," in proc.stderr
+    code = lvae(subcommand, "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu", "--ckpt_path",
+                str(evil))
+    said = capfd.readouterr().err
+    assert code == 2 and "Traceback" not in said, said[-3000:]
+    assert f"{evil} {MESSAGES['untrusted checkpoint']} the Python object exec," in said
     assert not marker.exists()  # none of its code ran
-    assert not (tmp_path / "runs").exists()
+    assert not (workdir / "runs").exists()
 
 
 def test_load_from_checkpoint_takes_no_code_and_no_foreign_class_from_the_file(z20_checkpoint: Path,
@@ -291,17 +319,20 @@ def test_load_from_checkpoint_takes_no_code_and_no_foreign_class_from_the_file(z
     assert VAE.load_from_checkpoint(z20_checkpoint).hparams.latent_dim == 20
 
 
-def test_a_callback_value_refused_at_set_up_is_one_message(mnist_root: Path, tmp_path: Path) -> None:
+def test_a_callback_value_refused_at_set_up_is_one_message(mnist_root: Path, workdir: Path,
+                                                            capfd: pytest.CaptureFixture) -> None:
     tsne = json.dumps({"class_path": "lvae.callbacks.TSNEEmbedding",
                        "init_args": {"perplexity": 500, "max_points": 1000}})
-    proc = run_lvae(small_fit_args(mnist_root, f"--trainer.callbacks+={tsne}"), tmp_path, check=False, timeout=90)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert MESSAGES["perplexity"] in proc.stderr and "TSNEEmbedding.max_points=1000" in proc.stderr
+    code = lvae(*small_fit_args(mnist_root, f"--trainer.callbacks+={tsne}"))
+    said = capfd.readouterr().err
+    assert code == 2 and "Traceback" not in said, said[-3000:]
+    assert MESSAGES["perplexity"] in said and "TSNEEmbedding.max_points=1000" in said
 
 
-def test_ckpt_path_last_without_any_run_says_so(mnist_root: Path, tmp_path: Path) -> None:
-    proc = run_lvae(small_fit_args(mnist_root, "--ckpt_path", "last"), tmp_path, check=False, timeout=90)
-    assert proc.returncode == 2 and "no run under runs has a checkpoints/last.ckpt" in proc.stderr
+def test_ckpt_path_last_without_any_run_says_so(mnist_root: Path, workdir: Path,
+                                                 capfd: pytest.CaptureFixture) -> None:
+    assert lvae(*small_fit_args(mnist_root, "--ckpt_path", "last")) == 2
+    assert "no run under runs has a checkpoints/last.ckpt" in capfd.readouterr().err
 
 
 class Blackhole:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cli_env, run_dirs, run_lvae
+from conftest import REPO, cli_env, lvae, run_dirs, run_lvae
 from test_faults import MESSAGES
 from wandb_run import read_run
 
@@ -129,14 +129,18 @@ def test_load_from_checkpoint_takes_your_classes_only_when_you_pass_them(own_net
                                   "(2, 1); lvae needs (mu, logvar), each (2, 3)", MESSAGES["network shape"]]),
 ])
 def test_a_network_that_cannot_be_used_is_refused_before_any_work(own_networks: Path, mnist_root: Path,
-                                                                  tmp_path: Path, encoder: str, said: list[str]):
-    (tmp_path / "my_networks.py").write_text(NETWORKS)
+                                                                  workdir: Path, capfd: pytest.CaptureFixture,
+                                                                  encoder: str, said: list[str]):
+    (workdir / "my_networks.py").write_text(NETWORKS)
     spec = json.dumps({"class_path": encoder})
-    proc = run_lvae(fit_args(mnist_root, f"--model.encoder={spec}", config=str(own_networks / "mine.yaml")),
-                    tmp_path, check=False, timeout=90)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert all(text in proc.stderr for text in said), proc.stderr[-3000:]
-    assert not (tmp_path / "runs").exists()
+    try:
+        code = lvae(*fit_args(mnist_root, f"--model.encoder={spec}", config=str(own_networks / "mine.yaml")))
+    finally:
+        sys.modules.pop("my_networks", None)  # this folder's module; another test's folder has its own
+    err = capfd.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert all(text in err for text in said), err[-3000:]
+    assert not (workdir / "runs").exists()
 
 
 def test_a_class_path_given_on_the_command_line_is_named_whole_when_it_cannot_be_imported(
@@ -150,9 +154,11 @@ def test_a_class_path_given_on_the_command_line_is_named_whole_when_it_cannot_be
     assert exit.value.code == 2 and f"class_path nowhere.Encoder {MESSAGES['class path']}" in said, said
 
 
-def test_lvae_fit_with_no_config_draws_every_picture(mnist_root: Path, tmp_path: Path) -> None:
-    run_lvae(fit_args(mnist_root), tmp_path)
-    (run,) = run_dirs(tmp_path / "runs")
+def test_lvae_fit_with_no_config_draws_every_picture(mnist_root: Path, workdir: Path) -> None:
+    # An absolute runs folder: W&B's service, started by this process's first run in another test's folder, finds a
+    # relative one from there.
+    assert lvae(*fit_args(mnist_root, "--trainer.default_root_dir", str(workdir / "runs"))) == 0
+    (run,) = run_dirs(workdir / "runs")
     pictures = drawn(run)
     assert pictures.keys() >= PICTURES and all(pictures[name] == ["epoch_000.png", "epoch_001.png"]
                                                for name in PICTURES)
@@ -167,17 +173,22 @@ def test_a_callbacks_py_of_your_own_does_not_shadow_lvaes(mnist_root: Path, tmp_
     assert drawn(run).keys() >= PICTURES
 
 
-def test_the_configs_come_with_lvae_by_name(mnist_root: Path, tmp_path: Path) -> None:
-    proc = run_lvae(["fit", "--config", "mnist_z2", "--data.data_dir", str(mnist_root), "--print_config"], tmp_path)
-    assert "latent_dim: 2" in proc.stdout and not (tmp_path / "runs").exists()
+def test_the_configs_come_with_lvae_by_name(mnist_root: Path, workdir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert lvae("fit", "--config", "mnist_z2", "--data.data_dir", str(mnist_root), "--print_config") == 0
+    assert "latent_dim: 2" in capsys.readouterr().out and not (workdir / "runs").exists()
 
 
-def test_old_callbacks_class_paths_get_the_one_line_fix(mnist_root: Path, tmp_path: Path) -> None:
-    old = tmp_path / "old.yaml"
+def test_old_callbacks_class_paths_get_the_one_line_fix(mnist_root: Path, workdir: Path, capfd: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # As from a user's folder: the checkout's own callbacks/ (on sys.path under `python -m pytest`) is not theirs.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != REPO])
+    monkeypatch.delitem(sys.modules, "callbacks", raising=False)
+    old = workdir / "old.yaml"
     old.write_text((REPO / "configs" / "mnist.yaml").read_text().replace("lvae.callbacks.", "callbacks."))
-    proc = run_lvae(fit_args(mnist_root, config=str(old)), tmp_path, check=False, timeout=90)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "callbacks.LatentScatter is now lvae.callbacks.LatentScatter" in proc.stderr, proc.stderr[-2000:]
+    code = lvae(*fit_args(mnist_root, config=str(old)))
+    err = capfd.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "callbacks.LatentScatter is now lvae.callbacks.LatentScatter" in err, err[-2000:]
 
 
 def test_the_cli_takes_your_own_module_and_data_module(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_dirs, run_lvae
-from test_faults import MESSAGES
+from conftest import lvae, run_dirs, run_lvae
 from PIL import Image
+from test_faults import MESSAGES
 
 from lvae import VAE
 from lvae.tsne import knn_label_agreement
@@ -48,13 +48,22 @@ def pictures_of(run: Path) -> dict[str, list[str]]:
     (32, "RGB", True, ("--model.likelihood", "gaussian")),
     (32, "RGB", True, ("--model.likelihood", "gaussian", "--trainer.devices", "2", "--trainer.strategy", "ddp")),
 ], ids=["16px-grey-unlabelled", "32px-colour", "32px-colour-2-processes"])
-def test_an_image_folder_trains_and_draws_every_picture(tmp_path: Path, size: int, mode: str, labelled: bool,
-                                                        extra: tuple) -> None:
-    root = write_folder(tmp_path / "pictures", size, mode, labelled=labelled)
+def test_an_image_folder_trains_and_draws_every_picture(workdir: Path, capfd: pytest.CaptureFixture,
+                                                        caplog: pytest.LogCaptureFixture, size: int, mode: str,
+                                                        labelled: bool, extra: tuple) -> None:
+    root = write_folder(workdir / "pictures", size, mode, labelled=labelled)
     channels = 1 if mode == "L" else 3
-    proc = run_lvae(folder_fit(root, size, channels, *extra), tmp_path, timeout=300)
-    assert ("unlabelled, train 120, val 120" in proc.stderr + proc.stdout) is not labelled
-    (run,) = run_dirs(tmp_path / "runs")
+    if "ddp" in extra:  # two processes: only the command starts them
+        proc = run_lvae(folder_fit(root, size, channels, *extra), workdir, timeout=300)
+        said = proc.stderr + proc.stdout
+    else:
+        # An absolute runs folder: W&B's service, started by this process's first run in another test's folder,
+        # finds a relative one from there.
+        assert lvae(*folder_fit(root, size, channels, *extra, "--trainer.default_root_dir", str(workdir / "runs"))) == 0
+        printed = capfd.readouterr()
+        said = "\n".join([printed.err, printed.out, *caplog.messages])
+    assert ("unlabelled, train 120, val 120" in said) is not labelled
+    (run,) = run_dirs(workdir / "runs")
     drawn = pictures_of(run)
     assert drawn.keys() >= PICTURES
     assert all(drawn[name] == ["epoch_000.png", "epoch_001.png"] for name in PICTURES), drawn
@@ -65,9 +74,10 @@ def test_an_image_folder_trains_and_draws_every_picture(tmp_path: Path, size: in
 
 
 @pytest.mark.parametrize("case", ["bad image file", "empty folder", "conv size"])
-def test_bad_pictures_and_sizes_are_one_message_before_training(tmp_path: Path, case: str) -> None:
+def test_bad_pictures_and_sizes_are_one_message_before_training(workdir: Path, capfd: pytest.CaptureFixture,
+                                                                 case: str) -> None:
     said = MESSAGES[case]  # as the README's table quotes it
-    root = tmp_path / "pictures"
+    root = workdir / "pictures"
     size = 18 if case == "conv size" else 16
     if case == "empty folder":
         root.mkdir()
@@ -75,12 +85,13 @@ def test_bad_pictures_and_sizes_are_one_message_before_training(tmp_path: Path, 
         write_folder(root, 16, "L", per_class=4)
         if case == "bad image file":
             (root / "star" / "broken.png").write_bytes(b"\x89PNG not really")
-    proc = run_lvae(folder_fit(root, size, 1, "--data.val_fraction", "0.25"), tmp_path, check=False, timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert said in proc.stderr, proc.stderr[-3000:]
+    code = lvae(*folder_fit(root, size, 1, "--data.val_fraction", "0.25"))
+    err = capfd.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert said in err, err[-3000:]
     if case == "bad image file":
-        assert str(root / "star" / "broken.png") in proc.stderr
-    assert not (tmp_path / "runs").exists()
+        assert str(root / "star" / "broken.png") in err
+    assert not (workdir / "runs").exists()
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +110,18 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
               "--data.channels", "1", "--data.num_workers", "0", "--data.batch_size", "32",
               "--trainer.accelerator", "cpu"]
     common += ["--model.latent_dim", "8", "--model.hidden_dim", "128"]
-    run_lvae(["fit", *common, "--trainer.max_epochs", "8", "--trainer.callbacks", "[]",
-              "--trainer.enable_progress_bar", "false", "--run_id", "digits"], cwd)
-    # The image shape (1, 8, 8) comes from the data module, for the checkpoint's check too.
-    run_lvae(["predict", *common, "--data.predict_split", "val", "--trainer.callbacks", "[]",
-              "--trainer.callbacks+=lvae.callbacks.LatentExport",
-              "--ckpt_path", str(cwd / "runs" / "digits" / "checkpoints" / "last.ckpt")], cwd)
+    # An absolute runs folder: W&B's service, started by this process's first run in another test's folder, finds a
+    # relative one from there.
+    common += ["--trainer.default_root_dir", str(cwd / "runs")]
+    with pytest.MonkeyPatch.context() as env:  # what the workdir fixture does, once for the module
+        env.chdir(cwd)
+        env.setenv("WANDB_MODE", "offline")
+        assert lvae("fit", *common, "--trainer.max_epochs", "8", "--trainer.callbacks", "[]",
+                    "--trainer.enable_progress_bar", "false", "--run_id", "digits") == 0
+        # The image shape (1, 8, 8) comes from the data module, for the checkpoint's check too.
+        assert lvae("predict", *common, "--data.predict_split", "val", "--trainer.callbacks", "[]",
+                    "--trainer.callbacks+=lvae.callbacks.LatentExport",
+                    "--ckpt_path", str(cwd / "runs" / "digits" / "checkpoints" / "last.ckpt")) == 0
     return cwd / "runs" / "digits"
 
 
