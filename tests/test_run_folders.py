@@ -272,7 +272,7 @@ def test_an_offline_run_is_announced_once_it_exists_in_lvaes_line_only(
     lines = caplog.messages  # Lightning's and lvae's, through Python's logging
     (announced,) = [i for i, line in enumerate(lines) if line.startswith("lvae: run quiet in runs/quiet")]
     assert lines[announced].endswith("(W&B offline: wandb sync runs/quiet/wandb/offline-run-* uploads it)")
-    assert announced > lines.index("mnist: train 330, val 30, test 100")  # after the data module's checks
+    assert announced > lines.index("lvae: mnist: train 330, val 30, test 100")  # after the data module's checks
     assert list((workdir / "runs" / "quiet" / "wandb").glob("offline-run-*"))
 
 
