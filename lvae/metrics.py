@@ -7,7 +7,6 @@ from torch import Tensor
 from torchmetrics.functional import spearman_corrcoef
 
 from lvae.latent_maths import kl_to_prior_per_dim
-from lvae.neighbours import same_label
 
 
 def uncertainty(logvar: Tensor) -> Tensor:
@@ -38,10 +37,24 @@ def pixel_mass(images: Tensor) -> Tensor:
     return images.flatten(1).float().sum(dim=1) / 255.0
 
 
+def nearest_neighbours(points: Tensor, k: int, chunk: int = 1024) -> Tensor:
+    """Indices (N, k) of each point's k nearest other points (Euclidean), with torch: this runs in the training
+    process, which never imports the drawing stack (scikit-learn's search, `lvae.neighbours`, serves the drawing
+    process)."""
+    if len(points) <= k:
+        raise ValueError(f"{len(points)} points have fewer than k={k} neighbours each")
+    points = points.float()
+    out = []
+    for start in range(0, len(points), chunk):  # chunks bound the (chunk, N) distance matrix
+        d = torch.cdist(points[start:start + chunk], points)  # (c, N)
+        d[torch.arange(len(d)), torch.arange(start, start + len(d))] = float("inf")  # not its own neighbour
+        out.append(d.topk(k, dim=1, largest=False).indices)
+    return torch.cat(out)
+
+
 def neighbour_disagreement(points: Tensor, labels: Tensor, k: int = 10) -> Tensor:
     """Per point, the share of its k nearest neighbours whose label differs from its own, (N,) in [0, 1]."""
-    differ = ~same_label(points.float().numpy(), labels.numpy(), k)  # (N, k)
-    return torch.from_numpy(differ).float().mean(dim=1)
+    return (labels[nearest_neighbours(points, k)] != labels[:, None]).float().mean(dim=1)
 
 
 def spearman(a: Tensor, b: Tensor) -> float:

@@ -1,5 +1,6 @@
-"""Each point's nearest neighbours and whether they share its label: the one neighbour search (scikit-learn's) that
-the uncertainty numbers (training process) and the t-SNE map's quality figure (drawing process) both use."""
+"""Each point's nearest neighbours and whether they share its label, by scikit-learn's search: for the t-SNE map's
+quality figure, in the drawing process. (The training process never imports scikit-learn: its uncertainty numbers
+use the torch search of `lvae.metrics`.)"""
 
 import numpy as np
 

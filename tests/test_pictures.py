@@ -362,3 +362,18 @@ def test_a_killed_fit_leaves_no_drawing_process_behind(mnist_root: Path, tmp_pat
     while any(alive(pid) for pid in helpers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in helpers if alive(pid)]  # nothing of the run is left running
+
+
+def test_the_uncertainty_numbers_leave_the_drawing_stack_out_of_the_training_process() -> None:
+    # They are measured in the training loop: scikit-learn (and its OpenMP pool beside torch's) stays in the drawing
+    # process.
+    code = ("import sys, torch; from lvae.callbacks import LatentUncertainty; from lvae.latents import Latents; "
+            "n = 40; g = torch.Generator().manual_seed(0); "
+            "latents = Latents(epoch=0, index=torch.arange(n), label=torch.arange(n) % 4, "
+            "mu=torch.randn(n, 3, generator=g), logvar=torch.zeros(n, 3), kl=torch.zeros(n), "
+            "image=torch.zeros(n, 1, 8, 8, dtype=torch.uint8)); "
+            "print('uncertainty/spearman_disagreement' in LatentUncertainty(k_neighbours=5).measure(latents)); "
+            "print([m for m in ('sklearn', 'openTSNE') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=cli_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["True", "[]"], proc.stdout
