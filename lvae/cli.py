@@ -718,6 +718,9 @@ def main(args: Any = None) -> None:
         finished = True
     except LVAEError as err:
         if err.exit_code == 2:  # refused before any work: nothing of the run stays on disk
+            run = _wandb_run()
+            if run is not None and run is not found_run:
+                run.finish(exit_code=2)  # its files are closed before they are removed; the caller's own stays open
             run_folder.release(refused=True)
         print(f"lvae: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

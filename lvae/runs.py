@@ -12,7 +12,6 @@ import re
 import shlex
 import shutil
 import socket
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -170,10 +169,7 @@ class RunFolder:
         if self._hold is not None:
             self._hold.close()
             self._hold = None
-        if refused:
-            wandb = sys.modules.get("wandb")
-            if wandb is not None and wandb.run is not None:
-                wandb.finish(exit_code=2)  # its files are closed before they are removed
+        if refused:  # (a W&B run writing into them is closed first, by the command that started it)
             made = ([(self.path, self._parents)] if self._claimed and self.path is not None else []) + self._made
             for folder, parents in made:
                 shutil.rmtree(folder, ignore_errors=True)
