@@ -128,6 +128,18 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cwd
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 2 MiB filesystem (tmpfs, mounted as root does in CI): a disk that fills up."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a small tmpfs cannot be mounted here ({mounted.stderr.decode().strip()}): needs root")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
 def small_fit_args(data_dir: Path, *extra: str, pictures: bool = False) -> list[str]:
     """A short CPU run on the fixture: the arguments every CLI test shares. Without `pictures`, none of the default
     config's pictures (`lvae fit` draws every picture unless told otherwise); tests add those they need."""

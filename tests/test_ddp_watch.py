@@ -247,6 +247,6 @@ def test_lightnings_watch_is_replaced_only_while_the_ddp_watch_is_open() -> None
 
     lightnings = subprocess_script._launch_process_observer
     assert lightnings.__module__.startswith("lightning.")  # Lightning's own function, not a watch of lvae's
-    with DDPWatch() as watch:
-        assert subprocess_script._launch_process_observer == watch._watch
+    with DDPWatch():
+        assert subprocess_script._launch_process_observer is not lightnings
     assert subprocess_script._launch_process_observer is lightnings

@@ -24,6 +24,7 @@ from conftest import (
     run_lvae,
     small_fit_args,
     toy_digits,
+    working_in,
     write_idx,
 )
 from wandb_run import read_run
@@ -94,10 +95,7 @@ def finite_weights(path: Path) -> bool:
 def test_last_checkpoint_is_the_last_epoch_even_when_val_loss_does_not_improve(mnist_root: Path, workdir: Path):
     # mode=max: a falling val/loss never "improves", so only epoch 0 is a top-k checkpoint. Lightning 2.6 alone
     # would then leave last.ckpt at epoch 0, and --ckpt_path last would silently redo two epochs.
-    # An absolute runs folder: W&B's service, started by this process's first run in another test's folder, finds a
-    # relative one from there.
-    assert lvae(*small_fit_args(mnist_root, "--trainer.max_epochs", "3", "--checkpoint.mode", "max",
-                                "--trainer.default_root_dir", str(workdir / "runs"))) == 0
+    assert lvae(*small_fit_args(mnist_root, "--trainer.max_epochs", "3", "--checkpoint.mode", "max")) == 0
     (run,) = run_dirs(workdir / "runs")
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 18  # 3 epochs of 6 steps
@@ -141,10 +139,7 @@ def test_sigkill_mid_epoch_leaves_whole_checkpoints_and_last_resumes(mnist_root:
     killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
     capfd.readouterr()
-    # An absolute runs folder: W&B's service, started by this process's first run in another test's folder, finds a
-    # relative one from there.
-    assert lvae(*small_fit_args(mnist_root, "--ckpt_path", "last", "--trainer.max_epochs", str(epoch + 2),
-                                "--trainer.default_root_dir", str(workdir / "runs"))) == 0
+    assert lvae(*small_fit_args(mnist_root, "--ckpt_path", "last", "--trainer.max_epochs", str(epoch + 2))) == 0
     assert run_dirs(workdir / "runs") == [run]  # continued in the same run folder
     assert not list((run / "checkpoints").glob(".*.partial"))  # nothing half-written left behind
     final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
@@ -244,12 +239,8 @@ def test_bad_data_file_through_the_cli_is_one_message(mnist_root: Path, workdir:
 @pytest.fixture(scope="module")
 def z20_checkpoint(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cwd = tmp_path_factory.mktemp("ckpt")
-    with pytest.MonkeyPatch.context() as env:  # what the workdir fixture does, once for the module
-        env.chdir(cwd)
-        env.setenv("WANDB_MODE", "offline")
-        # absolute: W&B's service, started in another test's folder, would find a relative one from there
-        assert lvae(*small_fit_args(mnist_root, "--trainer.max_epochs", "1", "--trainer.default_root_dir",
-                                    str(cwd / "runs"))) == 0
+    with working_in(cwd):
+        assert lvae(*small_fit_args(mnist_root, "--trainer.max_epochs", "1")) == 0
     (run,) = run_dirs(cwd / "runs")
     return run / "checkpoints" / "last.ckpt"
 

@@ -155,9 +155,7 @@ def test_a_class_path_given_on_the_command_line_is_named_whole_when_it_cannot_be
 
 
 def test_lvae_fit_with_no_config_draws_every_picture(mnist_root: Path, workdir: Path) -> None:
-    # An absolute runs folder: W&B's service, started by this process's first run in another test's folder, finds a
-    # relative one from there.
-    assert lvae(*fit_args(mnist_root, "--trainer.default_root_dir", str(workdir / "runs"))) == 0
+    assert lvae(*fit_args(mnist_root)) == 0
     (run,) = run_dirs(workdir / "runs")
     pictures = drawn(run)
     assert pictures.keys() >= PICTURES and all(pictures[name] == ["epoch_000.png", "epoch_001.png"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import lvae, run_dirs, run_lvae
+from conftest import lvae, run_dirs, run_lvae, working_in
 from PIL import Image
 from test_faults import MESSAGES
 
@@ -57,9 +57,7 @@ def test_an_image_folder_trains_and_draws_every_picture(workdir: Path, capfd: py
         proc = run_lvae(folder_fit(root, size, channels, *extra), workdir, timeout=300)
         said = proc.stderr + proc.stdout
     else:
-        # An absolute runs folder: W&B's service, started by this process's first run in another test's folder,
-        # finds a relative one from there.
-        assert lvae(*folder_fit(root, size, channels, *extra, "--trainer.default_root_dir", str(workdir / "runs"))) == 0
+        assert lvae(*folder_fit(root, size, channels, *extra)) == 0
         printed = capfd.readouterr()
         said = "\n".join([printed.err, printed.out, *caplog.messages])
     assert ("unlabelled, train 120, val 120" in said) is not labelled
@@ -110,12 +108,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
               "--data.channels", "1", "--data.num_workers", "0", "--data.batch_size", "32",
               "--trainer.accelerator", "cpu"]
     common += ["--model.latent_dim", "8", "--model.hidden_dim", "128"]
-    # An absolute runs folder: W&B's service, started by this process's first run in another test's folder, finds a
-    # relative one from there.
-    common += ["--trainer.default_root_dir", str(cwd / "runs")]
-    with pytest.MonkeyPatch.context() as env:  # what the workdir fixture does, once for the module
-        env.chdir(cwd)
-        env.setenv("WANDB_MODE", "offline")
+    with working_in(cwd):
         assert lvae("fit", *common, "--trainer.max_epochs", "8", "--trainer.callbacks", "[]",
                     "--trainer.enable_progress_bar", "false", "--run_id", "digits") == 0
         # The image shape (1, 8, 8) comes from the data module, for the checkpoint's check too.

@@ -153,9 +153,12 @@ def test_the_wandb_init_arguments_lvae_trims_are_what_wandb_init_gets(tmp_path, 
     # lvae.noise.quiet_trainer pops `anonymous` from `_wandb_init`: what is left is what wandb.init is called with.
     import wandb
 
+    from lvae.noise import quiet_trainer
+
     logger = WandbLogger(offline=True, save_dir=str(tmp_path))
     assert logger._wandb_init.get("anonymous", "absent") is None
-    logger._wandb_init.pop("anonymous")
+    quiet_trainer(pl.Trainer(logger=logger, accelerator="cpu", enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path), resuming=False)
     calls = []
     monkeypatch.setattr(wandb, "run", None)
     monkeypatch.setattr(wandb, "init", lambda **kwargs: calls.append(kwargs) or object())

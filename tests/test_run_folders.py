@@ -401,18 +401,6 @@ def test_tensorboard_and_csv_loggers_named_on_the_command_line_write_into_the_ru
         assert logger_with_save_dir(as_given) == as_given
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 2 MiB filesystem (tmpfs, mounted as root does in CI): a disk that fills up."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"a small tmpfs cannot be mounted here ({mounted.stderr.decode().strip()}): needs root")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
-
-
 def test_a_full_disk_says_so_and_names_the_checkpoint_it_could_not_write(
         workdir: Path, mnist_root: Path, small_disk: Path, capfd: pytest.CaptureFixture) -> None:
     # The run's config fits; its first checkpoint (about 8 MB) does not.
@@ -459,7 +447,8 @@ def test_an_in_process_command_closes_the_wandb_run_it_started(workdir: Path, mn
     kinds = {record.WhichOneof("record_type") for record in records(next(run.folder.glob("*.wandb")))}
     assert "exit" in kinds and run.run_id == "closed" and set(run.values("epoch")) == {0}, run.history
     assert lvae(*fit_args(mnist_root, "--run_id", "next")) == 0  # its own run, in its own folder
-    assert not list((workdir / "runs" / "closed").glob("**/offline-run-*/files/*next*"))
+    (after,) = read_run(workdir / "runs" / "closed", timeout=10)  # the closed run took nothing of the next one's
+    assert (after.run_id, after.history) == (run.run_id, run.history)
     assert [r.run_id for r in read_run(workdir / "runs" / "next", timeout=10)] == ["next"]
 
 
@@ -474,3 +463,15 @@ def test_a_second_in_process_command_in_another_folder_writes_its_wandb_run_ther
     assert lvae(*fit_args(mnist_root, "--run_id", "there")) == 0
     assert [run.run_id for run in read_run(elsewhere / "runs" / "there", timeout=10)] == ["there"]
     assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["here"]
+
+
+def test_a_refused_command_leaves_a_wandb_run_of_the_callers_own_open(workdir: Path, mnist_root: Path) -> None:
+    import wandb
+
+    mine = wandb.init(mode="offline", dir=str(workdir.parent), project="mine")  # a notebook's own run, open before
+    try:
+        assert lvae(*fit_args(mnist_root, "--run_id", "../elsewhere")) == 2
+        assert lvae(*fit_args(mnist_root, "--ckpt_path", "nosuch.ckpt")) == 2
+        assert wandb.run is mine
+    finally:
+        mine.finish()

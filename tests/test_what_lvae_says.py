@@ -39,7 +39,7 @@ def test_lvae_lines_start_on_a_line_of_their_own_above_the_progress_bar(mnist_ro
     # What a terminal shows of each line: the text after its last carriage return, cursor moves (tqdm's, to clear
     # the bars above) aside.
     lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line.split("\r")[-1]) for line in shown.getvalue().split("\n")]
-    said = [line for line in lines if "lvae" in line or "TSNEEmbedding" in line]
+    said = [line for line in lines if "lvae:" in line or "TSNEEmbedding" in line]
     assert len([line for line in said if "too few for TSNEEmbedding.perplexity=5" in line]) == 2, said
     assert all(line.startswith("lvae: ") for line in said), said
     assert "Epoch 1" in shown.getvalue()  # there was a bar to be glued to
