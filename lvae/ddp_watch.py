@@ -27,6 +27,7 @@ from lightning.pytorch.strategies.launchers import subprocess_script
 from lvae.checkpoints import load_checkpoint
 from lvae.drawing import exit_status
 from lvae.errors import LVAEError
+from lvae.runs import continue_flags
 
 GRACE_SECONDS = 10.0  # from a rank stopping to rank zero leaving the watch, with room for busy cores
 POLL_SECONDS = 0.2
@@ -136,8 +137,8 @@ class DDPWatch:
             epoch, step = checkpoint["epoch"], checkpoint["global_step"]
         except Exception as err:
             return f"{last} cannot be read ({type(err).__name__}: {first_sentence(err)}); start the run again."
-        resume = f"--run_id {self.run_id} --ckpt_path last" if self.run_id else "--ckpt_path last"
-        return f"The checkpoints on disk are whole: {last} holds epoch {epoch}, step {step}. Continue with {resume}"
+        return (f"The checkpoints on disk are whole: {last} holds epoch {epoch}, step {step}. Continue with "
+                f"{continue_flags(last)}")
 
     def _watch(self, children: list[subprocess.Popen]) -> None:
         """Stands in for Lightning's `_launch_process_observer(self.procs)`."""

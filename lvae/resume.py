@@ -28,7 +28,8 @@ def apply_new_lr(trainer: "L.Trainer", trained: Optional[float], lr: float) -> N
             if "initial_lr" in group:
                 group["initial_lr"] *= lr / trained
     for config in trainer.lr_scheduler_configs:
-        config.scheduler.base_lrs = [base * lr / trained for base in config.scheduler.base_lrs]
+        if hasattr(config.scheduler, "base_lrs"):  # ReduceLROnPlateau has none: it scales the group's lr itself
+            config.scheduler.base_lrs = [base * lr / trained for base in config.scheduler.base_lrs]
     say(f"lvae: model.lr {trained} -> {lr}: applied to the restored optimizer")
 
 

@@ -128,7 +128,10 @@ class RunFolder:
             return
         parents = [folder for folder in path.parents if not folder.exists()]  # deepest first
         with unwritable(path.parent):
-            path.mkdir(parents=True)
+            try:
+                path.mkdir(parents=True)
+            except FileExistsError:
+                return  # another command made it meanwhile: it is that command's to remove, not this one's
         self._made.append((path, parents))
 
     def hold(self, path: Path) -> None:

@@ -73,7 +73,9 @@ class HeldSigterm:
 
     def hold(self) -> None:
         if threading.current_thread() is threading.main_thread() and not self._held:
-            self._found = signal.signal(signal.SIGTERM, self._note)
+            found = signal.signal(signal.SIGTERM, self._note)
+            # None: a handler not set from Python; SIG_DFL is what it does and what can be set back.
+            self._found = signal.SIG_DFL if found is None else found
             self._held = True
 
     def _note(self, signum: int, frame: Optional[FrameType]) -> None:
@@ -92,5 +94,5 @@ class HeldSigterm:
             return
         if callable(self._found):  # lvae's own (EntrySignals) ends the command with its line, as any handler would
             self._found(signal.SIGTERM, None)
-        elif self._found in (signal.SIG_DFL, None):
+        elif self._found == signal.SIG_DFL:
             os.kill(os.getpid(), signal.SIGTERM)  # what SIGTERM would have done, now that the pictures are done

@@ -223,3 +223,18 @@ def test_processes_of_one_torchrun_or_slurm_job_share_one_run_id(monkeypatch) ->
     assert launcher_run_id() == "slurm-4242"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job7")
     assert launcher_run_id() == "job7"  # the rendezvous id is the run id, as the README says
+
+
+def test_a_model_loaded_with_a_new_lr_trains_with_that_lr(mnist_root: Path, tmp_path: Path) -> None:
+    # load_from_checkpoint(lr=...) builds a new optimiser with that lr (the kwargs replace the checkpoint's hparams
+    # before on_load_checkpoint reads them): the rule that rescales a restored optimiser on resume must not apply.
+    def fit(model: VAE) -> L.Trainer:
+        trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path)
+        trainer.fit(model, MNISTDataModule(data_dir=str(mnist_root), batch_size=64))
+        return trainer
+
+    fit(VAE(latent_dim=4, hidden_dim=16, latent_points=0)).save_checkpoint(tmp_path / "lr.ckpt")
+    trainer = fit(VAE.load_from_checkpoint(tmp_path / "lr.ckpt", lr=1e-4))
+    assert [group["lr"] for group in trainer.optimizers[0].param_groups] == [1e-4]
