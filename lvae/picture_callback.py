@@ -331,9 +331,17 @@ class PictureCallback(Callback):
         drawing process that died drawing one of them is replaced, not sent to."""
         if self._kept is None:
             return
-        _, running = futures.wait([future for future, _ in self._pending], timeout)
-        if running:
-            return
+        pending = [future for future, _ in self._pending]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:  # in slices: a SIGTERM held meanwhile sets a deadline of its own (the grace period)
+            held = self._shared.sigterm.deadline if self._shared is not None else None
+            ends = [end for end in (deadline, held) if end is not None]
+            left = min(ends) - time.monotonic() if ends else None
+            _, running = futures.wait(pending, 0.1 if left is None else max(0.0, min(0.1, left)))
+            if not running:
+                break
+            if left is not None and left <= 0:
+                return
         self._collect(wait=False)  # their state (a t-SNE map) is what the kept picture continues
         picture, self._kept = self._kept, None
         self._drawn_epochs.append(picture.epoch)
