@@ -30,7 +30,7 @@ def thumbnails(images: Tensor, px: int) -> np.ndarray:
     if max(height, width) > px:
         scale = px / max(height, width)
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
-        images = F.interpolate(images.float(), size=size, mode="area").round().clamp(0, 255).to(torch.uint8)
+        images = to_uint8(F.interpolate(images.float() / 255, size=size, mode="area"))
     return as_pictures(images)
 
 

@@ -392,3 +392,10 @@ def test_fashion_mnist_legends_name_the_classes(tmp_path):
     fig, _ = tsne.figure(steps, points, shown.label.numpy(), tsne_job.kwargs["names"], np.zeros((0, 2)),
                          np.zeros((0, 28, 28), dtype=np.uint8), 0.5, None, 0)
     assert label_legend(fig) == present
+
+
+def test_a_label_outside_the_names_is_written_as_its_number_in_the_legend() -> None:
+    # -1 marks an unlabelled input in some datasets' splits: not the last class's name.
+    from lvae.figures.canvas import label_handles
+
+    assert [h.get_label() for h in label_handles(np.array([-1, 0, 1, 2]), ["zero", "one"])] == ["-1", "zero", "one", "2"]

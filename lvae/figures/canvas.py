@@ -61,7 +61,7 @@ def label_handles(labels: np.ndarray, names: Optional[Sequence[str]] = None) -> 
     if names is None and len(np.unique(labels)) < 2:
         return []
     return [Line2D([], [], marker="o", linestyle="", color=class_colour(c),
-                   label=str(names[int(c)]) if names is not None and int(c) < len(names) else str(int(c)))
+                   label=str(names[int(c)]) if names is not None and 0 <= int(c) < len(names) else str(int(c)))
             for c in np.unique(labels)]
 
 

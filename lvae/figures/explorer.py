@@ -331,7 +331,7 @@ def layout(inputs: dict[str, np.ndarray], epochs: list[dict[str, np.ndarray]], r
     history = ColumnDataSource({"pca_x": places["pca"][..., 0].ravel(), "pca_y": places["pca"][..., 1].ravel(),
                                 "tsne_x": places["tsne"][..., 0].ravel(), "tsne_y": places["tsne"][..., 1].ravel(),
                                 "u": _by_input(index, epochs, "u").ravel(), "nelbo": elbo.ravel()})  # (E * N,)
-    label_text = [names[c] if c < len(names) else str(c) for c in labels.tolist()]
+    label_text = [names[c] if 0 <= c < len(names) else str(c) for c in labels.tolist()]  # -1: unlabelled, not the last
     # Category10 is matplotlib's tab10: a class has the colour it has in every lvae picture.
     colours = [Category10_10[c % 10] for c in labels.tolist()] if labelled else [Category10_10[0]] * n
     points = ColumnDataSource({**{name: history.data[name][last * n:(last + 1) * n] for name in COLUMNS},
