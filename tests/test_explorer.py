@@ -126,10 +126,18 @@ def point_on_screen(driver, view: str, row: int, source: str = "points") -> tupl
 def hover(driver, at: tuple[int, int]) -> None:
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
 
+    shown = cards(driver)
     actions = ActionBuilder(driver)
     actions.pointer_action.move_to_location(*at)
     actions.perform()
-    time.sleep(0.3)
+    until(driver, lambda: cards(driver) and cards(driver) != shown)  # the card of what is under the pointer
+
+
+def until(driver, condition, seconds: float = 10.0):
+    """Wait for the page to show what `condition` looks for (its value once truthy), as a user would."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds, poll_frequency=0.05).until(lambda _: condition())
 
 
 def cards(driver) -> list[tuple[str, str]]:
@@ -141,7 +149,7 @@ def cards(driver) -> list[tuple[str, str]]:
 
 
 def test_page_opens_offline_without_errors(browser, digits_page: Path) -> None:
-    seconds = open_page(browser, digits_page)
+    open_page(browser, digits_page)  # how long it takes to draw is bench/explorer_cost.py's, not a test's
     errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
     assert not errors, errors
     # Nothing is fetched but the page itself: no script, style or image from a server.
@@ -150,7 +158,6 @@ def test_page_opens_offline_without_errors(browser, digits_page: Path) -> None:
                  if '"Network.requestWillBeSent"' in entry["message"]]
     assert not [url for url in resources if not url.startswith(("data:", "file:"))], resources
     assert all('"url":"data:' in message or '"url":"file:' in message for message in requested), requested
-    assert seconds < 5, f"the page took {seconds:.2f} s to draw"  # bench/explorer_cost.py measures the 2 s budget
     size = digits_page.stat().st_size
     assert size < 3e6, f"{size} bytes for {N} inputs and {EPOCHS} epochs"
 
@@ -166,7 +173,7 @@ def test_slider_changes_the_drawn_epoch(browser, digits_page: Path) -> None:
     handle = browser.execute_script(VIEWS + "for (const el of elements(document)) "
                                     "if (el.classList.contains('noUi-handle')) return el")
     ActionChains(browser).click(handle).send_keys(Keys.ARROW_LEFT, Keys.ARROW_LEFT).perform()
-    time.sleep(0.3)
+    until(browser, lambda: browser.execute_script(VIEWS + title)[1].endswith(f"epoch {EPOCHS - 3}"))
     pca_title, tsne_title = browser.execute_script(VIEWS + title)
     assert pca_title.endswith(f"epoch {EPOCHS - 3}") and tsne_title.endswith(f"epoch {EPOCHS - 3}")
     after = model_data(browser, "points")
@@ -218,8 +225,7 @@ def test_click_draws_a_path_and_the_legend_hides_a_class(browser, digits_page: P
     row = 11
     hover(browser, point_on_screen(browser, "tsne", row))
     ActionChains(browser).click().perform()
-    time.sleep(0.3)
-    paths = model_data(browser, "paths")
+    paths = until(browser, lambda: (lambda drawn: drawn if drawn["pca_x"] else None)(model_data(browser, "paths")))
     assert len(paths["pca_x"]) == 1 and len(paths["pca_x"][0]) == EPOCHS and len(paths["tsne_x"][0]) == EPOCHS
     assert paths["pca_x"][0][-1] == pytest.approx(points["pca_x"][row])
     # Hiding the class of that input hides it in both views, and hovering passes over it.
@@ -228,11 +234,10 @@ def test_click_draws_a_path_and_the_legend_hides_a_class(browser, digits_page: P
                                   "String(el.className).includes('bk-item') && el.innerText.trim() == arguments[0])",
                                   label)
     ActionChains(browser).click(item).perform()
-    time.sleep(0.3)
-    hidden = browser.execute_script(VIEWS + """const out = []
+    hidden = until(browser, lambda: browser.execute_script(VIEWS + """const out = []
         for (const view of ['pca', 'tsne']) for (const r of model(view).renderers)
             if (!r.visible) out.push(view)
-        return out""")
+        return out.length ? out : null"""))
     assert hidden == ["pca", "tsne"]
     assert row not in browser.execute_script(VIEWS + "return Array.from(model('shown').indices)")
 
@@ -338,12 +343,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int], 
     """A plain Trainer, a module written here, the t-SNE map and the explorer: 3 epochs, the page watched."""
     root = tmp_path_factory.mktemp("fit")
     page = root / "latents" / "explorer.html"
-    explorer = LatentExplorer()
+    explorer = LatentExplorer(skip_when_busy=False)  # every epoch drawn, so that each one's page can be checked
     check = EpochCheck(explorer, page)
     watcher = PageWatcher(page)
     L.seed_everything(0)
     trainer = L.Trainer(max_epochs=3, accelerator="cpu", default_root_dir=root, logger=False,
-                        callbacks=[TSNEEmbedding(perplexity=5.0, n_prior=8), explorer, check],
+                        callbacks=[TSNEEmbedding(perplexity=5.0, n_prior=8, skip_when_busy=False), explorer, check],
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     watcher.start()
     try:
@@ -358,8 +363,7 @@ def test_callback_rewrites_the_page_each_drawn_epoch(trained) -> None:
     root, checked, watcher = trained
     latents = root / "latents"
     kept = sorted(int(p.stem.split("_")[1]) for p in (latents / "explorer").glob("epoch_*.npz"))
-    assert kept[0] == 0 and kept[-1] == 2  # the first and the last epoch are always drawn
-    assert checked == [epoch for epoch in kept if epoch in checked] and checked[0] == 0
+    assert kept == checked == [0, 1, 2]  # each epoch's page, written once it was drawn, showed every epoch so far
     assert watcher.seen >= 1 and not watcher.torn, f"a page was seen cut short: {watcher.torn} bytes"
     assert not list(latents.glob(".explorer.html.*")) and not list((latents / "explorer").glob(".*"))
     html = (latents / "explorer.html").read_text()
