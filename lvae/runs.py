@@ -175,6 +175,8 @@ class RunFolder:
         if refused:  # (a W&B run writing into them is closed first, by the command that started it)
             made = ([(self.path, self._parents)] if self._claimed and self.path is not None else []) + self._made
             for folder, parents in made:
+                if any(folder.glob("**/*.ckpt")):
+                    continue  # refused after training wrote a checkpoint (an image that went bad mid-fit): kept
                 shutil.rmtree(folder, ignore_errors=True)
                 for parent in parents:
                     try:

@@ -475,3 +475,17 @@ def test_a_refused_command_leaves_a_wandb_run_of_the_callers_own_open(workdir: P
         assert wandb.run is mine
     finally:
         mine.finish()
+
+
+def test_a_run_refused_after_it_wrote_a_checkpoint_keeps_its_folder(tmp_path: Path) -> None:
+    # A refusal (exit 2) removes what the command made; not a run that has trained (e.g. an image that went bad in
+    # the middle of fit, read as the epochs stream it).
+    kept, gone = RunFolder(), RunFolder()
+    kept.claim(tmp_path / "runs" / "trained")
+    (tmp_path / "runs" / "trained" / "checkpoints").mkdir()
+    (tmp_path / "runs" / "trained" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    gone.claim(tmp_path / "runs" / "refused")
+    kept.release(refused=True)
+    gone.release(refused=True)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["trained"]
+    assert (tmp_path / "runs" / "trained" / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
