@@ -179,7 +179,7 @@ class LatentExplorer(PictureCallback):
             if self._page_misses_maps():
                 job = self.job(self.rewrite_figure, page=str(page))
                 if self.background:  # in the drawing process, where the page's library is imported already
-                    drawn = self._shared.submit(self, job).result()
+                    drawn = self._result(self._shared.submit(self, job))  # within a SIGTERM's grace
                 else:
                     drawn = run_job(job)
                 self._log(drawn, trainer.current_epoch)
@@ -189,8 +189,9 @@ class LatentExplorer(PictureCallback):
             notice(f"LatentExplorer: the explorer page was not logged ({type(err).__name__}: {err})")
 
     @override
-    def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        super().on_fit_end(trainer, pl_module)  # waits for the last epoch's page
+    def _end_of_fit(self, trainer: "L.Trainer") -> None:
+        # Within the end of fit, while a SIGTERM stays held: the page is finished before the signal is handed on.
+        super()._end_of_fit(trainer)  # waits for the last epoch's page
         self._finish(trainer)
 
     @override
