@@ -191,7 +191,9 @@ _RUNS_A_COMMAND: dict[str, bool] = {}
 
 def pytest_collection_modifyitems(items: list) -> None:
     """Mark `command` the tests of modules that start the lvae command or another process: `make test-fast` runs the
-    rest, in-process, after every change."""
+    rest, in-process, after every change. Those modules go first (in their order, each module's tests in theirs):
+    `make test` hands each of its workers a module at a time, and the long ones started first leave the many short
+    in-process ones to even out the end, rather than one worker finishing a long module alone."""
     import inspect
 
     for item in items:
@@ -201,6 +203,7 @@ def pytest_collection_modifyitems(items: list) -> None:
             _RUNS_A_COMMAND[module] = any(call in source for call in ("run_lvae(", "subprocess.", "Popen("))
         if _RUNS_A_COMMAND[module]:
             item.add_marker(pytest.mark.command)
+    items.sort(key=lambda item: not _RUNS_A_COMMAND[item.module.__name__])  # stable: the order within is kept
 
 
 class Said:

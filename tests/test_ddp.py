@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cli_env, run_dirs, run_lvae, small_fit_args
+from conftest import REPO, cli_env, lvae_said, run_dirs, run_lvae, small_fit_args, working_in
 
 DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
@@ -18,6 +18,13 @@ def probe(out: Path) -> list[str]:
 
 def probe_env() -> dict[str, str]:
     return {**cli_env(), "PYTHONPATH": str(REPO / "tests")}
+
+
+def one_process(args: list[str], cwd: Path) -> None:
+    """The one-process side of a comparison, run in this process (the two-process side needs the command)."""
+    with working_in(cwd):
+        done = lvae_said(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +62,13 @@ def validated(ddp_fit: Path, checkpoint: str, mnist_root: Path) -> dict[int, dic
     out = {}
     for devices in (1, 2):
         probe_dir = ddp_fit / f"validate{devices}"
-        run_lvae(["validate", "--data.data_dir", str(mnist_root), "--data.batch_size", "8",
-                  "--trainer.accelerator", "cpu", "--trainer.devices", str(devices), "--trainer.strategy",
-                  "ddp" if devices > 1 else "auto", "--ckpt_path", checkpoint,
-                  *probe(probe_dir)], ddp_fit, env=probe_env())
+        args = ["validate", "--data.data_dir", str(mnist_root), "--data.batch_size", "8", "--trainer.accelerator",
+                "cpu", "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
+                "--ckpt_path", checkpoint, *probe(probe_dir)]
+        if devices == 1:
+            one_process(args, ddp_fit)
+        else:
+            run_lvae(args, ddp_fit, env=probe_env())
         (path,) = probe_dir.glob("latents_validate_*.pt")
         out[devices] = torch.load(path)
     return out
@@ -80,11 +90,15 @@ def test_predict_export_is_complete_and_ordered_under_ddp(ddp_fit: Path, checkpo
     arrays = {}
     for devices in (1, 2):
         path = ddp_fit / f"predict{devices}.npz"
-        run_lvae(["predict", "--data.data_dir", str(mnist_root), "--data.batch_size", "16", "--trainer.accelerator",
-                  "cpu", "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
-                  "--ckpt_path", checkpoint,
-                  "--trainer.callbacks+=" + json.dumps({"class_path": "lvae.callbacks.LatentExport",
-                                                        "init_args": {"path": str(path)}})], ddp_fit)
+        args = ["predict", "--data.data_dir", str(mnist_root), "--data.batch_size", "16", "--trainer.accelerator",
+                "cpu", "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
+                "--ckpt_path", checkpoint,
+                "--trainer.callbacks+=" + json.dumps({"class_path": "lvae.callbacks.LatentExport",
+                                                      "init_args": {"path": str(path)}})]
+        if devices == 1:
+            one_process(args, ddp_fit)
+        else:
+            run_lvae(args, ddp_fit)
         arrays[devices] = np.load(path)
     one, two = arrays[1], arrays[2]
     assert sorted(two.files) == ["index", "label", "logvar", "mu"]

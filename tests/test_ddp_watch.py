@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, cli_env, every_epoch_config, run_dirs, run_lvae, small_fit_args
+from conftest import REPO, cli_env, every_epoch_config, run_dirs, small_fit_args
 from test_faults import MESSAGES
 from wandb_run import read_run, records, wait_until_written
 
@@ -98,11 +98,7 @@ def test_killing_one_of_two_gloo_processes_mid_epoch_ends_the_job_with_one_messa
     assert found.group(4) == run.name
     assert wandb_closed(run)
     assert not no_processes_left(tmp_path)  # the drawing process and the other rank are gone too
-
-    run_lvae(fit_args(mnist_root, "--data.batch_size", "32", "--trainer.max_epochs", "3",
-                      "--run_id", found.group(4), "--ckpt_path", "last"), tmp_path)
-    assert run_dirs(tmp_path / "runs") == [run]
-    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 18
+    # That the advised command continues the run is checked once, on torchrun's two nodes (below).
 
 
 def test_a_rank_zero_that_no_error_reaches_is_ended_with_the_message(tmp_path: Path) -> None:

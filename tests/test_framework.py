@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cli_env, lvae, run_dirs, run_lvae
+from conftest import REPO, lvae, run_dirs, run_lvae
 from test_faults import MESSAGES
 from wandb_run import read_run
 
@@ -189,15 +189,15 @@ def test_old_callbacks_class_paths_get_the_one_line_fix(mnist_root: Path, workdi
     assert "callbacks.LatentScatter is now lvae.callbacks.LatentScatter" in err, err[-2000:]
 
 
-def test_the_cli_takes_your_own_module_and_data_module(tmp_path: Path) -> None:
-    env = {**cli_env(), "PYTHONPATH": str(REPO / "tests")}
+def test_the_cli_takes_your_own_module_and_data_module(workdir: Path) -> None:
+    # foreign_vae is importable from tests/, as a user's module is from their PYTHONPATH.
     own = ["fit", "--model", "foreign_vae.ClassicVAE", "--data", "foreign_vae.ToyDigits", "--trainer.accelerator",
            "cpu", "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
            "--trainer.callbacks+=lvae.callbacks.LatentScatter", "--trainer.callbacks+=lvae.callbacks.PriorSamples",
            "--checkpoint.monitor", "null", "--run_id", "own"]
-    run_lvae([*own, "--trainer.max_epochs", "2"], tmp_path, env=env)
-    run_lvae([*own, "--trainer.max_epochs", "3", "--ckpt_path", "last"], tmp_path, env=env)
-    run = tmp_path / "runs" / "own"
+    assert lvae(*own, "--trainer.max_epochs", "2") == 0
+    assert lvae(*own, "--trainer.max_epochs", "3", "--ckpt_path", "last") == 0
+    run = workdir / "runs" / "own"
     assert drawn(run)["scatter"] == [f"epoch_{e:03d}.png" for e in range(3)]  # drawn, and continued on resume
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
     first, second = read_run(run)

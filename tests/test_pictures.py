@@ -309,7 +309,7 @@ def test_a_signal_while_a_picture_is_drawn_keeps_last_ckpt_and_every_epochs_pict
         mnist_root: Path, tmp_path: Path, sig: int, exit_code: int) -> None:
     out = tmp_path / "slow"
     # Every epoch drawn: epoch 1's picture is drawn after epoch 0's, which takes longer than an epoch.
-    proc = start_lvae(slow_picture_args(mnist_root, out, seconds=3.0, skip_when_busy=False), tmp_path)
+    proc = start_lvae(slow_picture_args(mnist_root, out, seconds=1.5, skip_when_busy=False), tmp_path)
     wait_for_file(out / "started_1", proc)  # epoch 1's picture is being drawn, epoch 0's is done
     proc.send_signal(sig)
     stderr = proc.communicate(timeout=90)[1]

@@ -35,8 +35,8 @@ def test_a_signal_while_lvae_starts_is_one_line(tmp_path: Path, subcommand: str,
     assert not list(tmp_path.iterdir())  # nothing was written
 
 
-@pytest.mark.parametrize(("subcommand", "moment"), [("validate", "batch"), ("test", "batch"), ("predict", "batch"),
-                                                    ("validate", "end")])
+# validate and test run Lightning's one evaluation loop: its batch moment once (test), its end once (validate).
+@pytest.mark.parametrize(("subcommand", "moment"), [("test", "batch"), ("predict", "batch"), ("validate", "end")])
 def test_sigterm_during_an_evaluation_ends_it_as_one(mnist_root: Path, tmp_path: Path, subcommand: str,
                                                      moment: str) -> None:
     # Two batches of each split; "end" is after the last batch, where Lightning's loops no longer look.
