@@ -69,11 +69,10 @@ class _Picture(NamedTuple):
 
 class _Kept(NamedTuple):
     """A skipped epoch, kept to be prepared and drawn at the end of fit if it stays the last: its latents (without
-    what only a drawn epoch needs, `_Shared.finished`) and the training step it was validated at."""
+    what only a drawn epoch needs, `_Shared.finished`); its weights are in `_Shared`."""
 
     epoch: int
     latents: Optional[Latents]
-    step: int
 
 
 @contextmanager
@@ -220,13 +219,15 @@ class _Shared:
 
     def _prepare_kept(self, trainer: "L.Trainer") -> None:
         """Prepare the skipped epochs kept to be drawn (`_Kept`), each from the weights it was validated with: the
-        module's own when training has not gone on since (max_epochs, early stopping), else the copy kept of them,
-        loaded for the while and the module's own put back after."""
+        copy kept of them (training may have gone on since, or a callback changed them at its end), loaded for the
+        while and the module's own put back after."""
         module = trainer.lightning_module
         kept = [user for user in self.users if isinstance(user._kept, _Kept)]
         for epoch in sorted({user._kept.epoch for user in kept}):
             users = [user for user in kept if user._kept.epoch == epoch]
-            weights = None if trainer.global_step == users[0]._kept.step else self._kept_weights.get(epoch)
+            # The copy even where no step was trained since: a callback (stochastic weight averaging) may have
+            # changed the weights at the end of training.
+            weights = self._kept_weights.get(epoch)
             try:
                 with _weights(module, weights), _evaluating(module):
                     for user in users:
@@ -274,8 +275,9 @@ def _skipped_lines(users: list["PictureCallback"]) -> list[str]:
     for (drawn, skipped), names in groups.items():
         who = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
         lines.append(f"lvae: {who} drew {len(drawn)} of {len(drawn) + len(skipped)} epochs ({epoch_list(drawn)}), "
-                     f"skipping {epoch_list(skipped)} while the drawing of an earlier epoch was not done: training "
-                     "does not wait for it (skip_when_busy: false draws every epoch, training waiting)")
+                     f"skipping {epoch_list(skipped)} while the drawing of an earlier epoch was not done or would "
+                     "have held up the last: training does not wait for it (skip_when_busy: false draws every epoch, "
+                     "training waiting)")
     return lines
 
 
@@ -458,7 +460,7 @@ class PictureCallback(Callback):
         latents and its weights (`_Shared.keep_weights`). No model work is done for it now, unless the model is too
         large to keep a copy of its weights."""
         if self._shared.keep_weights(pl_module, epoch):
-            kept: Union[_Kept, _Picture] = _Kept(epoch, latents, trainer.global_step)
+            kept: Union[_Kept, _Picture] = _Kept(epoch, latents)
         else:
             kept = self._prepare(trainer, pl_module, latents, epoch)
             if kept is None:

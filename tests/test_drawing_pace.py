@@ -135,8 +135,8 @@ def test_one_line_says_which_epochs_were_skipped_and_one_what_fit_waits_for(busy
     lines = [line for line in busy["lines"] if line.startswith("lvae:")]
     assert lines == [
         "lvae: LatentScatter, TSNEEmbedding and Gated drew 3 of 10 epochs (0, 3, 9), skipping 1, 2, 4-8 while the "
-        "drawing of an earlier epoch was not done: training does not wait for it (skip_when_busy: false draws every "
-        "epoch, training waiting)",
+        "drawing of an earlier epoch was not done or would have held up the last: training does not wait for it "
+        "(skip_when_busy: false draws every epoch, training waiting)",
         "lvae: drawing the last epoch's 3 pictures and 3 evolution GIFs..."], busy["lines"]
 
 
