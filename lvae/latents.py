@@ -119,26 +119,35 @@ class LatentCollection:
         self.subset: Optional[Tensor] = None  # sorted dataset indices followed by every picture
         self._batches: list[dict[str, Tensor]] = []
         self._epoch = 0
-        self._result: Optional[Latents] = None
+        self._result: Optional[Latents] = None  # the gathered latents of the epoch
+        self._finished: Optional[Latents] = None  # and with what `result`'s `finish` added
 
     @property
     def enabled(self) -> bool:
         return self.max_points > 0
 
     def reset(self, epoch: int) -> None:
-        self._batches, self._epoch, self._result = [], epoch, None
+        self._batches, self._epoch, self._result, self._finished = [], epoch, None, None
 
     def add(self, **batch: Tensor) -> None:
         self._batches.append({k: v.detach() for k, v in batch.items()})
 
-    def result(self, strategy: Strategy, finish: Optional[Callable[[dict[str, Tensor]], dict[str, Tensor]]] = None
+    def result(self, strategy: Strategy, finish: Optional[Callable[[Latents], Latents]] = None
                ) -> Optional[Latents]:
         """The gathered latents of the current epoch (None when nothing was collected). Collective, cached.
 
-        `finish` adds what is computed for the followed inputs only (the model's negative ELBO): it gets their
-        gathered rows, on the CPU and sorted by index, and returns them with the added entries."""
-        if self._result is not None or not self.enabled:
+        `finish` adds what is computed for the followed inputs only (the model's negative ELBO): it gets the
+        gathered latents, on the CPU and sorted by index, and returns them with the added entries. It is local work
+        on the calling rank, cached too; the latents without it stay at hand for a caller that asks without it."""
+        if self._result is None and self.enabled:
+            self._result = self._gather(strategy)
+        if self._result is None or finish is None:
             return self._result
+        if self._finished is None:
+            self._finished = finish(self._result)
+        return self._finished
+
+    def _gather(self, strategy: Strategy) -> Optional[Latents]:
         local = {k: torch.cat([b[k] for b in self._batches]) for k in self._batches[0]} if self._batches else None
         # Ranks must agree on whether there is anything to gather, or the collective would hang.
         if not strategy.reduce_boolean_decision(local is not None, all=True):
@@ -154,10 +163,7 @@ class LatentCollection:
         elif len(rows["index"]) < len(self.subset):
             notice(f"only {len(rows['index'])} of the {len(self.subset)} followed validation inputs were seen "
                    "this epoch (limit_val_batches?); the pictures show those")
-        if finish is not None:
-            rows = finish(rows)
-        self._result = Latents(epoch=self._epoch, **rows)
-        return self._result
+        return Latents(epoch=self._epoch, **rows)
 
     def state_dict(self) -> dict:
         return {"subset": self.subset, "max_points": self.max_points, "seed": self.seed}

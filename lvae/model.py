@@ -348,10 +348,18 @@ class VAE(L.LightningModule):
         z = reparameterise(mu, logvar, eps)  # (S, B, Z)
         return self._nll(self._logits(z), x).mean(0) + kl_to_prior(mu, logvar)
 
-    def validation_latents(self) -> Optional[Latents]:
-        """This epoch's collected latents, gathered across ranks once. Every rank must call it (a collective)."""
+    def validation_latents(self, neg_elbo: bool = True) -> Optional[Latents]:
+        """This epoch's collected latents, gathered across ranks once. Every rank must call it (a collective).
+
+        With `neg_elbo` (the default) they hold each input's negative ELBO, computed on the calling rank, once per
+        epoch (`with_neg_elbo`). The pictures ask without it and add it on rank zero for the epochs they draw."""
         # The negative ELBO is added for the followed inputs only, not in every validation step (lvae.elbo).
-        return self.latents.result(self.trainer.strategy, finish=functools.partial(add_neg_elbo, self))
+        return self.latents.result(self.trainer.strategy, finish=self.with_neg_elbo if neg_elbo else None)
+
+    def with_neg_elbo(self, latents: Latents) -> Latents:
+        """`latents` (of `validation_latents(neg_elbo=False)`) with each input's negative ELBO by the weights now:
+        `elbo_samples` decodes per input, local work on the calling rank (no collective)."""
+        return add_neg_elbo(self, latents)
 
     @override
     def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:

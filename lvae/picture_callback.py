@@ -3,10 +3,12 @@ the drawing to the drawing processes, logging what comes back, and turning a fai
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from concurrent.futures import CancelledError, Future
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Union
 from weakref import WeakKeyDictionary
 
 import lightning as L
@@ -31,6 +33,10 @@ from lvae.say import notice, say
 # training did.
 INTERRUPT_GRACE_SECONDS = 15.0
 ANIMATION = "lvae.figures.animation:animate"  # every picture's evolution GIF, made at the end of fit
+# A skipped epoch's weights are copied to the CPU so that, should fit end with it, its pictures are prepared from them
+# after training went on (an interrupt, max_time). The copy is made every skipped epoch; above this size it costs
+# more time and memory than the prepare it spares, so such a model's skipped epochs are prepared when skipped.
+KEPT_WEIGHTS_BYTES = 256 * 2**20
 
 
 def training_cores(trainer: "L.Trainer") -> int:
@@ -61,6 +67,42 @@ class _Picture(NamedTuple):
     scalars: dict[str, float]
 
 
+class _Kept(NamedTuple):
+    """A skipped epoch, kept to be prepared and drawn at the end of fit if it stays the last: its latents (without
+    what only a drawn epoch needs, `_Shared.finished`); its weights are in `_Shared`."""
+
+    epoch: int
+    latents: Optional[Latents]
+
+
+@contextmanager
+def _evaluating(module: "L.LightningModule") -> Iterator[None]:
+    """`module` in eval mode and under inference mode, as validation runs it; each submodule's mode put back after."""
+    modes = [(part, part.training) for part in module.modules()]
+    module.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        for part, training in modes:
+            part.training = training
+
+
+@contextmanager
+def _weights(module: "L.LightningModule", weights: Optional[dict[str, torch.Tensor]]) -> Iterator[None]:
+    """`module` holding `weights` (a `state_dict`) for the while, its own put back after, whatever happens; None:
+    its own."""
+    if weights is None:
+        yield
+        return
+    live = {key: value.detach().clone() for key, value in module.state_dict().items()}  # on its device
+    try:
+        module.load_state_dict(weights)  # copied into the parameters in place: the optimiser still holds them
+        yield
+    finally:
+        module.load_state_dict(live)
+
+
 class _Shared:
     """What the picture callbacks of one trainer share: the drawing processes (one per core training leaves free,
     at least one, the first the one the `lvae` command started early; closed by the last callback to tear down), each
@@ -74,6 +116,11 @@ class _Shared:
         self.users: list["PictureCallback"] = []  # in the trainer's order
         self.slots: dict[int, int] = {}  # id of a callback -> the drawing process its jobs go to
         self._free: Optional[tuple[int, bool]] = None  # (epoch, whether the drawing was free at its end)
+        self._last_epoch: Optional[int] = None  # the fit's last epoch, where it is known beforehand
+        self._ends: list[tuple[int, float]] = []  # (epoch, time.monotonic()) of this fit's validation ends
+        self._drawings: dict[int, tuple[float, list[Future], list[float]]] = {}  # epoch -> first sent, jobs, done at
+        self._finished: Optional[tuple[Latents, Latents]] = None  # latents, and as drawn (`finished`)
+        self._kept_weights: dict[int, dict[str, torch.Tensor]] = {}  # skipped epoch -> its weights, on the CPU
         self._ended = False  # the end of this fit was seen to
         self.sigterm = HeldSigterm(INTERRUPT_GRACE_SECONDS)  # held from the end of fit until every picture is done
         self._fit_done: set[int] = set()  # ids of the callbacks whose end of fit is done
@@ -90,11 +137,28 @@ class _Shared:
             self.users.remove(callback)
         return not self.users
 
-    def submit(self, callback: "PictureCallback", job: Callable[[], Drawn]) -> Future:
-        return self.drawing.submit(self.slots[id(callback)], job)
+    def submit(self, callback: "PictureCallback", job: Callable[[], Drawn], epoch: Optional[int] = None) -> Future:
+        """Send `job` to `callback`'s drawing process; with `epoch`, timed as part of that epoch's drawing."""
+        future = self.drawing.submit(self.slots[id(callback)], job)
+        if epoch is not None:
+            if epoch not in self._drawings:  # the newest epoch drawn before it is what `_late` reads
+                self._drawings = {e: d for e, d in self._drawings.items() if e == max(self._drawings)}
+                self._drawings[epoch] = (time.monotonic(), [], [])
+            _, sent, done = self._drawings[epoch]
+            sent.append(future)
+            future.add_done_callback(lambda _: done.append(time.monotonic()))
+        return future
 
-    def start_fit(self) -> None:
+    def start_fit(self, trainer: "L.Trainer") -> None:
         self._free, self._ended, self._fit_done = None, False, set()
+        self._ends, self._drawings, self._kept_weights = [], {}, {}
+        # The last epoch is known when fit runs to max_epochs validating every epoch (max_steps or max_time may end it
+        # sooner: then no epoch is found late).
+        # (An int val_check_interval counts batches, not a fraction of the epoch.)
+        every_epoch = trainer.check_val_every_n_epoch == 1 and trainer.val_check_interval == 1.0 and \
+            isinstance(trainer.val_check_interval, float)
+        known = trainer.max_epochs is not None and trainer.max_epochs > 0 and every_epoch
+        self._last_epoch = trainer.max_epochs - 1 if known else None
 
     def fit_done(self, callback: "PictureCallback") -> None:
         """`callback`'s end of fit is done; once every picture's is, a SIGTERM held meanwhile is handed on."""
@@ -103,23 +167,90 @@ class _Shared:
             self.sigterm.release()
 
     def free(self, epoch: int) -> bool:
-        """Whether no picture of an earlier epoch is still being drawn, as it was when the first picture of `epoch`
-        asked: one decision per epoch, so that the pictures read side by side (the scatter and the t-SNE map) draw
-        the same epochs."""
+        """Whether `epoch` may be drawn, as it was when the first picture of `epoch` asked: no picture of an earlier
+        epoch is still being drawn, and its drawing would be done before the last epoch's validation ends (`_late`).
+        One decision per epoch, so that the pictures read side by side (the scatter and the t-SNE map) draw the same
+        epochs."""
         if self._free is None or self._free[0] != epoch:
-            self._free = (epoch, not any(user._drawing_before(epoch) for user in self.users))
+            self._ends = [*self._ends[-3:], (epoch, time.monotonic())]  # the recent epochs' pace
+            busy = any(user._drawing_before(epoch) for user in self.users)
+            self._free = (epoch, not busy and not self._late(epoch))
         return self._free[1]
 
-    def end_fit(self, gifs: bool, timeout: Optional[float] = None) -> None:
-        """At the end of fit (or at Ctrl-C), by the first picture to get there, on rank zero: one line says which
-        epochs were skipped and one what fit now waits for (with `gifs`, the evolution GIFs too); then the pictures
-        kept of the last epoch go to be drawn (`PictureCallback._draw_kept`), those of callbacks with nothing being
-        drawn first, so that the drawing does not wait on the others. With `timeout` (the grace of an interrupt), a
-        kept picture whose callback's earlier one is not done by then is not drawn."""
+    def _late(self, epoch: int) -> bool:
+        """Whether drawing `epoch` would, by the estimate, still go on when the last epoch's validation ends, so that
+        the end of fit would wait for it before drawing the last epoch: the drawing takes what the last drawn
+        epoch's did (from its first picture sent to its last done), an epoch what the recent ones did."""
+        if self._last_epoch is None or epoch >= self._last_epoch or self._ends[0][0] == epoch:
+            return False
+        drawn = [e for e in self._drawings if e < epoch]
+        if not drawn:
+            return False
+        sent_at, sent, done = self._drawings[max(drawn)]
+        if len(done) < len(sent):
+            return False  # still being drawn: the epoch is skipped as busy anyway
+        (first, began), (now_epoch, now) = self._ends[0], self._ends[-1]
+        per_epoch = (now - began) / (now_epoch - first)
+        return max(done) - sent_at > (self._last_epoch - epoch) * per_epoch
+
+    def finished(self, module: "L.LightningModule", latents: Optional[Latents]) -> Optional[Latents]:
+        """`latents` with what the module adds for a drawn epoch only, by its weights now (lvae's `VAE`: each input's
+        negative ELBO, `with_neg_elbo`): once per epoch for all the pictures, on rank zero."""
+        add = getattr(module, "with_neg_elbo", None)
+        if latents is None or not callable(add):
+            return latents
+        if self._finished is None or self._finished[0] is not latents:
+            self._finished = (latents, add(latents))
+        return self._finished[1]
+
+    def keep_weights(self, module: "L.LightningModule", epoch: int) -> bool:
+        """Keep a copy of the weights `epoch` was validated with, on the CPU, once for all the pictures that skip it,
+        to prepare it from at the end of fit should training go on meanwhile. Whether they were kept: not above
+        `KEPT_WEIGHTS_BYTES` (then the epoch's pictures are prepared now)."""
+        if epoch not in self._kept_weights:
+            kept = {user._kept.epoch for user in self.users if user._kept is not None}
+            self._kept_weights = {e: weights for e, weights in self._kept_weights.items() if e in kept}
+            state = module.state_dict()
+            if sum(value.numel() * value.element_size() for value in state.values()) > KEPT_WEIGHTS_BYTES:
+                return False
+            with torch.inference_mode(False):  # plain tensors: they are loaded into the module after validation
+                self._kept_weights[epoch] = {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
+        return True
+
+    def _prepare_kept(self, trainer: "L.Trainer") -> None:
+        """Prepare the skipped epochs kept to be drawn (`_Kept`), each from the weights it was validated with: the
+        copy kept of them (training may have gone on since, or a callback changed them at its end), loaded for the
+        while and the module's own put back after."""
+        module = trainer.lightning_module
+        kept = [user for user in self.users if isinstance(user._kept, _Kept)]
+        for epoch in sorted({user._kept.epoch for user in kept}):
+            users = [user for user in kept if user._kept.epoch == epoch]
+            # The copy even where no step was trained since: a callback (stochastic weight averaging) may have
+            # changed the weights at the end of training.
+            weights = self._kept_weights.get(epoch)
+            try:
+                with _weights(module, weights), _evaluating(module):
+                    for user in users:
+                        user._kept = user._prepare(trainer, module, user._kept.latents, epoch)
+            except Exception as err:  # loading the kept weights failed: a picture must never end training
+                for user in users:
+                    if isinstance(user._kept, _Kept):
+                        user._warn(epoch, err)
+                        user._kept = None
+        self._kept_weights, self._finished = {}, None
+
+    def end_fit(self, trainer: "L.Trainer", gifs: bool, timeout: Optional[float] = None) -> None:
+        """At the end of fit (or at Ctrl-C), by the first picture to get there, on rank zero: the kept epochs'
+        pictures are prepared (`_prepare_kept`), one line says which epochs were skipped and one what fit now waits
+        for (with `gifs`, the evolution GIFs too); then the pictures kept of the last epoch go to be drawn
+        (`PictureCallback._draw_kept`), those of callbacks with nothing being drawn first, so that the drawing does
+        not wait on the others. With `timeout` (the grace of an interrupt), a kept picture whose callback's earlier
+        one is not done by then is not drawn."""
         if self._ended:
             return
         self._ended = True
         self.sigterm.hold()
+        self._prepare_kept(trainer)
         for line in _skipped_lines(self.users):
             say(line)
         pictures = sum(1 for user in self.users if user._pending or user._kept is not None)
@@ -144,8 +275,9 @@ def _skipped_lines(users: list["PictureCallback"]) -> list[str]:
     for (drawn, skipped), names in groups.items():
         who = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
         lines.append(f"lvae: {who} drew {len(drawn)} of {len(drawn) + len(skipped)} epochs ({epoch_list(drawn)}), "
-                     f"skipping {epoch_list(skipped)} while the drawing of an earlier epoch was not done: training "
-                     "does not wait for it (skip_when_busy: false draws every epoch, training waiting)")
+                     f"skipping {epoch_list(skipped)} while the drawing of an earlier epoch was not done or would "
+                     "have held up the last: training does not wait for it (skip_when_busy: false draws every epoch, "
+                     "training waiting)")
     return lines
 
 
@@ -156,7 +288,8 @@ class PictureCallback(Callback):
     """Base of the latent picture callbacks: when to draw, drawing in another process, failures as warnings.
 
     Subclasses name their drawing function once, in `figure`, and implement `prepare`, which runs on rank zero in
-    the training loop (model work such as decoding, under inference mode, and anything cheap) and returns a job:
+    the training loop (model work such as decoding, under inference mode, and anything cheap), only for the epochs
+    whose pictures are drawn (a kept epoch's at the end of fit, with that epoch's weights), and returns a job:
     `job(...)`, a `lvae.drawing.Job` of that function of an `lvae.figures` module and its arguments (NumPy arrays and
     plain values). The function draws, writes its PNGs
     and returns a `Drawn`. The job runs in one of the trainer's drawing processes (`lvae.drawing.DrawingPool`: one
@@ -165,25 +298,29 @@ class PictureCallback(Callback):
     result is logged from the training loop as soon as it is ready (checked after every training batch). State a job
     returns (a t-SNE map) is applied by `apply` when it is logged.
 
-    Training never waits for a picture of an earlier epoch. When a validation epoch ends while a picture of an
-    earlier epoch is still being drawn, this epoch's pictures are skipped, not queued behind it: the drawing draws
-    the newest epoch whenever it is free. The first epoch of a run and the last one of each fit (however fit ends:
-    max_epochs, early stopping, max_time, Ctrl-C) are always drawn; `prepare` runs every epoch `every_n_epochs`
-    makes due, and the newest skipped epoch's job is kept, to be drawn at the end of fit if it stays the last.
-    Whether the drawing is free is decided once per epoch for all the pictures of a trainer, so pictures read side by
-    side show the same epochs. At the end of fit one line says which epochs were skipped; only drawn epochs are
-    logged, so W&B's slider and the evolution GIFs show what was drawn. The epochs drawn and skipped are kept in the
-    checkpoint. With `skip_when_busy=False` every epoch is drawn and the next waits for the last, training waiting.
+    Training never waits for a picture of an earlier epoch. When a validation epoch ends while a picture of an earlier
+    epoch is still being drawn, this epoch's pictures are skipped, not queued behind it: the drawing draws the newest
+    epoch whenever it is free. The first epoch of a run and the last one of each fit (however fit ends: max_epochs,
+    early stopping, max_time, Ctrl-C) are always drawn. A skipped epoch costs no model work: of the newest one its
+    latents and its weights are kept (a copy on the CPU, up to `KEPT_WEIGHTS_BYTES`; a larger model's epoch is prepared
+    when skipped), and it is prepared from them and drawn at the end of fit if it stays the last. Where fit's last epoch
+    is known (max_epochs, validating every epoch), an epoch whose drawing would, at the pace of the last drawn epoch's
+    and of the recent epochs, still go on when the last epoch's validation ends is skipped too, so that the end of fit
+    does not wait for it before drawing the last. Whether the drawing is free is decided once per epoch for all the
+    pictures of a trainer, so pictures read side by side show the same epochs. At the end of fit one line says which
+    epochs were skipped; only drawn epochs are logged, so W&B's slider and the evolution GIFs show what was drawn. The
+    epochs drawn and skipped are kept in the checkpoint. With `skip_when_busy=False` every epoch is drawn and the next
+    waits for the last, training waiting.
 
     A picture that two of one trainer may show with different arguments defines `state_key` from those arguments
     (Lightning's `_generate_state_key`), so that each keeps its own state in the checkpoint.
 
-    `commit` brings a job up to date as it goes to be drawn (now, or at the end of fit from the kept arrays), and
-    moves on what follows the drawn pictures (the frame the next one continues). Numbers that `prepare` measures are
-    handed to `log_with_picture`: logged when its picture goes to be drawn. Fit's end waits only for the last epoch's
-    pictures and the GIFs, saying so in one line; `lvae validate` waits for all. An error stops the drawing; Ctrl-C
-    or SIGTERM first saves last.ckpt, then waits up to `INTERRUPT_GRACE_SECONDS` for the pictures being drawn and
-    those of the last epoch.
+    State that follows the drawn pictures (the frame the next one continues) moves on in `commit`, which brings a job up
+    to date as it goes to be drawn; `prepare` runs for drawn epochs only, so state it keeps follows them too. Numbers
+    that `prepare` measures are handed to `log_with_picture`: logged when its picture goes to be drawn. Fit's end waits
+    only for the last epoch's pictures and the GIFs, saying so in one line; `lvae validate` waits for all. An error
+    stops the drawing; Ctrl-C or SIGTERM first saves last.ckpt, then waits up to `INTERRUPT_GRACE_SECONDS` for the
+    pictures being drawn and those of the last epoch.
 
     Args:
         every_n_epochs: draw every n-th validation epoch.
@@ -207,7 +344,8 @@ class PictureCallback(Callback):
         self.sink: Optional[PictureSink] = None
         self._shared: Optional[_Shared] = None
         self._pending: deque[tuple[Future, int]] = deque()  # jobs in the drawing process and their epochs, in order
-        self._kept: Optional[_Picture] = None  # the newest skipped epoch's picture: drawn at the end of fit
+        # The newest skipped epoch, prepared at the end of fit (or when skipped, for a large model) and drawn then
+        self._kept: Union[_Kept, _Picture, None] = None
         self._measured: dict[str, float] = {}  # what `prepare` handed to `log_with_picture`
         self._drawn_epochs: list[int] = []  # epochs of the run whose pictures were sent to be drawn
         self._skipped_epochs: list[int] = []  # epochs of the run skipped while the drawing was busy (not the kept one)
@@ -249,7 +387,7 @@ class PictureCallback(Callback):
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._fit_start = trainer.current_epoch  # after a checkpoint was restored: where this fit starts
         if self._shared is not None:
-            self._shared.start_fit()
+            self._shared.start_fit(trainer)
 
     def _epochs(self) -> tuple[list[int], list[int]]:
         """The epochs of the run drawn and skipped. The kept epoch counts as drawn: it is drawn at the end of fit, or
@@ -303,27 +441,45 @@ class PictureCallback(Callback):
         skips = self.skip_when_busy and self.background and fitting
         self._collect(wait=not skips)  # a picture that does not skip waits for its last one, training with it
         epoch = self._epoch(trainer)
-        self._measured = {}
-        try:
-            job = self.prepare(trainer, pl_module, latents, epoch)
-        except Exception as err:  # a picture must never end training
-            self._warn(epoch, err)
+        if skips and not self._shared.free(epoch) and self._drawn_epochs:
+            self._skip(trainer, pl_module, latents, epoch)
             return
-        if job is None:
+        picture = self._prepare(trainer, pl_module, latents, epoch)
+        if picture is None:
             return
-        picture = _Picture(job, epoch, self._measured)
-        if not fitting:
-            self._send(picture)
-        elif skips and self._drawn_epochs and not self._shared.free(epoch):
-            if self._kept is not None:
-                self._skipped_epochs.append(self._kept.epoch)
-            self._kept = picture
-        else:
+        if fitting:
             if self._kept is not None:  # a newer epoch is drawn: the kept one stays skipped
                 self._skipped_epochs.append(self._kept.epoch)
                 self._kept = None
             self._drawn_epochs.append(epoch)
-            self._send(picture)
+        self._send(picture)
+
+    def _skip(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
+              epoch: int) -> None:
+        """Skip `epoch`'s pictures, keeping what prepares them at the end of fit should it stay the last: its
+        latents and its weights (`_Shared.keep_weights`). No model work is done for it now, unless the model is too
+        large to keep a copy of its weights."""
+        if self._shared.keep_weights(pl_module, epoch):
+            kept: Union[_Kept, _Picture] = _Kept(epoch, latents)
+        else:
+            kept = self._prepare(trainer, pl_module, latents, epoch)
+            if kept is None:
+                return
+        if self._kept is not None:
+            self._skipped_epochs.append(self._kept.epoch)
+        self._kept = kept
+
+    def _prepare(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
+                 epoch: int) -> Optional[_Picture]:
+        """`epoch`'s picture from `pl_module` as it is now: its latents finished (`_Shared.finished`) and `prepare`
+        run; None when there is nothing to draw or it failed (a warning)."""
+        self._measured = {}
+        try:
+            job = self.prepare(trainer, pl_module, self._shared.finished(pl_module, latents), epoch)
+        except Exception as err:  # a picture must never end training
+            self._warn(epoch, err)
+            return None
+        return None if job is None else _Picture(job, epoch, self._measured)
 
     def _draw_kept(self, timeout: Optional[float]) -> None:
         """Send the kept picture (the last epoch's, at the end of fit) to be drawn, once this callback's pictures
@@ -354,10 +510,12 @@ class PictureCallback(Callback):
     def latents(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> Optional[Latents]:
         """This epoch's latents, read once for every picture: lvae's `VAE` (or any module with a
         `validation_latents()`) collects them during validation; for any other module the followed validation inputs
-        are encoded with its `encode`. A collective: every rank calls it."""
+        are encoded with its `encode`. A collective: every rank calls it. A module with a `with_neg_elbo(latents)`
+        is asked for them without (`validation_latents(neg_elbo=False)`): only rank zero adds it, and only for an
+        epoch whose pictures are prepared (`_Shared.finished`)."""
         collected = getattr(pl_module, "validation_latents", None)
         if callable(collected):
-            return collected()
+            return collected(neg_elbo=False) if callable(getattr(pl_module, "with_neg_elbo", None)) else collected()
         return self._shared.followed.latents(trainer, pl_module)
 
     def _send(self, picture: _Picture) -> None:
@@ -371,7 +529,7 @@ class PictureCallback(Callback):
         drawn = None
         if self.background:
             try:
-                self._pending.append((self._shared.submit(self, job), picture.epoch))
+                self._pending.append((self._shared.submit(self, job, picture.epoch), picture.epoch))
             except Exception as err:  # e.g. a job that cannot be pickled
                 self._warn(picture.epoch, err)
         else:
@@ -472,7 +630,7 @@ class PictureCallback(Callback):
         """The end of fit, seen to once for all the trainer's pictures by the first to call it: the last epoch's kept
         pictures go to be drawn and the end-of-fit lines are said (`_Shared.end_fit`)."""
         if trainer.is_global_zero and self._shared is not None:
-            self._shared.end_fit(gifs=True)
+            self._shared.end_fit(trainer, gifs=True)
 
     def _gifs_to_make(self) -> int:
         """How many evolution GIFs this callback will put together at the end of fit: one per picture of at least
@@ -536,7 +694,7 @@ class PictureCallback(Callback):
                 deadline = time.monotonic() + INTERRUPT_GRACE_SECONDS
                 if trainer.state.fn == "fit" and trainer.is_global_zero:
                     # The last epoch's kept pictures too: the evolution ends where fit did.
-                    shared.end_fit(gifs=False, timeout=INTERRUPT_GRACE_SECONDS)
+                    shared.end_fit(trainer, gifs=False, timeout=INTERRUPT_GRACE_SECONDS)
                 shared.drawing.wait(max(0.0, deadline - time.monotonic()))
             self._collect(wait=False)
         except Exception as err:  # never raise here: Lightning would skip the other callbacks' on_exception

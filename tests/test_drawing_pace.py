@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 
+from lvae import VAE, MNISTDataModule
 from lvae.callbacks import LatentScatter, TSNEEmbedding
 from lvae.drawing import Drawn, Job, drawing_processes, process_count, usable_cores
 from lvae.errors import ConfigError
@@ -92,8 +93,9 @@ def logged(root: Path, key: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Six epochs of the scatter, the t-SNE map and a picture whose drawing of epoch 0 lasts until epoch 3 starts
-    and whose drawing of epoch 3 lasts until fit ends, all in one drawing process."""
+    """Ten epochs of the scatter, the t-SNE map and a picture whose drawing of epoch 0 lasts until epoch 3 starts
+    and whose drawing of epoch 3 lasts until fit ends, all in one drawing process. (With six, epoch 3 would not be
+    drawn: at epoch 0's pace its drawing would still run when the last epoch's validation ends.)"""
     root = tmp_path_factory.mktemp("busy")
     hold = root / "hold"
     gated = Gated("gated", hold)
@@ -102,7 +104,7 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> dict:
             LvaeLines() as lines:
         env.setenv("LVAE_DRAWING_PROCESSES", "1")
         warnings.simplefilter("always")
-        fit(root, [Holder(hold, release_at=3, picture=gated), scatter, tsne, gated], max_epochs=6,
+        fit(root, [Holder(hold, release_at=3, picture=gated), scatter, tsne, gated], max_epochs=10,
             logger=CSVLogger(root, name="", version=""))
     return dict(root=root, scatter=scatter, tsne=tsne, gated=gated, warnings=[str(w.message) for w in caught],
                 lines=lines)
@@ -111,20 +113,20 @@ def busy(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_training_does_not_wait_for_a_busy_drawing(busy: dict) -> None:
     # Epoch 0's picture was logged as epoch 3 began: epochs 1 and 2 trained while it was drawn.
     assert busy["gated"].logged[0] == (0, 3)
-    # Skipped, not queued: 3 jobs for 6 epochs. The first and the last epoch, and the newest when the drawing was free.
+    # Skipped, not queued: 3 jobs for 10 epochs. The first and the last epoch, and the newest when the drawing was free.
     for name in ("gated", "scatter", "tsne"):
-        assert drawn(busy["root"], name) == [0, 3, 5], name
+        assert drawn(busy["root"], name) == [0, 3, 9], name
     for picture in (busy["gated"], busy["scatter"], busy["tsne"]):
         state = picture.state_dict()
-        assert (state["drawn_epochs"], state["skipped_epochs"]) == ([0, 3, 5], [1, 2, 4])
+        assert (state["drawn_epochs"], state["skipped_epochs"]) == ([0, 3, 9], [1, 2, 4, 5, 6, 7, 8])
 
 
 def test_the_pictures_read_side_by_side_draw_the_same_epochs_and_log_only_those(busy: dict) -> None:
-    # The scatter and the t-SNE map were free to draw epochs 1, 2, 4: they skipped them with the picture that was not.
+    # The scatter and the t-SNE map were free to draw epochs 1, 2, 4-8: they skipped them with the picture that was not.
     for key in ("scatter/outside", "scatter/displacement", "tsne/knn_agreement", "tsne/displacement"):
-        assert logged(busy["root"], key) == ([0, 3, 5] if "displacement" not in key else [3, 5]), key
+        assert logged(busy["root"], key) == ([0, 3, 9] if "displacement" not in key else [3, 9]), key
     tsne = busy["tsne"].state_dict()
-    assert (tsne["embedding_epoch"], tsne["init_epoch"]) == (5, 3)  # the last map started from the last drawn one
+    assert (tsne["embedding_epoch"], tsne["init_epoch"]) == (9, 3)  # the last map started from the last drawn one
     with Image.open(busy["root"] / "latents" / "tsne" / "evolution.gif") as gif:
         assert gif.n_frames == 3  # one frame per drawn epoch
 
@@ -132,9 +134,9 @@ def test_the_pictures_read_side_by_side_draw_the_same_epochs_and_log_only_those(
 def test_one_line_says_which_epochs_were_skipped_and_one_what_fit_waits_for(busy: dict) -> None:
     lines = [line for line in busy["lines"] if line.startswith("lvae:")]
     assert lines == [
-        "lvae: LatentScatter, TSNEEmbedding and Gated drew 3 of 6 epochs (0, 3, 5), skipping 1, 2, 4 while the drawing "
-        "of an earlier epoch was not done: training does not wait for it (skip_when_busy: false draws every epoch, "
-        "training waiting)",
+        "lvae: LatentScatter, TSNEEmbedding and Gated drew 3 of 10 epochs (0, 3, 9), skipping 1, 2, 4-8 while the "
+        "drawing of an earlier epoch was not done or would have held up the last: training does not wait for it "
+        "(skip_when_busy: false draws every epoch, training waiting)",
         "lvae: drawing the last epoch's 3 pictures and 3 evolution GIFs..."], busy["lines"]
 
 
@@ -288,3 +290,94 @@ def test_a_fit_with_pictures_leaves_torchs_thread_count_as_it_found_it(tmp_path:
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(found)
+
+
+def weight_sum(module: L.LightningModule) -> float:
+    return float(sum(parameter.detach().double().sum() for parameter in module.parameters()))
+
+
+class Prepared(PictureCallback):
+    """Records, for each epoch it prepares, the sum of the weights it is prepared with and the negative ELBO of the
+    latents it gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[int, tuple[float, "torch.Tensor | None"]] = {}
+
+    def prepare(self, trainer, pl_module, latents, epoch):
+        self.seen[epoch] = (weight_sum(pl_module), latents.neg_elbo)
+        return Job("drawing_probe:pid")
+
+    def _log(self, drawn: Drawn, epoch: int) -> None:
+        pass
+
+
+class Validated(Callback):
+    """The sum of the weights and the negative ELBO (`VAE.validation_latents()`) at each validation epoch's end."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[float, torch.Tensor]] = {}
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: VAE) -> None:
+        if not trainer.sanity_checking:
+            self.seen[trainer.current_epoch] = (weight_sum(pl_module), pl_module.validation_latents().neg_elbo)
+
+
+class StopsMidEpoch(Callback):
+    """SIGTERM after the first training step of `epoch`, as Lightning's handler raises it; keeps the weights then."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch:
+            self.weights = {key: value.clone() for key, value in pl_module.state_dict().items()}
+            raise SIGTERMException
+
+
+@pytest.mark.parametrize("ends", ["max_epochs", "mid-epoch"])
+def test_a_skipped_epoch_costs_no_model_work_and_the_last_is_drawn_with_its_weights(
+        ends: str, mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LVAE_DRAWING_PROCESSES", "1")
+    hold = tmp_path / "hold"
+    prepared, validated, stop = Prepared(), Validated(), StopsMidEpoch(epoch=3)
+    model = VAE(latent_dim=4, latent_points=40)
+    callbacks = [Holder(hold), Gated("gated", hold), prepared, validated, *([stop] if ends == "mid-epoch" else [])]
+    trainer = L.Trainer(max_epochs=4 if ends == "max_epochs" else 10, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, callbacks=callbacks)
+    data = MNISTDataModule(data_dir=str(mnist_root), batch_size=64)
+    if ends == "max_epochs":
+        trainer.fit(model, data)
+        last = 3  # epochs 1 and 2 were skipped while epoch 0's picture was held, and 3 is drawn at the end of fit
+    else:
+        with pytest.raises(SIGTERMException):
+            trainer.fit(model, data)
+        last = 2  # skipped too, kept, and drawn at the interrupt, while training had gone on into epoch 3
+    # No model work for the skipped epochs: neither `prepare` nor the negative ELBO.
+    assert sorted(prepared.seen) == [0, last]
+    assert drawn(tmp_path, "gated") == [0, last]
+    for epoch in (0, last):
+        weights, neg_elbo = prepared.seen[epoch]
+        assert weights == validated.seen[epoch][0], epoch  # the weights the epoch was validated with
+        torch.testing.assert_close(neg_elbo, validated.seen[epoch][1], rtol=0, atol=0)  # what it had, as drawn
+    if ends == "mid-epoch":
+        assert stop.weights and weight_sum(model) != validated.seen[last][0]  # training did go on
+        for key, value in model.state_dict().items():  # and the weights it reached are back in place
+            assert torch.equal(value, stop.weights[key]), key
+
+
+def test_an_epoch_whose_drawing_would_delay_the_last_one_is_skipped(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Epoch 0's picture is drawn until epoch 3 starts: about 3 epochs. Drawing epoch 3 would last into the end of fit,
+    # which would wait for it and then draw epoch 4, the last: epoch 3 is skipped though the drawing is free.
+    monkeypatch.setenv("LVAE_DRAWING_PROCESSES", "1")
+    hold = tmp_path / "hold"
+    gated = Gated("gated", hold)
+    with LvaeLines() as lines:
+        fit(tmp_path, [Holder(hold, release_at=3, picture=gated), gated], max_epochs=5)
+    assert gated.logged[0] == (0, 3)  # the drawing was free when epoch 3's validation ended
+    assert drawn(tmp_path, "gated") == [0, 4]
+    assert (gated.state_dict()["drawn_epochs"], gated.state_dict()["skipped_epochs"]) == ([0, 4], [1, 2, 3])
+    assert lines[0].startswith("lvae: Gated drew 2 of 5 epochs (0, 4), skipping 1-3 while"), lines
