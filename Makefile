@@ -22,15 +22,16 @@ train: $(STAMP)
 	$(BIN)/lvae fit --config configs/mnist.yaml $(ARGS)
 
 # Two workers, one test module each at a time (module-scoped fits are made once): most tests wait on one lvae
-# process, so a second worker uses the second core.
+# process, so a second worker uses the second core. --no-loadscope-reorder hands the modules out in the order
+# tests/conftest.py gives them (those that start processes first), not by their count of tests.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 # The in-process tests only (no lvae command started), to run after every change.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not command" $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not command" $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py $(ARGS)
