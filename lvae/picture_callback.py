@@ -119,6 +119,7 @@ class _Shared:
         self._last_epoch: Optional[int] = None  # the fit's last epoch, where it is known beforehand
         self._ends: list[tuple[int, float]] = []  # (epoch, time.monotonic()) of this fit's validation ends
         self._drawings: dict[int, tuple[float, list[Future], list[float]]] = {}  # epoch -> first sent, jobs, done at
+        self._first_drawn: Optional[int] = None  # this fit's first drawn epoch
         self._finished: Optional[tuple[Latents, Latents]] = None  # latents, and as drawn (`finished`)
         self._kept_weights: dict[int, dict[str, torch.Tensor]] = {}  # skipped epoch -> its weights, on the CPU
         self._ended = False  # the end of this fit was seen to
@@ -144,6 +145,8 @@ class _Shared:
             if epoch not in self._drawings:  # the newest epoch drawn before it is what `_late` reads
                 self._drawings = {e: d for e, d in self._drawings.items() if e == max(self._drawings)}
                 self._drawings[epoch] = (time.monotonic(), [], [])
+                if self._first_drawn is None:
+                    self._first_drawn = epoch
             _, sent, done = self._drawings[epoch]
             sent.append(future)
             future.add_done_callback(lambda _: done.append(time.monotonic()))
@@ -151,7 +154,7 @@ class _Shared:
 
     def start_fit(self, trainer: "L.Trainer") -> None:
         self._free, self._ended, self._fit_done = None, False, set()
-        self._ends, self._drawings, self._kept_weights = [], {}, {}
+        self._ends, self._drawings, self._kept_weights, self._first_drawn = [], {}, {}, None
         # The last epoch is known when fit runs to max_epochs validating every epoch (max_steps or max_time may end it
         # sooner: then no epoch is found late).
         # (An int val_check_interval counts batches, not a fraction of the epoch.)
@@ -183,7 +186,9 @@ class _Shared:
         epoch's did (from its first picture sent to its last done), an epoch what the recent ones did."""
         if self._last_epoch is None or epoch >= self._last_epoch or self._ends[0][0] == epoch:
             return False
-        drawn = [e for e in self._drawings if e < epoch]
+        # Not the fit's first drawn epoch: it also paid for the drawing's first use (the cold t-SNE map, matplotlib's
+        # first figure), about twice a later epoch's time, and would skip epochs that draw in time.
+        drawn = [e for e in self._drawings if e < epoch and e != self._first_drawn]
         if not drawn:
             return False
         sent_at, sent, done = self._drawings[max(drawn)]
