@@ -211,11 +211,14 @@ class _Shared:
     def keep_weights(self, module: "L.LightningModule", epoch: int) -> bool:
         """Keep a copy of the weights `epoch` was validated with, on the CPU, once for all the pictures that skip it,
         to prepare it from at the end of fit should training go on meanwhile. Whether they were kept: not above
-        `KEPT_WEIGHTS_BYTES` (then the epoch's pictures are prepared now)."""
+        `KEPT_WEIGHTS_BYTES`, nor a state holding more than tensors (a module's `get_extra_state`), which a copy
+        might not bring back whole (then the epoch's pictures are prepared now)."""
         if epoch not in self._kept_weights:
             kept = {user._kept.epoch for user in self.users if user._kept is not None}
             self._kept_weights = {e: weights for e, weights in self._kept_weights.items() if e in kept}
             state = module.state_dict()
+            if not all(isinstance(value, torch.Tensor) for value in state.values()):
+                return False
             if sum(value.numel() * value.element_size() for value in state.values()) > KEPT_WEIGHTS_BYTES:
                 return False
             with torch.inference_mode(False):  # plain tensors: they are loaded into the module after validation

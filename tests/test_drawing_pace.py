@@ -25,13 +25,15 @@ from lvae.picture_callback import PictureCallback, epoch_list
 SMALL_TSNE = {"perplexity": 5.0, "n_prior": 8}  # 45 validation inputs: t-SNE needs more than 3 x perplexity
 
 
-def fit(root: Path, callbacks: list, max_epochs: int = 2, ckpt_path=None, **trainer) -> L.Trainer:
+def fit(root: Path, callbacks: list, max_epochs: int = 2, ckpt_path=None, module: "L.LightningModule | None" = None,
+        **trainer) -> L.Trainer:
     """A plain Trainer on a module lvae did not write: 2 steps an epoch, 45 validation inputs."""
     L.seed_everything(0)
     trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, default_root_dir=root,
                         callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
                         **{"logger": False, "enable_checkpointing": False, **trainer})
-    trainer.fit(ClassicVAE(), loader(*toy_digits(64, seed=0)), loader(*toy_digits(45, seed=1)), ckpt_path=ckpt_path)
+    trainer.fit(module or ClassicVAE(), loader(*toy_digits(64, seed=0)), loader(*toy_digits(45, seed=1)),
+                ckpt_path=ckpt_path)
     return trainer
 
 
@@ -383,3 +385,25 @@ def test_an_epoch_whose_drawing_would_delay_the_last_one_is_skipped(tmp_path: Pa
     assert drawn(tmp_path, "gated") == [0, 1, 5]
     assert (gated.state_dict()["drawn_epochs"], gated.state_dict()["skipped_epochs"]) == ([0, 1, 5], [2, 3, 4])
     assert lines[0].startswith("lvae: Gated drew 3 of 6 epochs (0, 1, 5), skipping 2-4 while"), lines
+
+
+class WithExtraState(ClassicVAE):
+    """A module whose state holds more than tensors (`get_extra_state`), as some users' modules do."""
+
+    def get_extra_state(self):
+        return {"tokenizer": "kept by the module"}
+
+    def set_extra_state(self, state):
+        self.extra = state
+
+
+def test_a_module_whose_state_holds_more_than_tensors_still_skips_and_draws_its_last_epoch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its weights are not copied (a copy might not bring such state back whole): a skipped epoch is prepared when
+    # skipped, as a large model's is, and training goes on.
+    monkeypatch.setenv("LVAE_DRAWING_PROCESSES", "1")
+    hold = tmp_path / "hold"
+    gated = Gated("gated", hold)
+    fit(tmp_path, [Holder(hold), gated], max_epochs=3, module=WithExtraState())
+    assert drawn(tmp_path, "gated") == [0, 2]
+    assert (gated.state_dict()["drawn_epochs"], gated.state_dict()["skipped_epochs"]) == ([0, 2], [1])
