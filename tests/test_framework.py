@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, lvae, run_dirs, run_lvae
+from conftest import REPO, lvae, lvae_said, run_dirs, run_lvae, working_in
 from test_faults import MESSAGES
 from wandb_run import read_run
 
@@ -80,16 +80,23 @@ def drawn(run: Path) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def own_networks(mnist_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The installed `lvae` command, `lvae fit --config mine.yaml`, whose model names an encoder and decoder from a
-    file in the working folder (not on PYTHONPATH), with every default picture, then continued, then predicted."""
+    file in the working folder (not on PYTHONPATH), with every default picture, then continued; then predicted by
+    `lvae` called in this process, as from a notebook started in that folder."""
     cwd = tmp_path_factory.mktemp("networks")
     (cwd / "my_networks.py").write_text(NETWORKS)
     (cwd / "mine.yaml").write_text(CONFIG)
     run_lvae(fit_args(mnist_root, "--run_id", "mine", config="mine.yaml"), cwd, script=True)
     run_lvae(fit_args(mnist_root, "--run_id", "mine", "--ckpt_path", "last", "--trainer.max_epochs", "3",
                       "--trainer.callbacks", "[]", config="mine.yaml"), cwd, script=True)
-    run_lvae(["predict", "--config", "mine.yaml", "--data.data_dir", str(mnist_root), "--trainer.accelerator", "cpu",
-              "--trainer.callbacks", "[]", "--trainer.callbacks+=lvae.callbacks.LatentExport",
-              "--ckpt_path", str(cwd / "runs" / "mine" / "checkpoints" / "last.ckpt")], cwd, script=True)
+    try:
+        with working_in(cwd):
+            predicted = lvae_said("predict", "--config", "mine.yaml", "--data.data_dir", str(mnist_root),
+                                  "--trainer.accelerator", "cpu", "--trainer.callbacks", "[]",
+                                  "--trainer.callbacks+=lvae.callbacks.LatentExport",
+                                  "--ckpt_path", str(cwd / "runs" / "mine" / "checkpoints" / "last.ckpt"))
+    finally:
+        sys.modules.pop("my_networks", None)  # this folder's module; another test's folder has its own
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
     return cwd
 
 
