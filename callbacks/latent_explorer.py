@@ -1,6 +1,7 @@
 """One offline page per run that replays the latent space epoch by epoch: the PCA view and the t-SNE map side by
 side, an epoch slider, hover cards, paths and a legend that hides classes."""
 
+import time
 from typing import Any, Optional
 
 import lightning as L
@@ -46,9 +47,13 @@ class LatentExplorer(PictureCallback):
     Each drawn epoch is kept under ``latents/explorer/`` (each input's thumbnail once, then per epoch its places,
     u(x) and negative ELBO: about 80 kB an epoch for 2000 inputs), and the page is written again from all of them in
     the drawing process, beside itself and renamed into place: a page opened during training shows the run so far,
-    and ``lvae explore runs/<id>`` writes it again from what the run kept. The t-SNE map of an epoch is read from the
-    file `TSNEEmbedding` keeps beside its PNG when the page is written; at the end of fit the page is written once
-    more if a map came after it. The page is logged to W&B at the end of fit (``latents/explorer``, an HTML panel).
+    and ``lvae explore runs/<id>`` writes it again from what the run kept. Writing the page costs the drawing process
+    more than the other pictures of an epoch together (1-2 s for 2000 inputs), so during fit it is written with a
+    drawn epoch only when `page_seconds` have passed since it was last written; the epochs between are kept, and the
+    page is written with every kept epoch at the end of fit and at an interrupt. The t-SNE map of an epoch is read
+    from the file `TSNEEmbedding` keeps beside its PNG when the page is written; at the end of fit the page is written
+    once more if a map came after it. The page is logged to W&B at the end of fit (``latents/explorer``, an HTML
+    panel).
 
     The module needs what the other pictures need: ``encode`` (for a module lvae did not write) and, for the prior
     draws' images, ``decode``.
@@ -61,6 +66,8 @@ class LatentExplorer(PictureCallback):
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
         skip_when_busy: skip an epoch whose picture would wait for an earlier one's (the first and the last epoch
             are always drawn); False draws every epoch, training waiting.
+        page_seconds: during fit, write the page with a drawn epoch only once this many seconds have passed since
+            it was last written (the first drawn epoch's is always written); 0 writes it with every drawn epoch.
     """
 
     figure = "lvae.figures.explorer:record"  # keeps an epoch's views and writes the page from all kept so far
@@ -70,10 +77,13 @@ class LatentExplorer(PictureCallback):
     page_name = "explorer"  # the page is latents/explorer.html, its kept data latents/explorer/
 
     def __init__(self, max_points: PositiveInt = 2000, every_n_epochs: PositiveInt = 1, background: bool = True,
-                 skip_when_busy: bool = True):
+                 skip_when_busy: bool = True, page_seconds: float = 10.0):
         super().__init__(every_n_epochs=every_n_epochs, background=background, skip_when_busy=skip_when_busy)
         at_least("LatentExplorer.max_points", max_points, 2, "2000 make a page of about 5 MB")
-        self.max_points = max_points
+        at_least("LatentExplorer.page_seconds", page_seconds, 0, "0 writes the page with every drawn epoch")
+        self.max_points, self.page_seconds = max_points, float(page_seconds)
+        self._written_at: Optional[float] = None  # when the last job that writes the page was sent (time.monotonic)
+        self._behind = False  # an epoch was sent to be kept since: the page does not show it yet
         self._basis: Optional[Tensor] = None  # (2, Z) float64: the PCA axes of the last drawn epoch
         self._inputs_sent: Optional[Tensor] = None  # dataset indices whose thumbnails this trainer has sent to be kept
         self._maps_shown: list[int] = []  # epochs whose t-SNE map the last page written shows
@@ -123,11 +133,22 @@ class LatentExplorer(PictureCallback):
         return job
 
     @override
+    def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._written_at, self._behind = None, False  # each fit's first drawn epoch writes the page
+
+    @override
     def commit(self, job: Job, epoch: int) -> Job:
-        """The axes the next epoch matches, and the thumbnails sent, are this epoch's once it is drawn."""
+        """The axes the next epoch matches, and the thumbnails sent, are this epoch's once it is drawn; the job writes
+        the page when `page_seconds` have passed since the last one that did."""
         if self._next is not None:
             (self._basis, self._inputs_sent), self._next = self._next, None
-        return job
+        now = time.monotonic()
+        write = self._written_at is None or now - self._written_at >= self.page_seconds
+        if write:
+            self._written_at = now
+        self._behind = not write
+        return Job(job.target, {**job.kwargs, "write": write})
 
     def _job(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Latents, epoch: int) -> Job:
         points, axes, view = self._project(latents)  # the PCA of all followed inputs, as LatentScatter's
@@ -176,17 +197,32 @@ class LatentExplorer(PictureCallback):
         try:
             if self._tsne is not None:
                 self._tsne.join()  # its last map, for the page
-            if self._page_misses_maps():
+            if self._behind or self._page_misses_maps():
                 job = self.job(self.rewrite_figure, page=str(page))
                 if self.background:  # in the drawing process, where the page's library is imported already
                     drawn = self._result(self._shared.submit(self, job))  # within a SIGTERM's grace
                 else:
                     drawn = run_job(job)
+                self._behind = False
                 self._log(drawn, trainer.current_epoch)
             if page.is_file():
                 self.sink.log_page(self.page_name, page)
         except Exception as err:  # a picture must never end training
             notice(f"LatentExplorer: the explorer page was not logged ({type(err).__name__}: {err})")
+
+    @override
+    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)  # the epochs being drawn are kept, or abandoned
+        if not (self._behind and trainer.is_global_zero and self.sink is not None):
+            return
+        # The page with every epoch kept, as the end of fit would write it. The drawing process has stopped: written
+        # here, now that nothing trains.
+        try:
+            run_job(self.job(self.rewrite_figure, page=str(self.sink.page_path(self.page_name))))
+            self._behind = False
+        except Exception as err:  # never raise here: Lightning would skip the other callbacks' on_exception
+            notice(f"LatentExplorer: the explorer page was not written again ({type(err).__name__}: {err}); "
+                   f"lvae explore {self.sink.page_path(self.page_name).parent.parent} writes it from the kept epochs")
 
     @override
     def _end_of_fit(self, trainer: "L.Trainer") -> None:

@@ -343,7 +343,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int], 
     """A plain Trainer, a module written here, the t-SNE map and the explorer: 3 epochs, the page watched."""
     root = tmp_path_factory.mktemp("fit")
     page = root / "latents" / "explorer.html"
-    explorer = LatentExplorer(skip_when_busy=False)  # every epoch drawn, so that each one's page can be checked
+    # Every epoch drawn, and the page written with each, so that each one's page can be checked.
+    explorer = LatentExplorer(skip_when_busy=False, page_seconds=0)
     check = EpochCheck(explorer, page)
     watcher = PageWatcher(page)
     L.seed_everything(0)
@@ -391,3 +392,52 @@ def test_lvae_explore_rewrites_the_page_and_refuses_a_run_without_it(trained, tm
     err = capsys.readouterr().err.strip()
     assert err.startswith("lvae: error: ") and "trained without LatentExplorer" in err and len(err.splitlines()) == 1
     assert not (old / "latents" / "explorer.html").exists()
+
+
+class PageTitles(L.Callback):
+    """After each validation epoch (after the explorer's hook, its drawing waited for): the page's title, if any."""
+
+    def __init__(self, explorer: LatentExplorer, page: Path):
+        self.explorer, self.page, self.titles = explorer, page, []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.explorer.join()
+            self.titles.append(self.page.read_text().split("<title>")[1].split("</title>")[0])
+
+
+class StopAt(L.Callback):
+    """SIGTERM as Lightning's handler raises it, at the first training step of `epoch`."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch:
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException
+
+
+@pytest.mark.parametrize("ends", ["max_epochs", "SIGTERM"])
+def test_during_fit_the_page_waits_page_seconds_and_ends_with_every_epoch(tmp_path: Path, ends: str) -> None:
+    # Writing the page costs more than an epoch's other pictures: with page_seconds longer than the fit, the first
+    # drawn epoch writes it and the others are kept, then the end of fit, or the interrupt, writes it with them all.
+    page = tmp_path / "latents" / "explorer.html"
+    explorer = LatentExplorer(skip_when_busy=False, page_seconds=3600)
+    titles = PageTitles(explorer, page)
+    trainer = L.Trainer(max_epochs=3 if ends == "max_epochs" else 5, accelerator="cpu", default_root_dir=tmp_path,
+                        logger=False, callbacks=[explorer, titles, *([StopAt(3)] if ends == "SIGTERM" else [])],
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    L.seed_everything(0)
+    if ends == "SIGTERM":
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        with pytest.raises(SIGTERMException):
+            trainer.fit(TinyVAE(), digits(128, seed=0), digits(60, seed=1))
+    else:
+        trainer.fit(TinyVAE(), digits(128, seed=0), digits(60, seed=1))
+    assert [title.split(", ")[-1] for title in titles.titles] == ["epoch 0", "epoch 0", "epoch 0"]
+    assert sorted(p.name for p in (tmp_path / "latents" / "explorer").glob("epoch_*.npz")) == \
+        ["epoch_000.npz", "epoch_001.npz", "epoch_002.npz"]
+    assert "latent explorer, epochs 0 to 2</title>" in page.read_text()

@@ -113,16 +113,17 @@ HELP = ("Drag the epoch slider, or press play, to replay training in both views.
 
 def record(folder: str, epoch: int, index: np.ndarray, pca: np.ndarray, axes: Sequence[str], view: str,
            u: np.ndarray, neg_elbo: np.ndarray, tsne_map: str, prior_images: np.ndarray,
-           inputs: Optional[dict[str, Any]]) -> Drawn:
+           inputs: Optional[dict[str, Any]], write: bool = True) -> Drawn:
     """The job of `LatentExplorer` (runs in the drawing process): keep epoch `epoch` in `folder` (its arrays are
     those of `keep_epoch`) and the `inputs` sent with it (`keep_inputs`; sent the first time, and when they change),
-    then write the page again from every kept epoch. Hands back which epochs the page shows t-SNE maps of."""
+    then, with `write`, write the page again from every kept epoch and hand back which epochs it shows t-SNE maps of
+    (without: the epoch is kept for a later page)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if inputs is not None:
         keep_inputs(folder, **inputs)
     keep_epoch(folder, epoch, index, pca, axes, view, u, neg_elbo, tsne_map, prior_images)
-    return Drawn(state={"mapped": write_page(folder.parent / PAGE)})
+    return Drawn(state={"mapped": write_page(folder.parent / PAGE)}) if write else Drawn()
 
 
 def rewrite(page: str) -> Drawn:
