@@ -3,6 +3,7 @@ epochs while it is busy, always drawing the first and the last, the same epochs 
 are drawn by one process per core that training leaves free, each picture's jobs in one of them, in order."""
 
 import csv
+import time
 import warnings
 from pathlib import Path
 
@@ -371,20 +372,30 @@ def test_a_skipped_epoch_costs_no_model_work_and_the_last_is_drawn_with_its_weig
             assert torch.equal(value, stop.weights[key]), key
 
 
+class Paced(Callback):
+    """Each training epoch takes at least `seconds`: epochs long against the scheduler's noise."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        time.sleep(self.seconds)
+
+
 def test_an_epoch_whose_drawing_would_delay_the_last_one_is_skipped(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # Epoch 0's picture is drawn until epoch 1 starts (the first drawing's time is not the estimate: it pays for the
-    # drawing's first use), epoch 1's until epoch 4 starts: about 2 epochs. Drawing epoch 4 would last into the end of
-    # fit, which would wait for it and then draw epoch 5, the last: epoch 4 is skipped though the drawing is free.
+    # drawing's first use), epoch 1's until epoch 5 starts: about 3 epochs. Drawing epoch 5 would last into the end of
+    # fit, which would wait for it and then draw epoch 6, the last: epoch 5 is skipped though the drawing is free.
     monkeypatch.setenv("LVAE_DRAWING_PROCESSES", "1")
     hold = tmp_path / "hold"
     gated = Gated("gated", hold)
     with LvaeLines() as lines:
-        fit(tmp_path, [Holder(hold, release_at=(1, 4), picture=gated), gated], max_epochs=6)
-    assert gated.logged[:2] == [(0, 1), (1, 4)]  # the drawing was free when epoch 4's validation ended
-    assert drawn(tmp_path, "gated") == [0, 1, 5]
-    assert (gated.state_dict()["drawn_epochs"], gated.state_dict()["skipped_epochs"]) == ([0, 1, 5], [2, 3, 4])
-    assert lines[0].startswith("lvae: Gated drew 3 of 6 epochs (0, 1, 5), skipping 2-4 while"), lines
+        fit(tmp_path, [Holder(hold, release_at=(1, 5), picture=gated), gated, Paced(0.3)], max_epochs=7)
+    assert gated.logged[:2] == [(0, 1), (1, 5)]  # the drawing was free when epoch 5's validation ended
+    assert drawn(tmp_path, "gated") == [0, 1, 6]
+    assert (gated.state_dict()["drawn_epochs"], gated.state_dict()["skipped_epochs"]) == ([0, 1, 6], [2, 3, 4, 5])
+    assert lines[0].startswith("lvae: Gated drew 3 of 7 epochs (0, 1, 6), skipping 2-5 while"), lines
 
 
 class WithExtraState(ClassicVAE):
