@@ -49,8 +49,9 @@ class LatentExplorer(PictureCallback):
     the drawing process, beside itself and renamed into place: a page opened during training shows the run so far,
     and ``lvae explore runs/<id>`` writes it again from what the run kept. Writing the page costs the drawing process
     more than the other pictures of an epoch together (1-2 s for 2000 inputs), so during fit it is written with a
-    drawn epoch only when `page_seconds` have passed since it was last written; the epochs between are kept, and the
-    page is written with every kept epoch at the end of fit and at an interrupt. The t-SNE map of an epoch is read
+    drawn epoch only when `page_seconds` have passed since it was last written, or since fit began for the first; the
+    epochs between are kept, and the page is written with every kept epoch with the fit's last epoch (at the end of
+    fit) and at an interrupt. The t-SNE map of an epoch is read
     from the file `TSNEEmbedding` keeps beside its PNG when the page is written; at the end of fit the page is written
     once more if a map came after it. The page is logged to W&B at the end of fit (``latents/explorer``, an HTML
     panel).
@@ -67,7 +68,8 @@ class LatentExplorer(PictureCallback):
         skip_when_busy: skip an epoch whose picture would wait for an earlier one's (the first and the last epoch
             are always drawn); False draws every epoch, training waiting.
         page_seconds: during fit, write the page with a drawn epoch only once this many seconds have passed since
-            it was last written (the first drawn epoch's is always written); 0 writes it with every drawn epoch.
+            it was last written, or since fit began (short epochs do not pay for a page at their first one); the
+            fit's last epoch always writes it; 0 writes it with every drawn epoch.
     """
 
     figure = "lvae.figures.explorer:record"  # keeps an epoch's views and writes the page from all kept so far
@@ -135,16 +137,20 @@ class LatentExplorer(PictureCallback):
     @override
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         super().on_fit_start(trainer, pl_module)
-        self._written_at, self._behind = None, False  # each fit's first drawn epoch writes the page
+        # The page is first written page_seconds into the fit: on short epochs its first writing would hold up the
+        # drawing of the epochs after the first (bench/README.md).
+        self._written_at, self._behind = time.monotonic(), False
 
     @override
     def commit(self, job: Job, epoch: int) -> Job:
         """The axes the next epoch matches, and the thumbnails sent, are this epoch's once it is drawn; the job writes
-        the page when `page_seconds` have passed since the last one that did."""
+        the page when `page_seconds` have passed since the last one that did (or since fit began), and with the fit's
+        last epoch, so that the end of fit has no page left to write."""
         if self._next is not None:
             (self._basis, self._inputs_sent), self._next = self._next, None
         now = time.monotonic()
-        write = self._written_at is None or now - self._written_at >= self.page_seconds
+        last = self._shared is not None and self._shared.last_epoch(epoch)
+        write = last or self._written_at is None or now - self._written_at >= self.page_seconds
         if write:
             self._written_at = now
         self._behind = not write

@@ -163,6 +163,11 @@ class _Shared:
         known = trainer.max_epochs is not None and trainer.max_epochs > 0 and every_epoch
         self._last_epoch = trainer.max_epochs - 1 if known else None
 
+    def last_epoch(self, epoch: int) -> bool:
+        """Whether `epoch` is the fit's last, where that is known beforehand (fit runs to max_epochs validating every
+        epoch)."""
+        return self._last_epoch is not None and epoch == self._last_epoch
+
     def fit_done(self, callback: "PictureCallback") -> None:
         """`callback`'s end of fit is done; once every picture's is, a SIGTERM held meanwhile is handed on."""
         self._fit_done.add(id(callback))
