@@ -36,6 +36,7 @@ class LatentInterpolation(FixedInputsPicture):
 
     names = ("interpolations",)
     figure = "lvae.figures.interpolation:draw"
+    last_drawn_here = True  # matplotlib and PIL only: see PictureCallback.last_drawn_here
 
     def __init__(self, n_pairs: int = 5, steps: int = 10, seed: int = 0, every_n_epochs: int = 1,
                  background: bool = True, skip_when_busy: bool = True):

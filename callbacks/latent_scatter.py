@@ -75,6 +75,7 @@ class LatentScatter(PictureCallback):
 
     names = ("scatter",)
     figure = "lvae.figures.scatter:draw"
+    last_drawn_here = True  # matplotlib and PIL only: see PictureCallback.last_drawn_here
     figsize = (8.0, 6.6)  # inches; the PNG is 800x660
     # Axes placed by hand, leaving room for the two-line title and the legends on the right: matplotlib's
     # constrained layout would cost more than drawing the whole figure.

@@ -43,6 +43,7 @@ class LatentTraversal(FixedInputsPicture):
 
     names = ("traversals",)
     figure = "lvae.figures.traversal:draw"
+    last_drawn_here = True  # matplotlib and PIL only: see PictureCallback.last_drawn_here
 
     def __init__(self, n_inputs: int = 3, steps: int = 9, span: float = 2.5, max_dims: int = 10, seed: int = 0,
                  every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):

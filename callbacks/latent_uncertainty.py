@@ -45,6 +45,7 @@ class LatentUncertainty(PictureCallback):
 
     names = ("uncertainty",)
     figure = "lvae.figures.uncertainty:draw"
+    last_drawn_here = True  # matplotlib and PIL only: see PictureCallback.last_drawn_here
     figsizes = {"uncertainty": (9.2, 5.8)}  # inches
     # state_key stays the class name: two in one trainer would log the same uncertainty/ numbers and picture.
 

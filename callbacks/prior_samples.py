@@ -43,6 +43,7 @@ class PriorSamples(PictureCallback):
 
     names = ("prior_samples", "manifold", "prior_positions")
     figure = "lvae.figures.prior:draw"
+    last_drawn_here = True  # matplotlib and PIL only: see PictureCallback.last_drawn_here
     # inches; the sample grid at 2 PNG pixels an image pixel (8x8 MNIST draws: 484 px square)
     figsizes = {"prior_samples": (5.6, 6.0), "manifold": (6.4, 6.8), "prior_positions": (6.4, 6.4)}
     prior_reach = 2.0  # the manifold spans at least N(0, 1)'s -2 to 2 on each axis

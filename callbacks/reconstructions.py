@@ -41,6 +41,7 @@ class Reconstructions(FixedInputsPicture):
 
     names = ("reconstructions",)
     figure = "lvae.figures.reconstructions:draw"
+    last_drawn_here = True  # matplotlib and PIL only: see PictureCallback.last_drawn_here
 
     def __init__(self, n_inputs: int = 20, nrow: int = 5, seed: int = 0, every_n_epochs: int = 1,
                  background: bool = True, skip_when_busy: bool = True):

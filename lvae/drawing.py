@@ -447,6 +447,10 @@ class DrawingPool:
                 torch.set_num_threads(self._threads - 1)  # a core for the drawing
         return future
 
+    def busy(self) -> bool:
+        """Whether a job sent is still being drawn, or waits to be."""
+        return any(not future.done() for future in self._pending)
+
     def settle(self) -> None:
         """Give torch its threads back once no job is pending. On the training thread: torch's thread count is the
         calling thread's own OpenMP setting."""

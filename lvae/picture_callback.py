@@ -65,6 +65,7 @@ class _Picture(NamedTuple):
     job: Callable[[], Drawn]
     epoch: int
     scalars: dict[str, float]
+    here: bool = False  # drawn in the training process at the end of fit (`PictureCallback.last_drawn_here`)
 
 
 class _Kept(NamedTuple):
@@ -257,8 +258,9 @@ class _Shared:
         pictures are prepared (`_prepare_kept`), one line says which epochs were skipped and one what fit now waits
         for (with `gifs`, the evolution GIFs too); then the pictures kept of the last epoch go to be drawn
         (`PictureCallback._draw_kept`), those of callbacks with nothing being drawn first, so that the drawing does
-        not wait on the others. With `timeout` (the grace of an interrupt), a kept picture whose callback's earlier
-        one is not done by then is not drawn."""
+        not wait on the others; those for this process are left to `draw_here`. With `timeout` (the grace of an
+        interrupt), every one goes to the drawing process, and a kept picture whose callback's earlier one is not
+        done by then is not drawn."""
         if self._ended:
             return
         self._ended = True
@@ -274,7 +276,19 @@ class _Shared:
             say(f"lvae: drawing {' and '.join(waiting)}...")
         deadline = None if timeout is None else time.monotonic() + timeout
         for user in sorted(self.users, key=lambda user: bool(user._pending)):
+            if timeout is None and user._drawn_here():
+                continue  # by `draw_here`, once what the end of fit does first (a W&B table) is done
             user._draw_kept(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def draw_here(self) -> None:
+        """At the end of fit proper, after `end_fit`: draw the last epoch's pictures kept for this process
+        (`PictureCallback.last_drawn_here`), each one here while the drawing process is busy, or sent to it when it
+        is free. Training has ended: the drawing process and this one draw side by side."""
+        for user in self.users:
+            if user._drawn_here():
+                if not self.drawing.busy():
+                    user._kept = user._kept._replace(here=False)
+                user._draw_kept(None)
 
 
 def _skipped_lines(users: list["PictureCallback"]) -> list[str]:
@@ -347,6 +361,11 @@ class PictureCallback(Callback):
     # jobs from it, and the drawing process imports its module while the first epoch trains.
     figure: str = ""
     other_figures: tuple[str, ...] = ()  # further functions its jobs name (`job(figure, ...)`)
+    # Where the trainer has one drawing process, the fit's last epoch of this picture is drawn in the training process
+    # at the end of fit, beside the drawing process, which meanwhile draws the pictures that must follow their own
+    # earlier jobs there (the t-SNE map, the explorer page): training has ended, so its core is free. For a picture
+    # whose job needs only matplotlib (imported by Lightning already) and nothing an earlier job made.
+    last_drawn_here: bool = False
 
     def __init__(self, every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):
         if every_n_epochs < 1:
@@ -464,8 +483,20 @@ class PictureCallback(Callback):
             if self._kept is not None:  # a newer epoch is drawn: the kept one stays skipped
                 self._skipped_epochs.append(self._kept.epoch)
                 self._kept = None
+            if self._draws_here(epoch):
+                self._kept = picture._replace(here=True)  # drawn by `end_fit`, after the checkpoints are saved
+                return
             self._drawn_epochs.append(epoch)
         self._send(picture)
+
+    def _drawn_here(self) -> bool:
+        """Whether the kept picture is the fit's last, to be drawn in the training process (`_Shared.draw_here`)."""
+        return isinstance(self._kept, _Picture) and self._kept.here
+
+    def _draws_here(self, epoch: int) -> bool:
+        """Whether `epoch`, the fit's last, is drawn in the training process at the end of fit (`last_drawn_here`)."""
+        return self.last_drawn_here and self.background and self._shared.last_epoch(epoch) and \
+            len(self._shared.drawing.processes) == 1
 
     def _skip(self, trainer: "L.Trainer", pl_module: "L.LightningModule", latents: Optional[Latents],
               epoch: int) -> None:
@@ -514,7 +545,8 @@ class PictureCallback(Callback):
         self._collect(wait=False)  # their state (a t-SNE map) is what the kept picture continues
         picture, self._kept = self._kept, None
         self._drawn_epochs.append(picture.epoch)
-        self._send(picture)
+        # Here only at the end of fit proper: an interrupt's grace is for the drawing process, which can be stopped.
+        self._send(picture, here=picture.here and timeout is None)
 
     def _drawing_before(self, epoch: int) -> bool:
         """Whether a picture of this callback of an epoch before `epoch` is still being drawn."""
@@ -531,16 +563,16 @@ class PictureCallback(Callback):
             return collected(neg_elbo=False) if callable(getattr(pl_module, "with_neg_elbo", None)) else collected()
         return self._shared.followed.latents(trainer, pl_module)
 
-    def _send(self, picture: _Picture) -> None:
-        """Draw `picture` in the drawing process (or here, without `background`), its result logged when ready, and
-        log the numbers measured with it."""
+    def _send(self, picture: _Picture, here: bool = False) -> None:
+        """Draw `picture` in the drawing process (or here: without `background`, or with `here`), its result logged
+        when ready, and log the numbers measured with it."""
         try:
             job = self.commit(picture.job, picture.epoch)
         except Exception as err:  # a picture must never end training
             self._warn(picture.epoch, err)
             return
         drawn = None
-        if self.background:
+        if self.background and not here:
             try:
                 self._pending.append((self._shared.submit(self, job, picture.epoch), picture.epoch))
             except Exception as err:  # e.g. a job that cannot be pickled
@@ -674,6 +706,8 @@ class PictureCallback(Callback):
 
     def _end_of_fit(self, trainer: "L.Trainer") -> None:
         self.end_fit(trainer)
+        if self._shared is not None:
+            self._shared.draw_here()
         self.join()
         if trainer.is_global_zero and self.sink is not None and self.names:
             # The GIF is made here (PIL only), by a training process that has nothing left to train, while the

@@ -39,8 +39,11 @@ def die(words: str, code: int) -> Drawn:
     os._exit(code)
 
 
-def pid() -> Drawn:
-    """Which process drew."""
+def pid(seconds: float = 0.0) -> Drawn:
+    """Which process drew, after `seconds`."""
+    import time
+
+    time.sleep(seconds)
     return Drawn(scalars={"pid": float(os.getpid())})
 
 

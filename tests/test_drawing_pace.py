@@ -3,6 +3,7 @@ epochs while it is busy, always drawing the first and the last, the same epochs 
 are drawn by one process per core that training leaves free, each picture's jobs in one of them, in order."""
 
 import csv
+import os
 import time
 import warnings
 from pathlib import Path
@@ -228,9 +229,9 @@ def test_the_count_can_be_set_for_the_machine(monkeypatch: pytest.MonkeyPatch) -
 class DrawnWhere(PictureCallback):
     """Records which process drew each of its pictures."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, seconds: float = 0.0) -> None:
         super().__init__(skip_when_busy=False)  # every epoch, whatever the machine's pace
-        self.name = name
+        self.name, self.seconds = name, seconds
         self.pids: list[int] = []
 
     @property
@@ -238,7 +239,7 @@ class DrawnWhere(PictureCallback):
         return self._generate_state_key(name=self.name)  # the epochs it drew: one state per picture
 
     def prepare(self, trainer, pl_module, latents, epoch):
-        return Job("drawing_probe:pid")
+        return Job("drawing_probe:pid", {"seconds": self.seconds})
 
     def _log(self, drawn: Drawn, epoch: int) -> None:
         self.pids.append(int(drawn.scalars["pid"]))
@@ -253,6 +254,26 @@ def test_pictures_are_drawn_side_by_side_each_one_by_one_process(tmp_path: Path,
         assert len(picture.pids) == 3 and len(set(picture.pids)) == 1, picture.pids  # its jobs, in one process
     first, second, third = (picture.pids[0] for picture in pictures)
     assert first != second and third == first  # two processes, the pictures taken in turn
+
+
+class DrawnHereAtTheEnd(DrawnWhere):
+    last_drawn_here = True  # as lvae's pictures that need matplotlib only
+
+
+def test_at_the_end_of_fit_the_training_process_draws_light_pictures_beside_the_drawing_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One drawing process (training left no core free), busy with the t-SNE-like picture's last epoch when fit ends:
+    # the light pictures' last epoch is drawn by the training process meanwhile, which has nothing left to train.
+    monkeypatch.setenv("LVAE_DRAWING_PROCESSES", "1")
+    slow, light, lighter = DrawnWhere("slow", seconds=1.0), DrawnHereAtTheEnd("light"), DrawnHereAtTheEnd("lighter")
+    fit(tmp_path, [slow, light, lighter], max_epochs=3)
+    drawing = slow.pids[0]
+    assert drawing != os.getpid() and slow.pids == [drawing] * 3
+    assert light.pids == lighter.pids == [drawing, drawing, os.getpid()]
+    # Without a known last epoch (max_time may end fit at any one), every picture is drawn by the drawing process.
+    slow, light = DrawnWhere("slow", seconds=1.0), DrawnHereAtTheEnd("light")
+    fit(tmp_path / "unknown", [slow, light], max_epochs=-1, max_steps=6)
+    assert light.pids == slow.pids and os.getpid() not in light.pids
 
 
 class ThreadsSeen(Callback):
