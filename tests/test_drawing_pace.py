@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import LvaeLines
 from foreign_vae import ClassicVAE, loader, toy_digits
+from interrupts import StopsMidEpoch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -346,19 +347,6 @@ class Validated(Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: VAE) -> None:
         if not trainer.sanity_checking:
             self.seen[trainer.current_epoch] = (weight_sum(pl_module), pl_module.validation_latents().neg_elbo)
-
-
-class StopsMidEpoch(Callback):
-    """SIGTERM after the first training step of `epoch`, as Lightning's handler raises it; keeps the weights then."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.weights: dict[str, torch.Tensor] = {}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.current_epoch == self.epoch:
-            self.weights = {key: value.clone() for key, value in pl_module.state_dict().items()}
-            raise SIGTERMException
 
 
 @pytest.mark.parametrize("ends", ["max_epochs", "mid-epoch"])

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import toy_digits
+from interrupts import StopsMidEpoch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -407,19 +408,6 @@ class PageTitles(L.Callback):
                                if self.page.is_file() else None)
 
 
-class StopAt(L.Callback):
-    """SIGTERM as Lightning's handler raises it, at the first training step of `epoch`."""
-
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == self.epoch:
-            from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-            raise SIGTERMException
-
-
 @pytest.mark.parametrize("ends", ["max_epochs", "SIGTERM"])
 def test_during_fit_the_page_waits_page_seconds_and_ends_with_every_epoch(tmp_path: Path, ends: str) -> None:
     # Writing the page costs more than an epoch's other pictures: with page_seconds longer than the fit, no epoch
@@ -429,7 +417,7 @@ def test_during_fit_the_page_waits_page_seconds_and_ends_with_every_epoch(tmp_pa
     explorer = LatentExplorer(skip_when_busy=False, page_seconds=3600)
     titles = PageTitles(explorer, page)
     trainer = L.Trainer(max_epochs=3 if ends == "max_epochs" else 5, accelerator="cpu", default_root_dir=tmp_path,
-                        logger=False, callbacks=[explorer, titles, *([StopAt(3)] if ends == "SIGTERM" else [])],
+                        logger=False, callbacks=[explorer, titles, *([StopsMidEpoch(3)] if ends == "SIGTERM" else [])],
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     L.seed_everything(0)
     if ends == "SIGTERM":
