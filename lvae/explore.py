@@ -34,9 +34,13 @@ def explore(run_dir: "str | Path") -> Path:
                              f"{latents}")
     try:
         write_page(latents / PAGE)
-    except (OSError, KeyError, ValueError) as err:  # a kept file cut short or of another kind
+    except (OSError, KeyError, ValueError) as err:
+        if isinstance(err, OSError) and err.filename is not None and Path(err.filename).parent == latents:
+            # The page, or the file beside it it is written to: a full disk, or a folder lvae may not write in.
+            raise LVAEError(f"cannot write {latents / PAGE} ({err.strerror}); make room on that disk, or give "
+                            "lvae explore a run folder it can write in, and run it again") from None
         raise DataFilesError(f"{kept} cannot be read back ({type(err).__name__}: {err}); the epochs it kept are "
-                             "damaged") from err
+                             "damaged") from err  # a kept file cut short or of another kind
     return latents / PAGE
 
 

@@ -395,6 +395,24 @@ def test_lvae_explore_rewrites_the_page_and_refuses_a_run_without_it(trained, tm
     assert not (old / "latents" / "explorer.html").exists()
 
 
+def test_lvae_explore_on_a_full_disk_says_it_cannot_write_the_page_and_leaves_no_part_of_it(trained, small_disk: Path,
+                                                                                              capsys) -> None:
+    # The run's kept epochs copied onto a 2 MiB disk, then the disk filled but for 64 kB: the page (about 1.8 MB,
+    # bokeh's script inline) does not fit. The kept files are whole, so the message is about the page, not "damaged" epochs.
+    run = small_disk / "run"
+    shutil.copytree(trained[0] / "latents" / "explorer", run / "latents" / "explorer")
+    shutil.copytree(trained[0] / "latents" / "tsne", run / "latents" / "tsne")
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * (free - 64 * 1024))
+    assert explore_main([str(run)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"lvae: error: cannot write {run / 'latents' / 'explorer.html'} (No space left on device); make "
+                   "room on that disk, or give lvae explore a run folder it can write in, and run it again")
+    assert sorted(p.name for p in (run / "latents").iterdir()) == ["explorer", "tsne"]  # no half-written page
+    for kept in (trained[0] / "latents" / "explorer").iterdir():  # what the run kept is untouched
+        assert (run / "latents" / "explorer" / kept.name).read_bytes() == kept.read_bytes()
+
+
 class PageTitles(L.Callback):
     """After each validation epoch (after the explorer's hook, its drawing waited for): the page's title, if any."""
 

@@ -224,8 +224,12 @@ def write_page(page: Path) -> list[int]:
     run = page.parent.parent.name
     html = file_html(layout(inputs, epochs, run), INLINE, title=f"{run}: latent explorer, {_epoch_span(epochs)}")
     tmp = page.with_name(f".{page.name}.{os.getpid()}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, page)
+    try:
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, page)
+    except OSError as err:  # a full disk: no half-written page left taking the space, and the error names the page
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(page)) from None
     return [int(epoch["epoch"]) for epoch in epochs if not str(epoch["tsne_note"])]
 
 
