@@ -650,7 +650,7 @@ class LVAECLI(LightningCLI):
             self.run_folder.make(self.run_dir)
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger) and logger.save_dir:
-                    self.run_folder.make(Path(logger.save_dir))
+                    self.run_folder.make(Path(logger.save_dir), logger=type(logger).__name__)
                     # W&B's service, which a process's runs share, reads a relative folder from the folder it was
                     # started in: a notebook's next command, run elsewhere, would write into the first one's.
                     logger._wandb_init["dir"] = os.path.abspath(logger.save_dir)

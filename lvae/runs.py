@@ -81,9 +81,10 @@ def check_run_id(run_id: str, source: str = "--run_id") -> str:
 
 
 @contextmanager
-def unwritable(root: Path) -> Iterator[None]:
+def unwritable(root: Path, what: str = "runs go into", setting: str = "--trainer.default_root_dir") -> Iterator[None]:
     """An OS error while making a run folder under `root` as lvae's refusal: a file in the way, no permission, a full
-    or read-only disk."""
+    or read-only disk. `what` goes before `root` and `setting` is what to change, where the folder is not the runs'
+    (a logger's own `save_dir`)."""
     try:
         yield
     except OSError as err:
@@ -91,8 +92,8 @@ def unwritable(root: Path) -> Iterator[None]:
             raise
         where = f"{err.filename}: " if err.filename else ""
         why = "a file, not a folder" if isinstance(err, (FileExistsError, NotADirectoryError)) else err.strerror
-        raise ConfigError(f"runs go into {root}, and lvae cannot write there ({where}{why or err}). Set "
-                          "--trainer.default_root_dir to a folder you can write, or make room.") from None
+        raise ConfigError(f"{what} {root}, and lvae cannot write there ({where}{why or err}). Set {setting} to a "
+                          "folder you can write, or make room.") from None
 
 
 class RunFolder:
@@ -121,13 +122,15 @@ class RunFolder:
         self.path, self._claimed = path, True
         self.hold(path)
 
-    def make(self, path: Path) -> None:
-        """Make `path` (an evaluation's folder, a logger's) if missing: removed again, with the folders above it that
-        it needed, when the command is refused."""
+    def make(self, path: Path, logger: Optional[str] = None) -> None:
+        """Make `path` (an evaluation's folder, or the folder of the logger class `logger`) if missing: removed again,
+        with the folders above it that it needed, when the command is refused."""
         if path.exists():
             return
         parents = [folder for folder in path.parents if not folder.exists()]  # deepest first
-        with unwritable(path.parent):
+        where = unwritable(path.parent) if logger is None else \
+            unwritable(path, f"{logger} writes into", "that logger's save_dir (--trainer.logger.init_args.save_dir)")
+        with where:
             try:
                 path.mkdir(parents=True)
             except FileExistsError:

@@ -252,6 +252,18 @@ def test_a_runs_folder_that_cannot_be_written_is_named_with_the_fix(workdir: Pat
     assert sorted(p.name for p in workdir.iterdir()) == ["afile"]
 
 
+def test_a_loggers_own_folder_that_cannot_be_made_names_that_logger_not_the_runs_folder(
+        workdir: Path, mnist_root: Path, capsys: pytest.CaptureFixture) -> None:
+    (workdir / "afile").write_text("")
+    wandb = '{"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"save_dir": "afile/wandb"}}'
+    assert lvae(*fit_args(mnist_root, "--trainer.logger", wandb)) == 2
+    said = capsys.readouterr().err
+    assert "lvae: error: WandbLogger writes into afile/wandb, and lvae cannot write there (afile/wandb: a file, not a " \
+           "folder). Set that logger's save_dir (--trainer.logger.init_args.save_dir) to a folder you can write, or " \
+           "make room." in said and "default_root_dir" not in said, said
+    assert sorted(p.name for p in workdir.iterdir()) == ["afile"]  # the run folder made for it is removed again
+
+
 def test_a_refused_data_file_announces_no_run(workdir: Path, mnist_root: Path, capfd: pytest.CaptureFixture):
     raw = workdir / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
