@@ -484,7 +484,7 @@ class PictureCallback(Callback):
                 self._skipped_epochs.append(self._kept.epoch)
                 self._kept = None
             if self._draws_here(epoch):
-                self._kept = picture._replace(here=True)  # drawn by `end_fit`, after the checkpoints are saved
+                self._kept = picture._replace(here=True)  # by `_Shared.draw_here`, after the checkpoints are saved
                 return
             self._drawn_epochs.append(epoch)
         self._send(picture)
