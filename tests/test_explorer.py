@@ -398,7 +398,8 @@ def test_lvae_explore_rewrites_the_page_and_refuses_a_run_without_it(trained, tm
 def test_lvae_explore_on_a_full_disk_says_it_cannot_write_the_page_and_leaves_no_part_of_it(trained, small_disk: Path,
                                                                                               capsys) -> None:
     # The run's kept epochs copied onto a 2 MiB disk, then the disk filled but for 64 kB: the page (about 1.8 MB,
-    # bokeh's script inline) does not fit. The kept files are whole, so the message is about the page, not "damaged" epochs.
+    # bokeh's script inline) does not fit. The kept files are whole, so the message is about the page, not about
+    # "damaged" epochs.
     run = small_disk / "run"
     shutil.copytree(trained[0] / "latents" / "explorer", run / "latents" / "explorer")
     shutil.copytree(trained[0] / "latents" / "tsne", run / "latents" / "tsne")

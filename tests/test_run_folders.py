@@ -258,9 +258,9 @@ def test_a_loggers_own_folder_that_cannot_be_made_names_that_logger_not_the_runs
     wandb = '{"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {"save_dir": "afile/wandb"}}'
     assert lvae(*fit_args(mnist_root, "--trainer.logger", wandb)) == 2
     said = capsys.readouterr().err
-    assert "lvae: error: WandbLogger writes into afile/wandb, and lvae cannot write there (afile/wandb: a file, not a " \
-           "folder). Set that logger's save_dir (--trainer.logger.init_args.save_dir) to a folder you can write, or " \
-           "make room." in said and "default_root_dir" not in said, said
+    assert "lvae: error: WandbLogger writes into afile/wandb, and lvae cannot write there (afile/wandb: a file, " \
+           "not a folder). Set that logger's save_dir (--trainer.logger.init_args.save_dir) to a folder you can " \
+           "write, or make room." in said and "default_root_dir" not in said, said
     assert sorted(p.name for p in workdir.iterdir()) == ["afile"]  # the run folder made for it is removed again
 
 
