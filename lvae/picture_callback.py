@@ -262,6 +262,8 @@ class _Shared:
         interrupt), every one goes to the drawing process, and a kept picture whose callback's earlier one is not
         done by then is not drawn."""
         if self._ended:
+            if timeout is not None:  # Ctrl-C while `draw_here` drew: what it had not drawn goes to the drawing process
+                self._send_kept(timeout)
             return
         self._ended = True
         self.sigterm.hold()
@@ -274,6 +276,11 @@ class _Shared:
                   [f"{made} evolution GIF{'s' * (made != 1)}"] * bool(made)
         if waiting:
             say(f"lvae: drawing {' and '.join(waiting)}...")
+        self._send_kept(timeout)
+
+    def _send_kept(self, timeout: Optional[float]) -> None:
+        """Send the kept pictures to be drawn (`PictureCallback._draw_kept`), those of callbacks with nothing being
+        drawn first; at the end of fit proper, not those for this process (`draw_here`)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         for user in sorted(self.users, key=lambda user: bool(user._pending)):
             if timeout is None and user._drawn_here():
@@ -544,9 +551,15 @@ class PictureCallback(Callback):
                 return
         self._collect(wait=False)  # their state (a t-SNE map) is what the kept picture continues
         picture, self._kept = self._kept, None
-        self._drawn_epochs.append(picture.epoch)
         # Here only at the end of fit proper: an interrupt's grace is for the drawing process, which can be stopped.
-        self._send(picture, here=picture.here and timeout is None)
+        here = picture.here and timeout is None
+        try:
+            self._send(picture, here=here)
+        except BaseException:
+            if here:  # Ctrl-C while it was drawn here: kept, for the interrupt to send to the drawing process
+                self._kept = picture._replace(here=False)
+            raise
+        self._drawn_epochs.append(picture.epoch)
 
     def _drawing_before(self, epoch: int) -> bool:
         """Whether a picture of this callback of an epoch before `epoch` is still being drawn."""

@@ -39,10 +39,12 @@ def die(words: str, code: int) -> Drawn:
     os._exit(code)
 
 
-def pid(seconds: float = 0.0) -> Drawn:
-    """Which process drew, after `seconds`."""
+def pid(seconds: float = 0.0, interrupt_in: int = 0) -> Drawn:
+    """Which process drew, after `seconds`; Ctrl-C, as the terminal sends it, when that is process `interrupt_in`."""
     import time
 
+    if os.getpid() == interrupt_in:
+        raise KeyboardInterrupt
     time.sleep(seconds)
     return Drawn(scalars={"pid": float(os.getpid())})
 

@@ -230,9 +230,9 @@ def test_the_count_can_be_set_for_the_machine(monkeypatch: pytest.MonkeyPatch) -
 class DrawnWhere(PictureCallback):
     """Records which process drew each of its pictures."""
 
-    def __init__(self, name: str, seconds: float = 0.0) -> None:
+    def __init__(self, name: str, seconds: float = 0.0, interrupt_in: int = 0) -> None:
         super().__init__(skip_when_busy=False)  # every epoch, whatever the machine's pace
-        self.name, self.seconds = name, seconds
+        self.name, self.seconds, self.interrupt_in = name, seconds, interrupt_in
         self.pids: list[int] = []
 
     @property
@@ -240,7 +240,7 @@ class DrawnWhere(PictureCallback):
         return self._generate_state_key(name=self.name)  # the epochs it drew: one state per picture
 
     def prepare(self, trainer, pl_module, latents, epoch):
-        return Job("drawing_probe:pid", {"seconds": self.seconds})
+        return Job("drawing_probe:pid", {"seconds": self.seconds, "interrupt_in": self.interrupt_in})
 
     def _log(self, drawn: Drawn, epoch: int) -> None:
         self.pids.append(int(drawn.scalars["pid"]))
@@ -275,6 +275,21 @@ def test_at_the_end_of_fit_the_training_process_draws_light_pictures_beside_the_
     slow, light = DrawnWhere("slow", seconds=1.0), DrawnHereAtTheEnd("light")
     fit(tmp_path / "unknown", [slow, light], max_epochs=-1, max_steps=6)
     assert light.pids == slow.pids and os.getpid() not in light.pids
+
+
+def test_ctrl_c_while_the_training_process_draws_at_the_end_of_fit_hands_the_rest_to_the_drawing_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C comes while the training process draws the first light picture's last epoch: that picture and the one
+    # after it are still drawn, by the drawing process within the interrupt's grace, so the evolution ends where
+    # fit did.
+    monkeypatch.setenv("LVAE_DRAWING_PROCESSES", "1")
+    slow = DrawnWhere("slow", seconds=1.0)
+    light = DrawnHereAtTheEnd("light", interrupt_in=os.getpid())
+    lighter = DrawnHereAtTheEnd("lighter")
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        fit(tmp_path, [slow, light, lighter], max_epochs=3)
+    drawing = slow.pids[0]
+    assert light.pids == lighter.pids == [drawing] * 3
 
 
 class ThreadsSeen(Callback):
