@@ -51,10 +51,9 @@ class LatentExplorer(PictureCallback):
     more than the other pictures of an epoch together (1-2 s for 2000 inputs), so during fit it is written with a
     drawn epoch only when `page_seconds` have passed since it was last written, or since fit began for the first; the
     epochs between are kept, and the page is written with every kept epoch with the fit's last epoch (at the end of
-    fit) and at an interrupt. The t-SNE map of an epoch is read
-    from the file `TSNEEmbedding` keeps beside its PNG when the page is written; at the end of fit the page is written
-    once more if a map came after it. The page is logged to W&B at the end of fit (``latents/explorer``, an HTML
-    panel).
+    fit) and at an interrupt. The t-SNE map of an epoch is read from the file `TSNEEmbedding` keeps beside its PNG
+    when the page is written; at the end of fit the page is written once more if a map came after it. The page is
+    logged to W&B at the end of fit (``latents/explorer``, an HTML panel).
 
     The module needs what the other pictures need: ``encode`` (for a module lvae did not write) and, for the prior
     draws' images, ``decode``.

@@ -371,7 +371,8 @@ class PictureCallback(Callback):
     # Where the trainer has one drawing process, the fit's last epoch of this picture is drawn in the training process
     # at the end of fit, beside the drawing process, which meanwhile draws the pictures that must follow their own
     # earlier jobs there (the t-SNE map, the explorer page): training has ended, so its core is free. For a picture
-    # whose job needs only matplotlib (imported by Lightning already) and nothing an earlier job made.
+    # whose job needs only matplotlib and PIL (no t-SNE, no bokeh in the training process) and nothing an earlier
+    # job made. A Ctrl-C meanwhile hands what is left to the drawing process.
     last_drawn_here: bool = False
 
     def __init__(self, every_n_epochs: int = 1, background: bool = True, skip_when_busy: bool = True):
