@@ -46,13 +46,14 @@ PARENT_CHECK_SECONDS = 0.5  # how often the drawing process checks that the trai
 class Drawn:
     """What a drawing job hands back to the training process: the PNGs it wrote as (name, path, caption), the
     numbers it measured, state for the callback (a t-SNE map), warnings, and the evolution GIFs it made as
-    (name, path); all picklable."""
+    (name, path), with `animated` when it was asked to make them (a fit's last picture); all picklable."""
 
     pictures: list[tuple[str, str, str]] = field(default_factory=list)
     scalars: dict[str, float] = field(default_factory=dict)
     state: Any = None
     warnings: list[str] = field(default_factory=list)
     animations: list[tuple[str, str]] = field(default_factory=list)
+    animated: bool = False
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from lvae.say import notice, say
 # training did.
 INTERRUPT_GRACE_SECONDS = 15.0
 ANIMATION = "lvae.figures.animation:animate"  # every picture's evolution GIF, made at the end of fit
+# A fit's last picture and then its evolution GIF, in the process that draws it (`PictureCallback._send`)
+DRAW_THEN_ANIMATE = "lvae.figures.animation:draw_then_animate"
 # A skipped epoch's weights are copied to the CPU so that, should fit end with it, its pictures are prepared from them
 # after training went on (an interrupt, max_time). The copy is made every skipped epoch; above this size it costs
 # more time and memory than the prepare it spares, so such a model's skipped epochs are prepared when skipped.
@@ -390,6 +392,7 @@ class PictureCallback(Callback):
         self._drawn_epochs: list[int] = []  # epochs of the run whose pictures were sent to be drawn
         self._skipped_epochs: list[int] = []  # epochs of the run skipped while the drawing was busy (not the kept one)
         self._fit_start = 0  # the first epoch of this fit: the end-of-fit line is about this fit
+        self._animated = False  # this fit's evolution GIFs were made with its last picture (`_send`)
         self._checkpoint_epoch: Optional[int] = None  # the epoch of a checkpoint loaded for validate
 
     @classmethod
@@ -426,6 +429,7 @@ class PictureCallback(Callback):
     @override
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._fit_start = trainer.current_epoch  # after a checkpoint was restored: where this fit starts
+        self._animated = False
         if self._shared is not None:
             self._shared.start_fit(trainer)
 
@@ -495,7 +499,7 @@ class PictureCallback(Callback):
                 self._kept = picture._replace(here=True)  # by `_Shared.draw_here`, after the checkpoints are saved
                 return
             self._drawn_epochs.append(epoch)
-        self._send(picture)
+        self._send(picture, gifs=fitting and self._shared.last_epoch(epoch))
 
     def _drawn_here(self) -> bool:
         """Whether the kept picture is the fit's last, to be drawn in the training process (`_Shared.draw_here`)."""
@@ -555,7 +559,7 @@ class PictureCallback(Callback):
         # Here only at the end of fit proper: an interrupt's grace is for the drawing process, which can be stopped.
         here = picture.here and timeout is None
         try:
-            self._send(picture, here=here)
+            self._send(picture, here=here, gifs=timeout is None)  # at an interrupt, no GIFs
         except BaseException:
             if here:  # Ctrl-C while it was drawn here: kept, for the interrupt to send to the drawing process
                 self._kept = picture._replace(here=False)
@@ -577,14 +581,17 @@ class PictureCallback(Callback):
             return collected(neg_elbo=False) if callable(getattr(pl_module, "with_neg_elbo", None)) else collected()
         return self._shared.followed.latents(trainer, pl_module)
 
-    def _send(self, picture: _Picture, here: bool = False) -> None:
+    def _send(self, picture: _Picture, here: bool = False, gifs: bool = False) -> None:
         """Draw `picture` in the drawing process (or here: without `background`, or with `here`), its result logged
-        when ready, and log the numbers measured with it."""
+        when ready, and log the numbers measured with it. With `gifs` (the fit's last picture), the process that
+        draws it then puts this callback's evolution GIFs together, beside the other pictures of the end of fit."""
         try:
             job = self.commit(picture.job, picture.epoch)
         except Exception as err:  # a picture must never end training
             self._warn(picture.epoch, err)
             return
+        if gifs and self.names and self.sink is not None:
+            job = Job(DRAW_THEN_ANIMATE, {"job": job, "folders": self._gif_folders()})
         drawn = None
         if self.background and not here:
             try:
@@ -640,6 +647,9 @@ class PictureCallback(Callback):
             self.sink.log_scalars(drawn.scalars, epoch)
         if drawn.state is not None:
             self.apply(drawn.state)
+        for name, path in drawn.animations:
+            self.sink.log_animation(name, Path(path))
+        self._animated = self._animated or drawn.animated
 
     def _collect(self, wait: bool) -> None:
         """Log this callback's finished pictures, in order (waiting for them with `wait`). Never raises: a picture
@@ -718,18 +728,20 @@ class PictureCallback(Callback):
             if shared is not None:
                 shared.fit_done(self)  # the last one hands on a SIGTERM held meanwhile
 
+    def _gif_folders(self) -> dict[str, str]:
+        """Each picture name's folder, whose epochs' frames make its evolution GIF."""
+        return {name: str(self.sink.png_path(name, 0).parent) for name in self.names}
+
     def _end_of_fit(self, trainer: "L.Trainer") -> None:
         self.end_fit(trainer)
         if self._shared is not None:
             self._shared.draw_here()
         self.join()
-        if trainer.is_global_zero and self.sink is not None and self.names:
-            # The GIF is made here (PIL only), by a training process that has nothing left to train, while the
-            # drawing process goes on with the other pictures' last epoch: fit's tail is the longer of the two,
-            # not their sum (bench/README.md).
-            folders = {name: str(self.sink.png_path(name, 0).parent) for name in self.names}
+        if trainer.is_global_zero and self.sink is not None and self.names and not self._animated:
+            # The last picture made the GIFs where it was drawn, unless it failed or fit's last epoch was not drawn
+            # (every_n_epochs): then they are made here (PIL only), from the frames of the epochs drawn.
             try:
-                drawn = run_job(Job(ANIMATION, {"folders": folders}))
+                drawn = run_job(Job(ANIMATION, {"folders": self._gif_folders()}))
             except Exception as err:  # a picture must never end training
                 notice(f"{type(self).__name__}: no evolution GIF ({type(err).__name__}: {err})")
                 return

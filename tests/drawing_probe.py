@@ -1,5 +1,5 @@
 """Drawing jobs for tests (``drawing_probe:heavy_modules``, ``drawing_probe:native_threads``,
-``drawing_probe:settings``, ``drawing_probe:pid``): what the drawing process holds; ``drawing_probe:die``, a drawing
+``drawing_probe:settings``, ``drawing_probe:pid``, ``drawing_probe:pid_png``): what the drawing process holds; ``drawing_probe:die``, a drawing
 process that crashes; and ``drawing_probe:draw_when_open``, a picture a test keeps the drawing process busy with."""
 
 import os
@@ -47,6 +47,23 @@ def pid(seconds: float = 0.0, interrupt_in: int = 0) -> Drawn:
         raise KeyboardInterrupt
     time.sleep(seconds)
     return Drawn(scalars={"pid": float(os.getpid())})
+
+
+def pid_png(path: str, shade: int, seconds: float = 0.0, fail: bool = False) -> Drawn:
+    """A picture of grey `shade` as the PNG `path` (with its GIF frame), after `seconds`, and which process drew it;
+    with `fail`, a picture that fails."""
+    import time
+    from pathlib import Path
+
+    from PIL import Image
+
+    from lvae.figures.canvas import save_png
+
+    if fail:
+        raise RuntimeError("this picture fails")
+    time.sleep(seconds)
+    png = save_png(Image.new("RGB", (40, 30), (shade, shade, shade)), path)
+    return Drawn(pictures=[(Path(path).parent.name, png, "")], scalars={"pid": float(os.getpid())})
 
 
 def draw_when_open(name: str, path: str, hold: str, seconds: float = 0.0) -> Drawn:

@@ -3,6 +3,7 @@ a frame is missing or older than its PNG; a picture that cannot be written says 
 
 import gc
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from conftest import assert_gif_shows_each_epoch
 from PIL import Image
 
 from lvae.drawing import Drawn, run_job
-from lvae.figures.animation import animate, frame_path
+from lvae.figures.animation import animate, draw_then_animate, frame_path
 from lvae.figures.canvas import save_png
 
 
@@ -28,6 +29,28 @@ def test_each_png_is_saved_with_its_frame_and_the_gif_shows_every_epoch(tmp_path
     drawn = animate({"scatter": str(tmp_path)})
     assert drawn.animations == [("scatter", str(tmp_path / "evolution.gif"))]
     assert_gif_shows_each_epoch(tmp_path, 3)
+
+
+def draw_epoch_2(folder: str) -> Drawn:
+    """A fit's last picture: epoch 2's PNG (and frame) in `folder`."""
+    path = save_png(picture(2), str(Path(folder) / "epoch_002.png"))
+    return Drawn(pictures=[("scatter", path, "epoch 2")], scalars={"drawn": 1.0})
+
+
+def test_a_fits_last_picture_then_its_gif_in_one_job(tmp_path: Path) -> None:
+    for epoch in range(2):
+        save_png(picture(epoch), str(tmp_path / f"epoch_{epoch:03d}.png"))
+    drawn = draw_then_animate(partial(draw_epoch_2, str(tmp_path)), {"scatter": str(tmp_path)})
+    assert drawn.pictures == [("scatter", str(tmp_path / "epoch_002.png"), "epoch 2")] and drawn.scalars == {"drawn": 1}
+    assert drawn.animated and drawn.animations == [("scatter", str(tmp_path / "evolution.gif"))]
+    assert_gif_shows_each_epoch(tmp_path, 3)  # the picture drawn first: the GIF ends with it
+    # A GIF that cannot be written is a warning: the picture drawn is still handed back, to be logged.
+    (tmp_path / "evolution.gif").unlink()
+    (tmp_path / "evolution.gif").mkdir()
+    drawn = draw_then_animate(partial(draw_epoch_2, str(tmp_path)), {"scatter": str(tmp_path)})
+    assert drawn.pictures and drawn.animated and drawn.animations == []
+    (warning,) = drawn.warnings
+    assert warning.startswith("no evolution GIF (IsADirectoryError") and "evolution.gif" in warning
 
 
 def test_a_missing_or_stale_frame_is_made_from_its_png(tmp_path: Path) -> None:

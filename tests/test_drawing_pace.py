@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import LvaeLines
+from conftest import LvaeLines, assert_gif_shows_each_epoch
 from foreign_vae import ClassicVAE, loader, toy_digits
 from interrupts import StopsMidEpoch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -275,6 +275,66 @@ def test_at_the_end_of_fit_the_training_process_draws_light_pictures_beside_the_
     slow, light = DrawnWhere("slow", seconds=1.0), DrawnHereAtTheEnd("light")
     fit(tmp_path / "unknown", [slow, light], max_epochs=-1, max_steps=6)
     assert light.pids == slow.pids and os.getpid() not in light.pids
+
+
+class GifWhere(PictureCallback):
+    """A picture with an evolution GIF: which process drew each epoch and whether the GIF came back with it, and
+    each GIF that reached the loggers."""
+
+    def __init__(self, name: str, seconds: float = 0.0, fail_at: int = -1) -> None:
+        super().__init__(skip_when_busy=False)  # every epoch, whatever the machine's pace
+        self.names, self.seconds, self.fail_at = (name,), seconds, fail_at
+        self.drawn: list[tuple[int, bool]] = []
+        self.gifs_logged: list[str] = []
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(names=self.names)
+
+    def setup(self, trainer, pl_module, stage):
+        super().setup(trainer, pl_module, stage)
+        log_animation = self.sink.log_animation
+
+        def logged(name: str, path: Path) -> None:
+            self.gifs_logged.append(name)
+            log_animation(name, path)
+
+        self.sink.log_animation = logged
+
+    def prepare(self, trainer, pl_module, latents, epoch):
+        return Job("drawing_probe:pid_png", {"path": str(self.sink.png_path(self.names[0], epoch)),
+                                             "shade": 60 * epoch, "seconds": self.seconds,
+                                             "fail": epoch == self.fail_at})
+
+    def _log(self, drawn: Drawn, epoch: int) -> None:
+        self.drawn.append((int(drawn.scalars["pid"]), bool(drawn.animations)))
+        super()._log(drawn, epoch)
+
+
+class GifHereAtTheEnd(GifWhere):
+    last_drawn_here = True
+
+
+def test_each_evolution_gif_is_made_with_its_pictures_last_epoch_in_the_process_that_draws_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # At the end of fit the GIFs are put together beside the last pictures being drawn, not one after another in the
+    # training process once every picture is done: each right after its picture's last epoch, where that is drawn.
+    monkeypatch.setenv("LVAE_DRAWING_PROCESSES", "1")
+    slow, light = GifWhere("slow", seconds=1.0), GifHereAtTheEnd("light")
+    fit(tmp_path, [slow, light], max_epochs=3)
+    drawing = slow.drawn[0][0]
+    assert drawing != os.getpid()
+    assert slow.drawn == [(drawing, False), (drawing, False), (drawing, True)]
+    assert light.drawn == [(drawing, False), (drawing, False), (os.getpid(), True)]
+    for picture in (slow, light):
+        assert picture.gifs_logged == [picture.names[0]]  # logged once: not made again at the end
+        assert_gif_shows_each_epoch(tmp_path / "latents" / picture.names[0], 3)  # ending with the last epoch
+    # The last picture fails: the GIF of the epochs drawn is still made at the end of fit, once.
+    failing = GifWhere("failing", fail_at=2)
+    fit(tmp_path / "fails", [failing], max_epochs=3)
+    assert [has_gif for _, has_gif in failing.drawn] == [False, False]
+    assert failing.gifs_logged == ["failing"]
+    assert_gif_shows_each_epoch(tmp_path / "fails" / "latents" / "failing", 2)
 
 
 def test_ctrl_c_while_the_training_process_draws_at_the_end_of_fit_hands_the_rest_to_the_drawing_process(

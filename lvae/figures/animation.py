@@ -2,6 +2,7 @@
 memory (`save_frame`), and the GIF is put together from them at the end of fit (`animate`)."""
 
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image
 
@@ -66,4 +67,20 @@ def animate(folders: dict[str, str], frame_ms: int = 500) -> Drawn:
         path = Path(folder) / "evolution.gif"
         images[0].save(path, save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
         drawn.animations.append((name, str(path)))
+    return drawn
+
+
+def draw_then_animate(job: Callable[[], Drawn], folders: dict[str, str]) -> Drawn:
+    """Draw a fit's last picture (`job`), then put its evolution GIFs together (`animate` of `folders`), in the
+    process that drew it: at the end of fit each GIF is made beside the other pictures being drawn, not after all of
+    them in the training process. A GIF that fails is a warning; the picture is still handed back."""
+    drawn = job()
+    try:
+        made = animate(folders)
+    except Exception as err:  # a full disk: the picture was drawn, only its evolution is missing
+        drawn.warnings.append(f"no evolution GIF ({type(err).__name__}: {err})")
+    else:
+        drawn.animations.extend(made.animations)
+        drawn.warnings.extend(made.warnings)
+    drawn.animated = True
     return drawn
