@@ -1,5 +1,6 @@
 """Where the inputs sit in latent space: the posterior means mu, coloured by label, epoch after epoch."""
 
+from concurrent.futures import Future
 from typing import Any, Literal, Optional
 
 import lightning as L
@@ -65,8 +66,9 @@ class LatentScatter(PictureCallback):
         thumbnails: how many inputs to draw as thumbnails (0: none), spread over the labels: the input nearest its
             label's median mean first, then a second per label.
         table_rows: rows of the W&B table of means (0: no table). Each row carries a thumbnail, so it is logged
-            once, at the end of fit (and by ``lvae validate``), in the training process.
-            With two scatters, give one of them 0.
+            once, at the end of fit (and by ``lvae validate``), in the training process; in fit, the drawing
+            process writes the thumbnails at the first drawn epoch (``latents/<picture>/.table/<index>.png``), so
+            the end of fit hands W&B those files. With two scatters, give one of them 0.
         every_n_epochs: draw every n-th validation epoch.
         background: draw in the drawing process (False draws in the training loop, e.g. for debugging).
         skip_when_busy: skip an epoch whose picture would wait for an earlier one's (the first and the last epoch
@@ -81,6 +83,8 @@ class LatentScatter(PictureCallback):
     # constrained layout would cost more than drawing the whole figure.
     axes_rect = (0.1, 0.08, 0.77, 0.81)
     table_key = "latents/means_table"
+    thumbnail_figure = "lvae.figures.scatter:write_thumbnails"  # the table's thumbnails, written once a fit
+    other_figures = (thumbnail_figure,)
     margin = 0.15  # share of each axis' range added on both sides when limits are taken from the data
     z1_height = 0.3  # for Z=1, the height of an ellipse, in label rows
 
@@ -125,6 +129,8 @@ class LatentScatter(PictureCallback):
         self._thumbs: Optional[Tensor] = None  # (K,) dataset indices of the inputs drawn as thumbnails
         self._next: Optional[tuple] = None  # the `_frame` of the epoch prepared last, once it is drawn
         self._last: Optional[Latents] = None  # the last epoch's latents (drawn at the end of fit), for its table
+        # This fit's table rows (dataset indices) and the drawing process writing their thumbnails as PNGs
+        self._table_thumbnails: Optional[tuple[Tensor, Future]] = None
 
     @property
     def state_key(self) -> str:
@@ -192,6 +198,8 @@ class LatentScatter(PictureCallback):
         self._last = latents
         if trainer.state.fn != "fit" and self.sink.has_tables():
             self._log_table(latents, epoch)  # in fit, the table is logged once, at the end
+        elif trainer.state.fn == "fit":
+            self._send_table_thumbnails(latents)
         drawn = self._frame
         try:
             job = self._job(latents, epoch, label_names(trainer))
@@ -312,6 +320,30 @@ class LatentScatter(PictureCallback):
         self._fixed = (min(x0, extent[0]), max(x1, extent[1]), min(y0, extent[2]), max(y1, extent[3]))
         return self._fixed, True
 
+    def _send_table_thumbnails(self, latents: Latents) -> None:
+        """At the first drawn epoch of a fit, have the drawing process write the thumbnails of the table's rows as
+        PNGs (the followed inputs, the same every epoch): the table logged at the end of fit then hands W&B their
+        files, instead of the training process encoding them with the user waiting (bench/README.md)."""
+        if self._table_thumbnails is not None or not (self.table_rows and self.background and self.sink.has_tables()):
+            return
+        n = min(self.table_rows, len(latents))
+        job = self.job(self.thumbnail_figure, folder=str(self.sink.png_path(self.names[0], 0).parent / ".table"),
+                       index=latents.index[:n].numpy(), images=as_pictures(latents.image[:n]))
+        try:
+            self._table_thumbnails = (latents.index[:n].clone(), self._shared.submit(self, job))
+        except Exception:  # the table encodes them itself
+            pass
+
+    def _thumbnail_files(self, index: Tensor) -> Optional[list[str]]:
+        """The PNGs the drawing process wrote of the thumbnails of the rows `index`, if it wrote them (for those
+        inputs, this fit); None: the table encodes them."""
+        if self._table_thumbnails is None:
+            return None
+        sent, future = self._table_thumbnails
+        if not future.done() or future.cancelled() or future.exception() is not None or not torch.equal(sent, index):
+            return None
+        return future.result().state
+
     def _log_table(self, latents: Latents, epoch: int) -> None:
         """The means as a W&B table: one row per input (the first `table_rows` by index), one column per dim."""
         import wandb
@@ -322,10 +354,16 @@ class LatentScatter(PictureCallback):
         u = posterior_uncertainty(latents.logvar[:n])
         z = latents.mu.shape[1]
         columns = ["index", "label", "uncertainty", "image", *[f"mu_{d}" for d in range(z)]]
-        pictures = as_pictures(latents.image[:n])  # (n, H, W) or (n, H, W, 3)
-        rows = [[int(latents.index[i]), int(latents.label[i]), float(u[i]), wandb.Image(pictures[i]),
+        # The files the drawing process wrote this fit, else the pictures (n, H, W) or (n, H, W, 3)
+        images = self._thumbnail_files(latents.index[:n]) or as_pictures(latents.image[:n])
+        rows = [[int(latents.index[i]), int(latents.label[i]), float(u[i]), wandb.Image(images[i]),
                  *latents.mu[i].tolist()] for i in range(n)]
         self.sink.log_table(self.table_key, columns, rows, epoch)
+
+    @override
+    def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._table_thumbnails = None  # each fit writes them again: its inputs may not be the last fit's
 
     @override
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
@@ -338,7 +376,7 @@ class LatentScatter(PictureCallback):
                 self._log_table(self._last, self._last.epoch)
             except Exception as err:
                 notice(f"LatentScatter: no table of means ({type(err).__name__}: {err})")
-        self._last = None
+        self._last, self._table_thumbnails = None, None
         super().on_fit_end(trainer, pl_module)  # waits for the last picture
 
 

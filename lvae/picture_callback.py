@@ -399,7 +399,8 @@ class PictureCallback(Callback):
     def figures(cls) -> tuple[str, ...]:
         """Every figure function this callback's jobs name: its `figure`, its `other_figures` and, when it writes
         pictures, the evolution GIF's."""
-        return tuple(figure for figure in (cls.figure, *cls.other_figures) if figure) + (ANIMATION,) * bool(cls.names)
+        gifs = (ANIMATION, DRAW_THEN_ANIMATE) if cls.names else ()
+        return (*(figure for figure in (cls.figure, *cls.other_figures) if figure), *gifs)
 
     @classmethod
     def figure_modules(cls) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """Drawing jobs for tests (``drawing_probe:heavy_modules``, ``drawing_probe:native_threads``,
-``drawing_probe:settings``, ``drawing_probe:pid``, ``drawing_probe:pid_png``): what the drawing process holds; ``drawing_probe:die``, a drawing
-process that crashes; and ``drawing_probe:draw_when_open``, a picture a test keeps the drawing process busy with."""
+``drawing_probe:settings``, ``drawing_probe:pid``, ``drawing_probe:pid_png``): what the drawing process holds and
+which process drew; ``drawing_probe:die``, a drawing process that crashes; and ``drawing_probe:draw_when_open``, a
+picture a test keeps the drawing process busy with."""
 
 import os
 import signal

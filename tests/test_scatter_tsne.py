@@ -1,9 +1,12 @@
 """LatentScatter and TSNEEmbedding as a user meets them: fit with them, then read back the PNGs, the GIFs, the
 offline W&B run and the checkpoint; resume and see the map continue; and the refusals and warnings."""
 
+import base64
+import hashlib
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 from conftest import assert_gif_shows_each_epoch, notices
 import torch
@@ -11,7 +14,7 @@ import wandb
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from PIL import Image
-from wandb_run import OfflineRun, read_run
+from wandb_run import OfflineRun, read_run, records
 
 from lvae.callbacks.latent_scatter import LatentScatter
 from lvae.callbacks.tsne_embedding import TSNEEmbedding
@@ -116,6 +119,24 @@ def test_wandb_holds_pictures_and_scalars_on_the_epoch_axis_and_the_table_at_the
     # The evolution GIFs, made in the drawing process at the end of fit, reach W&B as videos.
     for key in ("latents/scatter/evolution", "latents/tsne/evolution"):
         assert run.values(f"{key}/_type") == ["video-file"], key
+
+
+def test_the_tables_thumbnails_are_the_pngs_the_drawing_process_wrote(z2_run, mnist_root):
+    # The drawing process writes the table rows' thumbnails at the first drawn epoch; the table logged at the end of
+    # fit hands W&B those files, so the training process encodes none of them with the user waiting.
+    trainer, _, _, run = z2_run
+    pngs = sorted((Path(trainer.log_dir) / "latents" / "scatter" / ".table").glob("*.png"), key=lambda p: int(p.stem))
+    assert len(pngs) == 30  # one per row, named by dataset index
+    data = MNISTDataModule(data_dir=str(mnist_root))
+    data.setup("fit")
+    images = data.splits["val"][0].numpy()  # (30, 28, 28): what the dataset index of a validation input indexes
+    for png in pngs:
+        with Image.open(png) as thumbnail:
+            assert np.array_equal(np.asarray(thumbnail), images[int(png.stem)]), png.name
+    (table,) = [record.artifact for record in records(next(run.folder.glob("*.wandb")))
+                if record.WhichOneof("record_type") == "artifact" and record.artifact.type == "run_table"]
+    logged = {entry.digest for entry in table.manifest.contents if entry.path.startswith("media/images/")}
+    assert logged == {base64.b64encode(hashlib.md5(png.read_bytes()).digest()).decode() for png in pngs}
 
 
 def test_tsne_of_each_epoch_starts_from_the_last(z2_run):

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 SHIPPED = ("lvae.figures.scatter:draw", "lvae.figures.tsne:map_and_draw", "lvae.figures.prior:draw",
            "lvae.figures.uncertainty:draw", "lvae.figures.traversal:draw", "lvae.figures.interpolation:draw",
            "lvae.figures.reconstructions:draw", "lvae.figures.explorer:record", "lvae.figures.explorer:rewrite",
-           "lvae.figures.animation:animate")
+           "lvae.figures.scatter:write_thumbnails", "lvae.figures.animation:animate",
+           "lvae.figures.animation:draw_then_animate")
 # What the t-SNE map imports only when it first runs: openTSNE, and scikit-learn and SciPy through it.
 LIBRARIES = ("openTSNE", "sklearn.neighbors")
 

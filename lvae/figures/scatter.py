@@ -1,11 +1,13 @@
 """`LatentScatter`'s figure: the latent means as points coloured by label, with a few inputs as thumbnails."""
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 from matplotlib.collections import EllipseCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from PIL import Image
 
 from lvae.drawing import Drawn
 from lvae.figures.canvas import (PNG_DPI, Limits, add_thumbnails, axes_pixels, class_colour, displacement,
@@ -25,6 +27,21 @@ def draw(name: str, path: str, previous: Optional[np.ndarray], **figure_args) ->
         scalars[f"{name}/displacement"] = displacement(points, previous)
     fig, caption = figure(**figure_args)
     return Drawn(pictures=[(name, save_figure(fig, path), caption)], scalars=scalars)
+
+
+def write_thumbnails(folder: str, index: np.ndarray, images: np.ndarray) -> Drawn:
+    """The thumbnails of `LatentScatter`'s W&B table: each of `images` (N, H, W[, 3]) uint8 as the PNG
+    ``<folder>/<dataset index>.png``. Written once a fit, in the drawing process, so that the table logged at the
+    end of fit hands W&B files rather than encoding every thumbnail then, with the user waiting. Hands back their
+    paths, in the order of `index`, as its state."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, image in zip(index.tolist(), images):
+        path = folder / f"{int(i)}.png"
+        Image.fromarray(image).save(path, format="PNG")
+        paths.append(str(path))
+    return Drawn(state=paths)
 
 
 def figure(figsize: tuple[float, float], axes_rect: tuple[float, float, float, float], points: np.ndarray,
