@@ -48,12 +48,12 @@ class LatentExplorer(PictureCallback):
     u(x) and negative ELBO: about 80 kB an epoch for 2000 inputs), and the page is written again from all of them in
     the drawing process, beside itself and renamed into place: a page opened during training shows the run so far,
     and ``lvae explore runs/<id>`` writes it again from what the run kept. Writing the page costs the drawing process
-    more than the other pictures of an epoch together (1-2 s for 2000 inputs), so during fit it is written with a
-    drawn epoch only when `page_seconds` have passed since it was last written, or since fit began for the first; the
-    epochs between are kept, and the page is written with every kept epoch with the fit's last epoch (at the end of
-    fit) and at an interrupt. The t-SNE map of an epoch is read from the file `TSNEEmbedding` keeps beside its PNG
-    when the page is written; at the end of fit the page is written once more if a map came after it. The page is
-    logged to W&B at the end of fit (``latents/explorer``, an HTML panel).
+    about as much as the other pictures of an epoch together (0.5-0.8 s for 2000 inputs), so during fit it is
+    written with a drawn epoch only when `page_seconds` have passed since it was last written, or since fit began for
+    the first; the epochs between are kept, and the page is written with every kept epoch with the fit's last epoch
+    (at the end of fit) and at an interrupt. The t-SNE map of an epoch is read from the file `TSNEEmbedding` keeps
+    beside its PNG when the page is written; at the end of fit the page is written once more if a map came after it.
+    The page is logged to W&B at the end of fit (``latents/explorer``, an HTML panel).
 
     The module needs what the other pictures need: ``encode`` (for a module lvae did not write) and, for the prior
     draws' images, ``decode``.

@@ -231,16 +231,22 @@ def test_click_draws_a_path_and_the_legend_hides_a_class(browser, digits_page: P
     assert paths["pca_x"][0][-1] == pytest.approx(points["pca_x"][row])
     # Hiding the class of that input hides it in both views, and hovering passes over it.
     label = points["label"][row]
-    item = browser.execute_script(VIEWS + "return [...elements(document)].find(el => "
-                                  "String(el.className).includes('bk-item') && el.innerText.trim() == arguments[0])",
-                                  label)
-    ActionChains(browser).click(item).perform()
-    hidden = until(browser, lambda: browser.execute_script(VIEWS + """const out = []
-        for (const view of ['pca', 'tsne']) for (const r of model(view).renderers)
-            if (!r.visible) out.push(view)
-        return out.length ? out : null"""))
-    assert hidden == ["pca", "tsne"]
+    def item():  # the legend's entry of that class (drawn anew when clicked)
+        return browser.execute_script(VIEWS + "return [...elements(document)].find(el => "
+                                      "String(el.className).includes('bk-item') && el.innerText.trim() == arguments[0])",
+                                      label)
+
+    members = {i for i, name in enumerate(points["label"]) if name == label}
+    drawn_rows = VIEWS + ("const out = {}; for (const view of ['pca', 'tsne']) "
+                          "out[view] = [...model(view + '_dots').view.indices].sort((a, b) => a - b); return out")
+    ActionChains(browser).click(item()).perform()
+    drawn = until(browser, lambda: (lambda d: d if len(d["pca"]) < N else None)(browser.execute_script(drawn_rows)))
+    assert drawn == {"pca": sorted(set(range(N)) - members), "tsne": sorted(set(range(N)) - members)}
     assert row not in browser.execute_script(VIEWS + "return Array.from(model('shown').indices)")
+    # A second click shows it again, in both views.
+    ActionChains(browser).click(item()).perform()
+    drawn = until(browser, lambda: (lambda d: d if len(d["pca"]) == N else None)(browser.execute_script(drawn_rows)))
+    assert drawn == {"pca": list(range(N)), "tsne": list(range(N))}
 
 
 def test_unlabelled_colour_images_without_a_map(browser, tmp_path: Path) -> None:
@@ -249,7 +255,7 @@ def test_unlabelled_colour_images_without_a_map(browser, tmp_path: Path) -> None
     page = kept_run(tmp_path, colour, np.zeros(N, np.int64), [], labelled=False, maps=False)
     open_page(browser, page)
     assert not [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
-    assert browser.execute_script(VIEWS + "return Object.keys(views).sort()") == ["epoch", "pca", "play"]
+    assert browser.execute_script(VIEWS + "return Object.keys(views).sort()") == ["epoch", "pca", "pca_dots", "play"]
     hover(browser, point_on_screen(browser, "pca", 5))
     (src, text), = cards(browser)
     assert src.startswith("data:image/jpeg;base64,") and text.splitlines()[0].startswith("dataset index")

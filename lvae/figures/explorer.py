@@ -26,7 +26,7 @@ from bokeh.core.properties import value
 from bokeh.embed import file_html
 from bokeh.layouts import column, row
 from bokeh.models import (CDSView, ColumnDataSource, CustomJS, CustomJSTickFormatter, Div, HoverTool, IndexFilter,
-                          Legend, LegendItem, Range1d, Slider, TapTool, Toggle)
+                          Legend, LegendItem, Range1d, Scatter, Slider, TapTool, Toggle)
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 from bokeh.resources import INLINE
@@ -364,24 +364,29 @@ def layout(inputs: dict[str, np.ndarray], epochs: list[dict[str, np.ndarray]], r
                                x_range=Range1d(*frames[last][:2]), y_range=Range1d(*frames[last][2:]))
         views["tsne"].axis.visible = views["tsne"].grid.visible = False  # a t-SNE map's axes mean nothing
 
-    # Each class is drawn by a renderer of its own in each view, for the legend; hover and tap act on one invisible
-    # renderer per view over the inputs of the classes shown, so that a card, a ring and a tap are for one input.
+    # Each view draws the inputs of the classes shown with one renderer (its view filters by `shown_rows`), which
+    # hover and tap act on, so that a card, a ring and a tap are for one input of a class shown. The legend's entry
+    # of a class is a renderer with no point of its own, in the class's colour: the legend hides it, and hiding it
+    # takes the class's rows out of `shown_rows` in both views (`SHOWN_ROWS`). One renderer per class and view
+    # instead would make the page's models twice as many, and its writing at the end of fit a third slower.
     shown_rows = IndexFilter(list(range(n)), name="shown")
+    dots = {key: view.scatter(f"{key}_x", f"{key}_y", source=points, view=CDSView(filter=shown_rows), size=size,
+                              fill_color="colour", line_color=None, fill_alpha=0.75, nonselection_fill_alpha=0.25,
+                              selection_fill_alpha=1.0, name=f"{key}_dots")
+            for key, view in views.items()}
     classes, items = [], []
-    for c in (np.unique(labels).tolist() if labelled else [int(labels[0])]):
-        members = np.flatnonzero(labels == c).tolist()
-        drawn = [view.scatter(f"{key}_x", f"{key}_y", source=points, view=CDSView(filter=IndexFilter(members)),
-                              size=size, fill_color=colours[members[0]], line_color=None, fill_alpha=0.75,
-                              nonselection_fill_alpha=0.25, selection_fill_alpha=1.0)
-                 for key, view in views.items()]
-        for other in drawn[:-1]:
-            drawn[-1].js_link("visible", other, "visible")  # the legend hides a class in both views
-        classes.append((drawn[-1], members))
-        if labelled:
-            items.append(LegendItem(label=value(label_text[members[0]]), renderers=[drawn[-1]]))
+    if labelled:
+        no_data = ColumnDataSource({"x": [np.nan], "y": [np.nan]})  # a point not drawn, for the legend's swatch
+        beside = list(views.values())[-1]
+        for c in np.unique(labels).tolist():
+            members = np.flatnonzero(labels == c).tolist()
+            key = beside.add_glyph(no_data, Scatter(x="x", y="y", size=size, fill_color=colours[members[0]],
+                                                     line_color=None, fill_alpha=0.75))
+            classes.append((key, members))
+            items.append(LegendItem(label=value(label_text[members[0]]), renderers=[key]))
     refilter = CustomJS(args={"classes": classes, "hits": shown_rows}, code=SHOWN_ROWS)
-    for renderer, _ in classes:
-        renderer.js_on_change("visible", refilter)
+    for key, _ in classes:
+        key.js_on_change("visible", refilter)
     elbo_line = ["negative ELBO @nelbo{0.0} nats"] if np.isfinite(elbo).any() else []
     card = _card((["<b>@label</b>"] if labelled else []) + ["dataset index @index", "u(x) @u{0.0000}", *elbo_line])
     for key, view in views.items():
@@ -390,11 +395,9 @@ def layout(inputs: dict[str, np.ndarray], epochs: list[dict[str, np.ndarray]], r
                      line_width=1.5)
         view.scatter(f"{key}_x", f"{key}_y", source=ring, size=size + 10, fill_color=None, line_color="black",
                      line_width=2.5)
-        hits = view.scatter(f"{key}_x", f"{key}_y", source=points, view=CDSView(filter=shown_rows), size=size,
-                            fill_color=None, line_color=None)
-        view.add_tools(HoverTool(renderers=[hits], tooltips=card, limit=1,
+        view.add_tools(HoverTool(renderers=[dots[key]], tooltips=card, limit=1,
                                  callback=CustomJS(args={"points": points, "ring": ring}, code=RING)),
-                       TapTool(renderers=[hits]))
+                       TapTool(renderers=[dots[key]]))
     if "tsne" in views and np.isfinite(prior_xy).any():
         crosses = views["tsne"].scatter("x", "y", source=prior, marker="x", size=10, line_color="black",
                                         line_width=1.5)
