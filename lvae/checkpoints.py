@@ -189,6 +189,8 @@ class RunCheckpoint(ModelCheckpoint):
         # Also mid-validation: trainer.training is False there, but the run being interrupted is a fit.
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.state.fn == "fit":
             self.save_interrupted(trainer)
+            if self._trained:  # nothing to continue: the `lvae` command says only that it stopped
+                exception.lvae_after_training = True
 
     def save_interrupted(self, trainer: "L.Trainer") -> None:
         """Write `last.ckpt` with the state at an interruption (Ctrl-C, SIGTERM), once per interruption; picture

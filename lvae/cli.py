@@ -734,6 +734,8 @@ def main(args: Any = None) -> None:
     except SystemExit as err:
         # Lightning ends a fit stopped by Ctrl-C with sys.exit(1), once last.ckpt is saved; the convention is 128 + 2.
         if isinstance(err.__context__, KeyboardInterrupt):
+            if getattr(err.__context__, "lvae_after_training", False):  # while fit waited for its last pictures
+                print("lvae: stopped by Ctrl-C", file=sys.stderr)
             sys.exit(SIGINT_EXIT)
         raise
     finally:

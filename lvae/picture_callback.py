@@ -126,6 +126,7 @@ class _Shared:
         self._finished: Optional[tuple[Latents, Latents]] = None  # latents, and as drawn (`finished`)
         self._kept_weights: dict[int, dict[str, torch.Tensor]] = {}  # skipped epoch -> its weights, on the CPU
         self._ended = False  # the end of this fit was seen to
+        self.fit_ended = False  # fit's end proper began (training done): an interrupt then still makes every GIF
         self.sigterm = HeldSigterm(INTERRUPT_GRACE_SECONDS)  # held from the end of fit until every picture is done
         self._fit_done: set[int] = set()  # ids of the callbacks whose end of fit is done
 
@@ -156,7 +157,7 @@ class _Shared:
         return future
 
     def start_fit(self, trainer: "L.Trainer") -> None:
-        self._free, self._ended, self._fit_done = None, False, set()
+        self._free, self._ended, self._fit_done, self.fit_ended = None, False, set(), False
         self._ends, self._drawings, self._kept_weights, self._first_drawn = [], {}, {}, None
         # The last epoch is known when fit runs to max_epochs validating every epoch (max_steps or max_time may end it
         # sooner: then no epoch is found late).
@@ -267,7 +268,7 @@ class _Shared:
             if timeout is not None:  # Ctrl-C while `draw_here` drew: what it had not drawn goes to the drawing process
                 self._send_kept(timeout)
             return
-        self._ended = True
+        self._ended, self.fit_ended = True, timeout is None
         self.sigterm.hold()
         self._prepare_kept(trainer)
         for line in _skipped_lines(self.users):
@@ -392,7 +393,7 @@ class PictureCallback(Callback):
         self._drawn_epochs: list[int] = []  # epochs of the run whose pictures were sent to be drawn
         self._skipped_epochs: list[int] = []  # epochs of the run skipped while the drawing was busy (not the kept one)
         self._fit_start = 0  # the first epoch of this fit: the end-of-fit line is about this fit
-        self._animated = False  # this fit's evolution GIFs were made with its last picture (`_send`)
+        self._animated = False  # this fit's evolution GIFs are made: with its last picture (`_send`), or here
         self._checkpoint_epoch: Optional[int] = None  # the epoch of a checkpoint loaded for validate
 
     @classmethod
@@ -738,9 +739,14 @@ class PictureCallback(Callback):
         if self._shared is not None:
             self._shared.draw_here()
         self.join()
+        self._make_gifs(trainer)
+
+    def _make_gifs(self, trainer: "L.Trainer") -> None:
+        """This fit's evolution GIFs, made here (PIL only) from the frames of the epochs drawn, unless they are made
+        already: by the last picture, where it was drawn, or here. Made here when the last picture failed, when fit's
+        last epoch was not drawn (every_n_epochs), or when Ctrl-C sent it to be drawn again."""
         if trainer.is_global_zero and self.sink is not None and self.names and not self._animated:
-            # The last picture made the GIFs where it was drawn, unless it failed or fit's last epoch was not drawn
-            # (every_n_epochs): then they are made here (PIL only), from the frames of the epochs drawn.
+            self._animated = True  # once, also when it fails: one notice
             try:
                 drawn = run_job(Job(ANIMATION, {"folders": self._gif_folders()}))
             except Exception as err:  # a picture must never end training
@@ -771,6 +777,8 @@ class PictureCallback(Callback):
                     shared.end_fit(trainer, gifs=False, timeout=INTERRUPT_GRACE_SECONDS)
                 shared.drawing.wait(max(0.0, deadline - time.monotonic()))
             self._collect(wait=False)
+            if interrupted and shared is not None and shared.fit_ended:
+                self._make_gifs(trainer)  # Ctrl-C while fit waited for its last pictures: the evolution is whole
         except Exception as err:  # never raise here: Lightning would skip the other callbacks' on_exception
             notice(f"{type(self).__name__}: could not log the last pictures ({type(err).__name__}: {err})")
         finally:

@@ -56,8 +56,12 @@ def test_sigterm_during_an_evaluation_ends_it_as_one(mnist_root: Path, tmp_path:
     assert err.strip().splitlines()[-1] == "lvae: stopped by SIGTERM" and "Traceback" not in err, err[-3000:]
 
 
-def test_sigterm_while_fit_waits_for_its_last_pictures_finishes_them(mnist_root: Path, tmp_path: Path) -> None:
-    # The last epoch's slow picture (2 s) is being drawn when SIGTERM comes: Lightning has given its handler back.
+@pytest.mark.parametrize("signum, code, said_last", [(signal.SIGTERM, 143, "lvae: stopped by SIGTERM\n"),
+                                                      (signal.SIGINT, 130, "lvae: stopped by Ctrl-C\n")])
+def test_a_signal_while_fit_waits_for_its_last_pictures_finishes_them(mnist_root: Path, tmp_path: Path, signum: int,
+                                                                     code: int, said_last: str) -> None:
+    # The last epoch's slow picture (2 s) is being drawn when the signal comes: Lightning has given its SIGTERM
+    # handler back; Ctrl-C reaches Lightning's own handling, after training.
     from test_ddp_watch import wandb_closed
 
     slow = json.dumps({"class_path": "slow_picture.SlowPicture", "init_args": {"out": str(tmp_path / "marks"),
@@ -71,12 +75,12 @@ def test_sigterm_while_fit_waits_for_its_last_pictures_finishes_them(mnist_root:
         said.append(line)
         if line.startswith("lvae: drawing the last epoch's"):
             break
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     said += proc.stderr.readlines()
     proc.wait(timeout=120)
     printed = "".join(said)
-    assert proc.returncode == 143, printed[-3000:]
-    assert said[-1] == "lvae: stopped by SIGTERM\n" and "Traceback" not in printed, printed[-3000:]
+    assert proc.returncode == code, printed[-3000:]
+    assert said[-1] == said_last and "Traceback" not in printed, printed[-3000:]
     assert "Continue with" not in printed  # the run has finished: nothing to continue
     run = tmp_path / "runs" / "ending"
     for picture in ("slow", "prior_samples"):  # the last epoch drawn, and every evolution GIF put together
