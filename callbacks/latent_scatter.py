@@ -376,7 +376,7 @@ class LatentScatter(PictureCallback):
                 self._log_table(self._last, self._last.epoch)
             except Exception as err:
                 notice(f"LatentScatter: no table of means ({type(err).__name__}: {err})")
-        self._last, self._table_thumbnails = None, None
+        self._last = None
         super().on_fit_end(trainer, pl_module)  # waits for the last picture
 
 

@@ -42,10 +42,10 @@ PLAY_MS = 700  # an epoch's time on screen while playing
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 COLUMNS = ("pca_x", "pca_y", "tsne_x", "tsne_y", "u", "nelbo")  # what changes with the epoch, per input
 
-# The page's own JavaScript, all of it. Bokeh draws, hides classes from the legend, shows the hover cards and keeps
-# one selection for both views (they share one data source); what it does not do is here: an epoch's data into
-# view, playing, the ring on the hovered input in both views, the paths of selected inputs, and hover and tap that
-# pass over hidden classes.
+# The page's own JavaScript, all of it. Bokeh draws, shows the hover cards and keeps one selection for both views
+# (they share one data source); what it does not do is here: an epoch's data into view, playing, the ring on the
+# hovered input in both views, the paths of selected inputs, and the classes the legend hides taken out of the rows
+# both views draw (and hover and tap).
 SHOW_EPOCH = """
 const k = slider.value
 const part = (values, width) => values.slice(k * width, (k + 1) * width)
@@ -101,7 +101,7 @@ path_dots.data = dots
 SHOWN_ROWS = """
 const rows = []
 for (const [renderer, members] of classes) if (renderer.visible) rows.push(...members)
-hits.indices = rows.sort((a, b) => a - b)
+shown.indices = rows.sort((a, b) => a - b)
 """
 HELP = ("Drag the epoch slider, or press play, to replay training in both views. Hover a point for its input, "
         "label, dataset index, u(x) (the mean posterior variance) and negative ELBO at that epoch; the same input "
@@ -374,19 +374,20 @@ def layout(inputs: dict[str, np.ndarray], epochs: list[dict[str, np.ndarray]], r
                               fill_color="colour", line_color=None, fill_alpha=0.75, nonselection_fill_alpha=0.25,
                               selection_fill_alpha=1.0, name=f"{key}_dots")
             for key, view in views.items()}
-    classes, items = [], []
+    beside = list(views.values())[-1]  # the view the legend sits beside
+    items = []
     if labelled:
         no_data = ColumnDataSource({"x": [np.nan], "y": [np.nan]})  # a point not drawn, for the legend's swatch
-        beside = list(views.values())[-1]
+        classes = []
         for c in np.unique(labels).tolist():
             members = np.flatnonzero(labels == c).tolist()
-            key = beside.add_glyph(no_data, Scatter(x="x", y="y", size=size, fill_color=colours[members[0]],
-                                                     line_color=None, fill_alpha=0.75))
-            classes.append((key, members))
-            items.append(LegendItem(label=value(label_text[members[0]]), renderers=[key]))
-    refilter = CustomJS(args={"classes": classes, "hits": shown_rows}, code=SHOWN_ROWS)
-    for key, _ in classes:
-        key.js_on_change("visible", refilter)
+            swatch = beside.add_glyph(no_data, Scatter(x="x", y="y", size=size, fill_color=colours[members[0]],
+                                                        line_color=None, fill_alpha=0.75))
+            classes.append((swatch, members))
+            items.append(LegendItem(label=value(label_text[members[0]]), renderers=[swatch]))
+        refilter = CustomJS(args={"classes": classes, "shown": shown_rows}, code=SHOWN_ROWS)
+        for swatch, _ in classes:
+            swatch.js_on_change("visible", refilter)
     elbo_line = ["negative ELBO @nelbo{0.0} nats"] if np.isfinite(elbo).any() else []
     card = _card((["<b>@label</b>"] if labelled else []) + ["dataset index @index", "u(x) @u{0.0000}", *elbo_line])
     for key, view in views.items():
@@ -406,7 +407,6 @@ def layout(inputs: dict[str, np.ndarray], epochs: list[dict[str, np.ndarray]], r
         items.append(LegendItem(label=value("prior z, decoded"), renderers=[crosses]))
     if items:
         legend = Legend(items=items, title="label" if labelled else None, click_policy="hide")
-        beside = list(views.values())[-1]
         beside.add_layout(legend, "right")
         beside.width = width + 160  # the legend's room, beside the view's
 
