@@ -269,7 +269,14 @@ class _Child:
         self._lock = threading.Lock()
         self._outbox: SimpleQueue[Optional[bytes]] = SimpleQueue()
         self._last_line = ""
-        self._stderr = threading.Thread(target=self._pass_on_stderr, daemon=True, name="lvae-drawing-stderr")
+        # Imported here, on the thread that made the process, not on the stderr thread: an import there would run
+        # beside the main thread's (the `lvae` command imports Lightning meanwhile), and two threads importing
+        # modules that import each other can end in Python's "deadlock detected" ImportError. In the training
+        # process only: the drawing process stays light.
+        from lvae.say import own_line
+
+        self._stderr = threading.Thread(target=self._pass_on_stderr, args=(own_line,), daemon=True,
+                                        name="lvae-drawing-stderr")
         self._receiver = threading.Thread(target=self._receive, args=(results_read,), daemon=True,
                                           name="lvae-drawing-results")
         self._stderr.start()
@@ -337,9 +344,7 @@ class _Child:
         for future in left:
             _settle(future, False, self._stopped)
 
-    def _pass_on_stderr(self) -> None:
-        from lvae.say import own_line  # in the training process only: the drawing process stays light
-
+    def _pass_on_stderr(self, own_line: Callable[[str], None]) -> None:
         with self.process.stderr as stream:
             for line in stream:
                 text = line.decode(errors="replace")
